@@ -1,0 +1,387 @@
+"""The ``rtagx`` command line: parse options, call the library, render results. No logic here.
+
+Exit codes: 0 all good; 1 fatal error; 2 usage error; 3 finished but some files were skipped or
+failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from rtagx import __version__
+from rtagx.errors import RtagxError, UsageError
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SKIPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+log = logging.getLogger("rtagx")
+
+
+class Context:
+    def __init__(self, config: Path | None, debug: bool, quiet: bool, verbose: int) -> None:
+        self.config = config
+        self.debug = debug
+        self.quiet = quiet
+        self.verbose = verbose
+
+
+def _fail(ctx: Context | None, error: BaseException) -> None:
+    """Print a one-line error (or the traceback with --debug) and exit with the documented code."""
+    if ctx is not None and ctx.debug:
+        traceback.print_exc()
+    if isinstance(error, RtagxError):
+        click.echo(f"rtagx: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    first = str(error).splitlines()[0] if str(error) else ""
+    click.echo(f"rtagx: internal error: {type(error).__name__}: {first} (run with --debug for the traceback)", err=True)
+    sys.exit(EXIT_FATAL)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("rtagx: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - every error becomes one line
+            _fail(ctx, e)
+
+    return wrapper
+
+
+def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not -1.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value} is not within the cosine range [-1, 1]")
+    return value
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--model", "-m", default=None, help="open_clip model name, or path to an open_clip model config JSON. [default: ViT-B-16]"),
+        click.option("--pretrained", "-p", default=None, help="open_clip pretrained tag, or path to a local checkpoint file. [default: dfn2b]"),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where to run the model; auto picks cuda, then mps, then cpu. [default: auto]"),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None, help="Inference precision; auto is fp16 autocast on GPUs and fp32 on the CPU. [default: auto]"),
+        click.option("--batch-size", type=click.IntRange(min=0), default=None, help="Images per encoder batch (0: 16 on CPU, 128 on GPU)."),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode threads (0: from the CPU count)."),
+        click.option("--threads", type=click.IntRange(min=0), default=None, help="Torch CPU threads (0: torch's default)."),
+        click.option("--max-megapixels", type=click.FloatRange(min=0), default=None, help="Skip images larger than this (decompression-bomb guard)."),
+        click.option("--offline", is_flag=True, default=None, help="Never try to download model weights."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--tags", "-t", default=None, help="Vocabulary: a file, or a shipped name (imagenet, coco, places365, openimages, photos). [default: imagenet]"),
+        click.option("--templates", default=None, help="Prompt template ensemble: a name (default, imagenet80) overriding the vocabulary's choice."),
+        click.option("--threshold", type=float, default=None, callback=_threshold, help="Keep tags scoring at least this cosine, in [-1, 1] (-1 keeps every tag). [default: per model]"),
+        click.option("--top-k", type=click.IntRange(min=0), default=None, help="At most this many tags per image (0: no cap). [default: 10]"),
+        click.option("--min-tags", type=click.IntRange(min=0), default=None, help="At least this many tags per image, best first, even below the threshold."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def write_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--write", "write", type=click.Choice(["auto", "embed", "sidecar", "txt", "none"]), default=None, help="Where keywords go: auto embeds into JPEG/TIFF/PNG/WebP and uses XMP sidecars for RAW/HEIC/others. [default: auto]"),
+        click.option("--mode", type=click.Choice(["merge", "replace-own", "replace-all"]), default=None, help="merge only adds; replace-own replaces rtagx's earlier keywords; replace-all replaces every keyword. [default: replace-own]"),
+        click.option("--sidecar-style", type=click.Choice(["ext", "stem"]), default=None, help="Sidecar name: IMG.CR2.xmp (ext) or IMG.xmp (stem). [default: ext]"),
+        click.option("--caption-ext", default=None, help="Extension of --write txt caption files. [default: .txt]"),
+        click.option("--keyword-root", default=None, help="Put rtagx's keywords under this parent in the keyword hierarchy (e.g. auto)."),
+        click.option("--with-ancestors", is_flag=True, default=None, help="Also write each tag's ancestors (animal, dog for animal|dog|beagle) as keywords."),
+        click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times after writing keywords."),
+        click.option("--dry-run", "-n", is_flag=True, help="Show what would change; write nothing (the cache still learns new vectors)."),
+        click.option("--yes", "-y", is_flag=True, help="Do not ask before the first write into a folder's original files."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one object per file, then a summary object."),
+        click.option("--csv", "as_csv", is_flag=True, help="Print path,tag,score,action CSV rows."),
+        click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]"),
+        click.option("--no-wait", is_flag=True, default=None, help="Exit with code 4 instead of waiting when another rtagx holds the cache."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", "-V", prog_name="rtagx")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Config file (TOML). [default: the platform's config folder, rtagx/config.toml]")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary; no progress bars.")
+@click.option("--verbose", "-v", count=True, help="More detail: -v lists every file and its reason, -vv logs debug messages.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, debug: bool, quiet: bool, verbose: int) -> None:
+    """rtagx: tag photo libraries with CLIP and write the tags as keywords photo software reads.
+
+    \b
+    rtagx tag ~/Photos                      embed what is new, tag, write keywords
+    rtagx retag --threshold 0.3             re-score from the cache; no image is decoded again
+    """
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="rtagx: %(message)s")
+    for noisy in ("huggingface_hub", "urllib3", "httpx", "PIL", "root"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    ctx.obj = Context(config, debug, quiet, verbose)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+class Renderer:
+    """Builds the RunEvents for a command: progress bars on a terminal, text or JSON lines."""
+
+    def __init__(self, ctx: Context, *, as_json: bool, as_csv: bool, list_files: bool) -> None:
+        from rtagx.pipeline import RunEvents
+
+        self.ctx = ctx
+        self.as_json = as_json
+        self.as_csv = as_csv
+        self.list_files = list_files or ctx.verbose >= 1
+        self.bars: dict[str, Any] = {}
+        self.progress_enabled = (not ctx.quiet) and sys.stderr.isatty() and not os.environ.get("RTAGX_NO_PROGRESS")
+        self.csv_writer = csv.writer(sys.stdout) if as_csv else None
+        if self.csv_writer:
+            self.csv_writer.writerow(["path", "tag", "score", "action"])
+        self.events = RunEvents(on_file=self.file, on_stage=self.stage, on_progress=self.progress,
+                                on_wait_lock=self.wait_lock, on_message=self.message)
+
+    def stage(self, name: str, total: int) -> None:
+        if not self.progress_enabled:
+            return
+        from tqdm import tqdm
+
+        labels = {"scan": "scanning", "prompts": "encoding prompts", "embed": "embedding", "write": "tagging"}
+        if name in self.bars:
+            self.bars[name].close()
+        self.bars[name] = tqdm(total=total or None, desc=labels.get(name, name), unit="file" if name != "prompts" else "prompt",
+                               file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def progress(self, name: str, n: int) -> None:
+        bar = self.bars.get(name)
+        if bar is not None:
+            bar.update(n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+    def wait_lock(self) -> None:
+        if not self.ctx.quiet:
+            click.echo("rtagx: another rtagx is using the cache; waiting for it (Ctrl-C to stop, --no-wait to exit)", err=True)
+
+    def message(self, text: str) -> None:
+        if not self.ctx.quiet:
+            click.echo(f"rtagx: {text}", err=True)
+
+    def _echo(self, text: str) -> None:
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        else:
+            click.echo(text)
+
+    def file(self, outcome: Any) -> None:
+        from rtagx.report import display_path, json_line, outcome_line
+
+        if self.as_json:
+            self._echo(json_line(outcome.as_json()))
+        elif self.csv_writer is not None:
+            if outcome.action == "skipped":
+                self.csv_writer.writerow([display_path(outcome.path), "", "", f"skipped:{outcome.reason}"])
+            for tag, score in outcome.tags if outcome.action != "skipped" else []:
+                self.csv_writer.writerow([display_path(outcome.path), tag, f"{score:.4f}", outcome.action])
+        elif self.list_files or outcome.action == "skipped":
+            if outcome.action == "skipped" and self.ctx.quiet:
+                return
+            self._echo(outcome_line(outcome))
+
+    def finish(self, summary: Any) -> int:
+        from rtagx.report import json_line, summary_lines
+
+        self.close()
+        if self.as_json:
+            click.echo(json_line(summary.as_json()))
+        elif not self.as_csv:
+            for line in summary_lines(summary):
+                click.echo(line, err=self.as_csv)
+        if summary.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _overrides(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, yes: bool) -> None:
+    """Ask once before writing into a folder's originals for the first time, on a terminal only."""
+    if yes or dry_run or settings.write not in ("auto", "embed"):
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return
+    from rtagx.pipeline import known_roots
+
+    new = [p for p in paths if Path(p).resolve() not in known_roots(settings)]
+    if not new:
+        return
+    names = ", ".join(str(p) for p in new[:3]) + (" ..." if len(new) > 3 else "")
+    click.confirm(f"rtagx will write keywords into the original files under {names}. Go on?", abort=True)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@model_options
+@scoring_options
+@write_options
+@output_options
+@click.option("--ext", "extensions", default=None, help="Comma-separated extensions to scan (e.g. .jpg,.png). [default: every supported format]")
+@click.option("--exclude", multiple=True, help="Skip files or folders matching this glob (repeatable).")
+@click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also scan hidden files and folders.")
+@click.option("--follow-symlinks", is_flag=True, default=None, help="Follow symlinked folders (loops are detected).")
+@click.pass_obj
+@handle_errors
+def tag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json: bool, as_csv: bool,
+        exclude: tuple[str, ...], **options: Any) -> None:
+    """Embed new images under PATHS, score them against a vocabulary and write keywords.
+
+    Unchanged files are not decoded again: their vectors come from the cache.
+    """
+    from rtagx.pipeline import run_tag
+    from rtagx.settings import load_settings
+
+    if not paths:
+        raise click.UsageError("give at least one PATH (a folder or image files)")
+    overrides = _overrides(**options)
+    if exclude:
+        overrides["exclude"] = exclude
+    settings = load_settings(overrides, config_path=ctx.config)
+    _confirm_first_write(settings, paths, dry_run, yes)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    try:
+        summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events)
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@scoring_options
+@write_options
+@output_options
+@click.option("--offline", is_flag=True, default=None, help="Never try to download model weights (only needed for new prompts).")
+@click.pass_obj
+@handle_errors
+def retag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json: bool, as_csv: bool,
+          **options: Any) -> None:
+    """Re-score cached vectors with new options and rewrite keywords where the tags changed.
+
+    No image is decoded and no image model is loaded. With no PATHS, every folder `tag` has
+    processed is covered, each with the settings it was last tagged with unless options say else.
+    """
+    from rtagx.pipeline import run_retag
+
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    try:
+        summary = run_retag(list(paths), _overrides(**options), dry_run=dry_run, events=renderer.events,
+                            config_path=ctx.config)
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and maintain the vector cache."""
+
+
+@cache.command("path")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.pass_obj
+@handle_errors
+def cache_path(ctx: Context, cache: str | None) -> None:
+    """Print where the cache file is."""
+    from rtagx.settings import load_settings
+
+    click.echo(str(load_settings(_overrides(cache=cache), config_path=ctx.config).cache_path()))
+
+
+@cache.command("stats")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+@handle_errors
+def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
+    """Files, models, roots and size on disk."""
+    from rtagx.settings import load_settings
+    from rtagx.store import open_store
+
+    settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
+    with open_store(settings.cache_path(), readonly=True) as store:
+        stats = store.stats()
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+        return
+    click.echo(f"cache      {stats['path']} ({stats['size_bytes'] / 1e6:.1f} MB, schema {stats['schema_version']})")
+    click.echo(f"files      {stats['files']} ({stats['contents']} distinct contents)")
+    click.echo(f"vectors    {stats['vectors']} image, {stats['text_vectors']} prompt")
+    for m in stats["models"]:
+        click.echo(f"model      {m['name']}: {m['vectors']} vectors  [{m['key']}]")
+    for r in stats["roots"]:
+        click.echo(f"root       {r}")
+
+
+@cache.command("prune")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option("--keep-model", "keep_models", multiple=True, help="Keep vectors of this model (name); others are dropped. Without it, every model's vectors are kept.")
+@click.option("--dry-run", "-n", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--no-wait", is_flag=True, default=None, help="Exit with code 4 instead of waiting for the cache lock.")
+@click.pass_obj
+@handle_errors
+def cache_prune(ctx: Context, cache: str | None, keep_models: tuple[str, ...], dry_run: bool, no_wait: bool | None) -> None:
+    """Forget deleted files, vectors no file uses, and (with --keep-model) other models."""
+    from rtagx.settings import load_settings
+    from rtagx.store import open_store
+
+    settings = load_settings(_overrides(cache=cache, no_wait=no_wait), config_path=ctx.config)
+    with open_store(settings.cache_path()) as store:
+        store.lock.acquire(wait=not settings.no_wait)
+        keep = None
+        if keep_models:
+            keep = [m["id"] for m in store.models() if m.get("name") in keep_models or m["key"] in keep_models]
+            if not keep:
+                raise UsageError(f"no model named {', '.join(keep_models)} in the cache (see `rtagx cache stats`)")
+        counts = store.prune(keep_models=keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="rtagx")
+    except KeyboardInterrupt:  # pragma: no cover - between commands
+        click.echo("rtagx: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
