@@ -56,6 +56,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("rtagx: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # output piped into `head` and closed early
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
         except Exception as e:  # noqa: BLE001 - every error becomes one line
             _fail(ctx, e)
 
@@ -377,6 +380,111 @@ def cache_prune(ctx: Context, cache: str | None, keep_models: tuple[str, ...], d
         counts = store.prune(keep_models=keep, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--write", "write", type=click.Choice(["auto", "embed", "sidecar", "txt"]), default=None, help="Where rtagx wrote keywords. [default: auto]")
+@click.option("--sidecar-style", type=click.Choice(["ext", "stem"]), default=None, help="Sidecar naming used when writing.")
+@click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
+@output_options
+@click.pass_obj
+@handle_errors
+def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, as_csv: bool, **options: Any) -> None:
+    """Remove exactly the keywords rtagx wrote (and its private record); a person's keywords stay."""
+    from rtagx.pipeline import run_untag
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(**options), config_path=ctx.config)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=True)
+    try:
+        summary = run_untag(list(paths), settings, dry_run=dry_run, events=renderer.events)
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="How many cached scores to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@click.pass_obj
+@handle_errors
+def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_json: bool) -> None:
+    """Show the keywords a file carries now, which ones rtagx owns, and its cached scores."""
+    from rtagx.pipeline import describe_file
+    from rtagx.report import display_path
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
+    for path in paths:
+        info = describe_file(path, settings, top=top)
+        if as_json:
+            click.echo(json.dumps(info, ensure_ascii=False, default=str))
+            continue
+        owned = set(info.get("owned", []))
+        click.echo(display_path(info["path"]))
+        if "error" in info:
+            click.echo(f"  error:    {info['error']}")
+        kws = [f"{k} (rtagx)" if k in owned else k for k in info.get("keywords", [])]
+        click.echo(f"  keywords: {', '.join(kws) if kws else '(none)'}")
+        if info.get("scores"):
+            click.echo(f"  scores ({info.get('model')}, {info.get('vocabulary')}):")
+            for name, score in info["scores"]:
+                click.echo(f"    {score:7.4f}  {name}")
+        elif not info.get("cached"):
+            click.echo("  not in the cache (run `rtagx tag` on it)")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show the effective settings."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+@handle_errors
+def config_show(ctx: Context, as_json: bool) -> None:
+    """Print every setting, its value and where it came from (default, config file, env, option)."""
+    from rtagx.settings import default_config_path, load_settings
+
+    settings = load_settings(config_path=ctx.config)
+    values = settings.as_dict()
+    values["cache"] = str(settings.cache_path())
+    if as_json:
+        click.echo(json.dumps({k: {"value": v, "from": settings.sources.get(k)} for k, v in values.items()}, default=str))
+        return
+    click.echo(f"# config file: {ctx.config or os.environ.get('RTAGX_CONFIG') or default_config_path()}")
+    for key, value in values.items():
+        shown = "" if value is None else ",".join(value) if isinstance(value, tuple) else value
+        click.echo(f"{key.replace('_', '-'):<16} = {str(shown):<28} # {settings.sources.get(key)}")
+
+
+@cli.command()
+@click.option("--model", "-m", default=None, help="Model to check (default: the configured one).")
+@click.option("--pretrained", "-p", default=None, help="Weights to check (default: the configured ones).")
+@click.option("--download", is_flag=True, help="Download the model weights now if they are missing (needs a network).")
+@click.pass_obj
+@handle_errors
+def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bool) -> None:
+    """Check Python, torch and the device, the model weights, metadata libraries, extras and the cache."""
+    from rtagx.doctor import run_checks
+    from rtagx.encoder import resolve_model
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(model=model, pretrained=pretrained), config_path=ctx.config)
+    if download:
+        resolve_model(settings.model, settings.pretrained, offline=False)
+    checks = run_checks(settings)
+    for c in checks:
+        line = f"{c.status:<5} {c.name:<12} {c.finding}"
+        if c.fix:
+            line += f"\n{'':<19}fix: {c.fix}"
+        click.echo(line)
+    sys.exit(EXIT_FATAL if any(c.status == "FAIL" for c in checks) else EXIT_OK)
 
 
 def main() -> None:

@@ -129,10 +129,9 @@ def _cached_hub_file(repo_id: str, filename: str) -> str | None:
 
 def _weights_help(name: str, tag: str, where: str) -> str:
     return (
-        f"weights for model {name} (pretrained '{tag}') are not on this machine and cannot be downloaded{where}. "
-        f"Either run `rtagx doctor` / any rtagx command once on a connected machine (the weights land in the "
-        f"Hugging Face cache, ~/.cache/huggingface, which you can copy here), or download the checkpoint file "
-        f"and pass it with --pretrained /path/to/open_clip_pytorch_model.bin"
+        f"weights for model {name} (pretrained '{tag}') are not on this machine and cannot be downloaded{where}: "
+        f"run `rtagx doctor --download` once on a connected machine (then copy ~/.cache/huggingface here), "
+        f"or pass a checkpoint file with --pretrained /path/to/open_clip_pytorch_model.bin"
     )
 
 

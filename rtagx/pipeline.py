@@ -346,7 +346,7 @@ class Tagger:
                 pass
         records.append(WrittenRecord(key, self.model_id, self.hash, flat, hier, result.target,
                                      path_key(result.written_to) if result.written_to else None,
-                                     st2.st_size, st2.st_mtime_ns))
+                                     st2.st_size, st2.st_mtime_ns, tags))
         return base
 
 
@@ -489,8 +489,10 @@ def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabul
     tagger.prepare_text(text_encoder)
     dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
 
-    # 4. files whose vectors are cached: score and write, in chunks
+    # 4. files whose vectors are cached: score and write, in chunks. A file unchanged since rtagx
+    #    wrote it under the same settings is settled without loading its vector or reading it.
     events.stage("write", len(work_cached) + len(to_embed))
+    work_cached = _settle_unchanged(tagger, work_cached)
     _handle_cached(tagger, work_cached, dim)
 
     # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write
@@ -509,6 +511,25 @@ def _skip(path: Path, reason: str, detail: str, summary: RunSummary, events: Run
     outcome = FileOutcome(path, "skipped", reason=reason, detail=detail)
     summary.add(outcome)
     events.file(outcome)
+
+
+def _settle_unchanged(tagger: Tagger, works: list[_Work]) -> list[_Work]:
+    if tagger.dry_run and not works:
+        return works
+    written = tagger.store.written(path_key(w.file.path) for w in works if not w.reused)
+    rest: list[_Work] = []
+    for w in works:
+        rec = written.get(path_key(w.file.path))
+        if (rec is not None and rec.settings_hash == tagger.hash and rec.size == w.file.size
+                and rec.mtime_ns == w.file.mtime_ns):
+            outcome = FileOutcome(w.file.path, "unchanged", list(rec.tags), target=rec.target,
+                                  written_to=Path(os.fsdecode(rec.written_to)) if rec.written_to else None)
+            tagger.summary.add(outcome)
+            tagger.events.file(outcome)
+            tagger.events.progress("write", 1)
+        else:
+            rest.append(w)
+    return rest
 
 
 def _handle_cached(tagger: Tagger, works: list[_Work], dim: int, chunk: int = 2048) -> None:
@@ -675,6 +696,14 @@ def _retag_one(store: Store, target: Path, settings: Settings, remembered: dict[
         if rec.content_id not in have:
             _skip(path, "not-embedded", "no vector from this model yet (run `rtagx tag` on it)", summary, events)
             continue
+        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
+            try:
+                same = store.content_for_fingerprint(fingerprint_file(path, st.st_size)) == rec.content_id
+            except OSError:
+                same = False
+            if not same:
+                _skip(path, "changed", "changed since it was embedded (run `rtagx tag` to embed it again)", summary, events)
+                continue
         works.append(_Work(ScannedFile(path, st.st_size, st.st_mtime_ns, target), rec.content_id, rec.fingerprint))
     summary.reused += len(works)
     events.stage("write", len(works))
@@ -691,3 +720,96 @@ def known_roots(settings: Settings) -> set[Path]:
             return {p for p, _, _ in store.roots()}
     except CacheError:
         return set()
+
+
+# -- untag and show --------------------------------------------------------------------------------
+
+def run_untag(paths: Sequence[Path], settings: Settings, *, dry_run: bool = False,
+              events: RunEvents | None = None) -> RunSummary:
+    """Remove exactly the keywords rtagx wrote (and its private record) from files under ``paths``."""
+    events = events or RunEvents()
+    started = time.perf_counter()
+    summary = RunSummary(dry_run=dry_run)
+    validate_settings(settings)
+    roots = _check_paths(paths)
+    store = _open_locked(settings, events)
+    try:
+        forget: list[bytes] = []
+        events.stage("write", 0)
+        for item in iter_scan(roots, _extensions(settings), exclude=settings.exclude,
+                              include_hidden=settings.include_hidden, follow_symlinks=settings.follow_symlinks):
+            summary.seen += 1
+            if isinstance(item, ScanProblem):
+                _skip(item.path, item.reason, item.detail, summary, events)
+                continue
+            try:
+                result = metadata.remove_own_keywords(item.path, target=settings.write, sidecar_style=settings.sidecar_style,
+                                                      preserve_mtime=settings.preserve_mtime, dry_run=dry_run)
+            except FileSkip as e:
+                _skip(item.path, e.reason, e.detail, summary, events)
+                continue
+            action = ("would-write" if dry_run else "written") if result.changed else "unchanged"
+            outcome = FileOutcome(item.path, action, removed=list(result.removed), target=result.target,
+                                  written_to=result.written_to)
+            summary.add(outcome)
+            events.file(outcome)
+            events.progress("write", 1)
+            if result.changed and not dry_run:
+                forget.append(path_key(item.path))
+        if forget:
+            store.forget_written(forget)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        store.close()
+        summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, Any]:
+    """What ``rtagx show`` prints: keywords now in the file, which rtagx owns, and cached scores."""
+    path = Path(os.path.abspath(path))
+    info: dict[str, Any] = {"path": str(path)}
+    try:
+        current = metadata.read_keywords(path, sidecar_style=settings.sidecar_style)
+        info.update(keywords=current.keywords, owned=current.owned, hierarchical=current.hierarchical,
+                    source=current.source)
+    except FileSkip as e:
+        info["error"] = f"{e.reason}: {e.detail}"
+    cache = settings.cache_path()
+    if not cache.exists():
+        return info
+    with open_store(cache, readonly=True) as store:
+        rec = store.file(path)
+        if rec is None:
+            info["cached"] = False
+            return info
+        info["cached"] = True
+        written = store.written([rec.path]).get(rec.path)
+        if written:
+            info["rtagx_chose"] = written.keywords
+        owner = _owning_root(path, store.roots())
+        remembered = owner[1] if owner else {}
+        model_key = remembered.get("model_key")
+        row = store.conn.execute("SELECT id, dim FROM models WHERE key = ?", (model_key,)).fetchone() if model_key else None
+        if row is None:
+            return info
+        model_id, dim = int(row[0]), row[1]
+        if rec.content_id not in store.contents_with_vectors(model_id, [rec.content_id]):
+            return info
+        from rtagx.settings import load_settings
+
+        eff = load_settings(base=remembered)
+        vocabulary = vocab_mod.load_vocabulary(eff.tags)
+        texts = store.text_vectors(model_id, vocabulary.all_prompts())
+        if len(texts) < len(set(vocabulary.all_prompts())):
+            return info
+        matrix = scoring.build_tag_matrix(vocabulary, texts)
+        vec = store.vectors(model_id, [rec.content_id], matrix.shape[1])
+        m = store.model_info(model_id)
+        scores = scoring.score_images(vec, matrix, logit_scale=m.get("logit_scale"), logit_bias=m.get("logit_bias"))[0]
+        order = np.argsort(-scores)[:top]
+        info["model"] = m.get("name")
+        info["vocabulary"] = eff.tags
+        info["scores"] = [(vocabulary.tags[i].keyword, float(scores[i])) for i in order]
+    return info

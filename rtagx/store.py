@@ -89,6 +89,7 @@ CREATE TABLE written (
     settings_hash TEXT NOT NULL,
     keywords TEXT NOT NULL,
     hierarchical TEXT NOT NULL,
+    tags TEXT NOT NULL,
     target TEXT NOT NULL,
     written_to BLOB,
     size INTEGER NOT NULL,
@@ -155,6 +156,7 @@ class WrittenRecord:
     written_to: bytes | None
     size: int
     mtime_ns: int
+    tags: list[tuple[str, float]] = ()  # type: ignore[assignment]  # chosen tags with scores
 
 
 class WriterLock:
@@ -389,20 +391,23 @@ class Store:
         out: dict[bytes, WrittenRecord] = {}
         for start in range(0, len(keys), 900):
             chunk = keys[start:start + 900]
-            q = ("SELECT path, model_id, settings_hash, keywords, hierarchical, target, written_to, size, mtime_ns "
+            q = ("SELECT path, model_id, settings_hash, keywords, hierarchical, target, written_to, size, mtime_ns, tags "
                  f"FROM written WHERE path IN ({','.join('?' * len(chunk))})")
             for r in self.conn.execute(q, chunk):
-                out[r[0]] = WrittenRecord(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8])
+                out[r[0]] = WrittenRecord(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8],
+                                          [(t, float(v)) for t, v in json.loads(r[9])])
         return out
 
     def put_written(self, records: Sequence[WrittenRecord]) -> None:
         now = time.time()
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO written (path, model_id, settings_hash, keywords, hierarchical, target, "
-                "written_to, size, mtime_ns, at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO written (path, model_id, settings_hash, keywords, hierarchical, tags, target, "
+                "written_to, size, mtime_ns, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.path, r.model_id, r.settings_hash, json.dumps(r.keywords, ensure_ascii=False),
-                  json.dumps(r.hierarchical, ensure_ascii=False), r.target, r.written_to, r.size, r.mtime_ns, now)
+                  json.dumps(r.hierarchical, ensure_ascii=False),
+                  json.dumps([[t, round(float(v), 5)] for t, v in r.tags], ensure_ascii=False),
+                  r.target, r.written_to, r.size, r.mtime_ns, now)
                  for r in records],
             )
 

@@ -1,0 +1,98 @@
+"""Settings layering and the file scanner, on real files and folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rtagx.errors import UsageError
+from rtagx.scan import ScannedFile, ScanProblem, scan
+from rtagx.settings import load_settings
+
+EXTS = frozenset({".jpg", ".png"})
+
+
+def test_layering_defaults_config_env_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('threshold = 0.2\nbatch-size = 8\ntags = "coco"\nexclude = ["*.tmp"]\n')
+    env = {"RTAGX_THRESHOLD": "0.25", "RTAGX_NO_WAIT": "yes"}
+    s = load_settings({"tags": "photos"}, config_path=cfg, environ=env)
+    assert s.threshold == 0.25 and s.sources["threshold"] == "env RTAGX_THRESHOLD"
+    assert s.batch_size == 8 and s.sources["batch_size"].startswith("config")
+    assert s.tags == "photos" and s.sources["tags"] == "option"
+    assert s.no_wait is True and s.exclude == ("*.tmp",)
+    assert s.model == "ViT-B-16" and s.sources["model"] == "default"
+
+
+def test_bad_config_values_name_their_origin(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("batch-size = 'many'\n")
+    with pytest.raises(UsageError, match="batch-size"):
+        load_settings(config_path=cfg, environ={})
+    cfg.write_text("no-such-option = 1\n")
+    with pytest.raises(UsageError, match="unknown setting"):
+        load_settings(config_path=cfg, environ={})
+    cfg.write_text("this is [not toml\n")
+    with pytest.raises(UsageError, match="cannot be read"):
+        load_settings(config_path=cfg, environ={})
+    with pytest.raises(UsageError, match="RTAGX_TOP_K"):
+        load_settings(environ={"RTAGX_TOP_K": "ten"})
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_scan_walks_sorted_skips_hidden_and_other_extensions(tmp_path: Path) -> None:
+    _touch(tmp_path / "b.JPG")
+    _touch(tmp_path / "a.png")
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / ".hidden.jpg")
+    _touch(tmp_path / ".thumbs" / "c.jpg")
+    _touch(tmp_path / "sub" / "d.jpg")
+    result = scan([tmp_path], EXTS)
+    assert [f.path.name for f in result.files] == ["a.png", "b.JPG", "d.jpg"]
+    with_hidden = scan([tmp_path], EXTS, include_hidden=True)
+    assert {f.path.name for f in with_hidden.files} == {"a.png", "b.JPG", "d.jpg", ".hidden.jpg", "c.jpg"}
+
+
+def test_scan_excludes_and_dedupes_overlapping_roots(tmp_path: Path) -> None:
+    _touch(tmp_path / "keep" / "a.jpg")
+    _touch(tmp_path / "skip" / "b.jpg")
+    result = scan([tmp_path, tmp_path / "keep"], EXTS, exclude=["skip"])
+    assert [f.path.name for f in result.files] == ["a.jpg"]
+
+
+def test_scan_symlinks_loops_and_broken_links(tmp_path: Path) -> None:
+    _touch(tmp_path / "lib" / "a.jpg")
+    os.symlink(tmp_path / "lib", tmp_path / "lib" / "loop")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "lib" / "dangling.jpg")
+    result = scan([tmp_path / "lib"], EXTS)
+    assert [f.path.name for f in result.files] == ["a.jpg"]
+    assert [(p.path.name, p.reason) for p in result.problems] == [("dangling.jpg", "broken-symlink")]
+    followed = scan([tmp_path / "lib"], EXTS, follow_symlinks=True)  # the loop ends, no hang
+    assert [f.path.name for f in followed.files] == ["a.jpg"]
+
+
+def test_scan_odd_file_names(tmp_path: Path) -> None:
+    names = ["new\nline.jpg", os.fsdecode(b"bad-\xff\xfe.jpg"), "x" * 200 + ".jpg", "日本.jpg"]
+    for n in names:
+        _touch(tmp_path / n)
+    result = scan([tmp_path], EXTS)
+    assert sorted(f.path.name for f in result.files) == sorted(names)
+    assert all(isinstance(f, ScannedFile) and f.size == 1 for f in result.files)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
+def test_scan_unreadable_folder_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    _touch(tmp_path / "locked" / "a.jpg")
+    (tmp_path / "locked").chmod(0)
+    try:
+        result = scan([tmp_path], EXTS)
+        assert any(isinstance(p, ScanProblem) and p.reason == "permission-denied" for p in result.problems)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
