@@ -169,6 +169,12 @@ def validate_settings(settings: Settings) -> None:
         raise UsageError("--batch-size, --workers, --top-k and --min-tags must not be negative")
     if settings.max_megapixels < 0:
         raise UsageError("--max-megapixels must not be negative")
+    if settings.margin is not None and not 0.0 <= settings.margin <= 2.0:
+        raise UsageError(f"--margin must be within [0, 2] (a cosine difference), got {settings.margin}")
+    if settings.min_share is not None and not 0.0 <= settings.min_share <= 1.0:
+        raise UsageError(f"--min-share must be within [0, 1] (a softmax share), got {settings.min_share}")
+    if settings.temperature is not None and not settings.temperature > 0:
+        raise UsageError(f"--temperature must be greater than 0, got {settings.temperature}")
 
 
 def scoring_options(settings: Settings) -> scoring.ScoringOptions:
@@ -176,6 +182,9 @@ def scoring_options(settings: Settings) -> scoring.ScoringOptions:
         threshold=settings.threshold,
         top_k=settings.top_k or None,
         min_tags=settings.min_tags,
+        margin=settings.margin,
+        min_share=settings.min_share,
+        temperature=settings.temperature,
     )
 
 
@@ -193,7 +202,8 @@ def settings_hash(model_key: str, vocabulary: vocab_mod.Vocabulary, settings: Se
 
 def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
     """What a root remembers for ``retag``: the scoring and writing options, and the model."""
-    keep = ("model", "pretrained", "tags", "templates", "threshold", "top_k", "min_tags", "write", "mode",
+    keep = ("model", "pretrained", "tags", "templates", "threshold", "top_k", "min_tags", "margin", "min_share",
+            "temperature", "write", "mode",
             "sidecar_style", "caption_ext", "keyword_root", "with_ancestors", "preserve_mtime")
     out = {k: getattr(settings, k) for k in keep}
     out["model_key"] = identity_key
@@ -275,7 +285,8 @@ class Tagger:
         with _Timer(self.summary.timings, "score"):
             scores = scoring.score_images(vectors, self.tag_matrix, logit_scale=self.logit_scale,
                                           logit_bias=self.logit_bias)
-            return scoring.choose_tags(scores, self.vocab, self.options, model_name=self.model_name)
+            return scoring.choose_tags(scores, self.vocab, self.options, model_name=self.model_name,
+                                       probabilities=self.logit_bias is not None or None)
 
     def handle(self, works: Sequence[_Work], vectors: np.ndarray, embedded: bool) -> None:
         """Score a batch of files whose vectors are known, write their keywords, report each."""

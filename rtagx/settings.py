@@ -56,6 +56,9 @@ class Settings:
     threshold: float | None = None  # None -> the model's default
     top_k: int | None = 10
     min_tags: int = 0
+    margin: float | None = None  # keep tags within this of the image's best score
+    min_share: float | None = None  # keep tags with at least this softmax share of the vocabulary
+    temperature: float | None = None  # softmax temperature for min_share (None: CLIP's 0.01)
     write: str = "auto"
     mode: str = "replace-own"
     sidecar_style: str = "ext"
