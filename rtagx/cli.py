@@ -71,6 +71,38 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) 
     return value
 
 
+def _set_logging(verbose: int) -> None:
+    """-v: rtagx's own info messages; -vv: debug messages from rtagx and the libraries (open_clip
+    logs on the root logger)."""
+    log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
+
+def _verbosity(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        obj = ctx.find_object(Context)
+        if obj is None or not value:
+            return
+        if attr == "verbose":
+            obj.verbose += int(value)
+            _set_logging(obj.verbose)
+        else:
+            setattr(obj, attr, True)
+
+    return callback
+
+
+def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-q/-v/--debug work after the command name too: `rtagx tag -v DIR` as well as `rtagx -v tag DIR`."""
+    for decorator in reversed([
+        click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_verbosity("quiet"), help="Only errors and the final summary; no progress bars."),
+        click.option("--verbose", "-v", count=True, expose_value=False, callback=_verbosity("verbose"), help="List every file with its tags or skip reason (-vv: debug log)."),
+        click.option("--debug", is_flag=True, expose_value=False, callback=_verbosity("debug"), help="Show tracebacks for errors."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--model", "-m", default=None, help="open_clip model name, or path to an open_clip model config JSON. [default: ViT-B-16]"),
@@ -91,9 +123,12 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--tags", "-t", default=None, help="Vocabulary: a file, or a shipped name (imagenet, coco, places365, openimages, photos). [default: imagenet]"),
         click.option("--templates", default=None, help="Prompt template ensemble: a name (default, imagenet80) overriding the vocabulary's choice."),
-        click.option("--threshold", type=float, default=None, callback=_threshold, help="Keep tags scoring at least this cosine, in [-1, 1] (-1 keeps every tag). [default: per model]"),
+        click.option("--threshold", type=float, default=None, callback=_threshold, help="Keep tags scoring at least this, in [-1, 1]: a cosine for CLIP models, a probability for SigLIP models (-1 keeps every tag). [default: per model: 0.25 cosine, 0.05 SigLIP]"),
         click.option("--top-k", type=click.IntRange(min=0), default=None, help="At most this many tags per image (0: no cap). [default: 10]"),
         click.option("--min-tags", type=click.IntRange(min=0), default=None, help="At least this many tags per image, best first, even below the threshold."),
+        click.option("--margin", type=click.FloatRange(0, 2), default=None, help="Relative cut: keep only tags scoring within this of the image's best tag (e.g. 0.05)."),
+        click.option("--min-share", type=click.FloatRange(0, 1), default=None, help="Relative cut: keep only tags with at least this softmax share of the vocabulary (e.g. 0.02); for vocabularies of exclusive classes."),
+        click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="Softmax temperature for --min-share, in cosine units. [default: 0.01, CLIP's own]"),
     ]):
         fn = decorator(fn)
     return fn
@@ -140,10 +175,10 @@ def cli(ctx: click.Context, config: Path | None, debug: bool, quiet: bool, verbo
     rtagx tag ~/Photos                      embed what is new, tag, write keywords
     rtagx retag --threshold 0.3             re-score from the cache; no image is decoded again
     """
-    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="rtagx: %(message)s")
-    for noisy in ("huggingface_hub", "urllib3", "httpx", "PIL", "root"):
-        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    logging.basicConfig(level=logging.WARNING, format="rtagx: %(message)s")
+    _set_logging(verbose)
+    for noisy in ("huggingface_hub", "urllib3", "httpx", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     ctx.obj = Context(config, debug, quiet, verbose)
 
 
@@ -264,6 +299,7 @@ def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, 
 @click.option("--exclude", multiple=True, help="Skip files or folders matching this glob (repeatable).")
 @click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also scan hidden files and folders.")
 @click.option("--follow-symlinks", is_flag=True, default=None, help="Follow symlinked folders (loops are detected).")
+@verbosity_options
 @click.pass_obj
 @handle_errors
 def tag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json: bool, as_csv: bool,
@@ -296,6 +332,7 @@ def tag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json
 @write_options
 @output_options
 @click.option("--offline", is_flag=True, default=None, help="Never try to download model weights (only needed for new prompts).")
+@verbosity_options
 @click.pass_obj
 @handle_errors
 def retag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json: bool, as_csv: bool,
@@ -314,6 +351,178 @@ def retag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_js
     finally:
         renderer.close()
     sys.exit(renderer.finish(summary))
+
+
+def _analysis_settings(ctx: Context, options: dict[str, Any]) -> Any:
+    from rtagx.settings import load_settings
+
+    return load_settings(_overrides(**options), config_path=ctx.config)
+
+
+def _analysis_renderer(ctx: Context) -> Renderer:
+    """Progress bars while images are embedded; no per-file lines (the command prints its own)."""
+    renderer = Renderer(ctx, as_json=False, as_csv=False, list_files=False)
+    renderer.list_files = False
+    renderer.file = lambda outcome: None  # type: ignore[method-assign]
+    from rtagx.pipeline import RunEvents
+
+    renderer.events = RunEvents(on_stage=renderer.stage, on_progress=renderer.progress,
+                                on_wait_lock=renderer.wait_lock, on_message=renderer.message)
+    return renderer
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="How many of the best tags to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **options: Any) -> None:
+    """Show an image's best tags, their scores and which threshold each passed or failed.
+
+    The tool for choosing thresholds: nothing is written (the cache learns the image's vector).
+    """
+    from rtagx.analyze import score_images_at
+    from rtagx.evaluate import explain_scores
+    from rtagx.report import display_path
+
+    settings = _analysis_settings(ctx, options)
+    renderer = _analysis_renderer(ctx)
+    try:
+        scored = score_images_at(list(images), settings, events=renderer.events)
+    finally:
+        renderer.close()
+    for path in scored.missing:
+        click.echo(f"rtagx: {display_path(path)}: no vector (not an image rtagx can read; see `rtagx tag -v`)", err=True)
+    for path, row in zip(scored.paths, scored.scores):
+        ex = explain_scores(row, scored.vocabulary, scored.options, model_name=scored.model_name,
+                            probabilities=scored.probabilities, top=top)
+        if as_json:
+            click.echo(json.dumps({
+                "path": display_path(path), "chosen": ex.chosen, "threshold": ex.global_threshold,
+                "threshold_source": ex.threshold_source, "probabilities": ex.probabilities,
+                "tags": [{"tag": v.keyword, "rank": v.rank, "score": round(v.score, 4),
+                          "threshold": round(v.threshold, 4) if v.threshold > -1e9 else None,
+                          "chosen": v.chosen, "reason": v.reason} for v in ex.verdicts],
+            }, ensure_ascii=False))
+            continue
+        kind = "probability" if ex.probabilities else "cosine"
+        click.echo(f"{display_path(path)}  ({scored.model_name}, {scored.vocabulary.source}; "
+                   f"threshold {ex.global_threshold:.4f} {kind} from {ex.threshold_source})")
+        click.echo(f"  {'rank':>4}  {'score':>7}  {'':1}  {'tag':<32} why")
+        for v in ex.verdicts:
+            mark = "*" if v.chosen else " "
+            click.echo(f"  {v.rank:>4}  {v.score:7.4f}  {mark}  {v.keyword[:32]:<32} {v.reason}")
+        click.echo(f"  chosen: {', '.join(ex.chosen) if ex.chosen else '(none)'}")
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+def _labelled(directory: Path, labels: Path | None) -> dict[Path, list[str]]:
+    from rtagx.evaluate import load_labels_csv, load_labels_folders
+
+    data = load_labels_csv(labels) if labels else load_labels_folders(directory)
+    if not data:
+        raise UsageError(f"no labelled images found ({labels or directory})")
+    return {Path(os.path.abspath(p)): v for p, v in data.items()}
+
+
+@cli.command("eval")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="CSV of path,label[;label...] rows (paths relative to the CSV). Without it DIRECTORY holds one folder per label.")
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@click.option("--per-tag", is_flag=True, help="Also print precision, recall and F1 for every tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, as_json: bool, **options: Any) -> None:
+    """Measure the current settings on labelled photos: top-1/top-5, precision, recall, F1.
+
+    Nothing is written into the images; their vectors are cached for the next run.
+    """
+    import dataclasses
+
+    from rtagx.analyze import score_images_at
+    from rtagx.evaluate import evaluate, match_labels
+
+    settings = _analysis_settings(ctx, options)
+    data = _labelled(directory, labels)
+    renderer = _analysis_renderer(ctx)
+    try:
+        scored = score_images_at([directory], settings, images=list(data), events=renderer.events)
+    finally:
+        renderer.close()
+    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
+    truth = [truth_by_path.get(p, []) for p in scored.paths]
+    report = evaluate(scored.scores, truth, scored.vocabulary, scored.options, model_name=scored.model_name,
+                      probabilities=scored.probabilities, unknown_labels=unknown)
+    if as_json:
+        out = dataclasses.asdict(report)
+        out["missing"] = [str(p) for p in scored.missing]
+        click.echo(json.dumps(out, ensure_ascii=False))
+    else:
+        click.echo(f"{report.images} labelled images ({'single' if report.single_label else 'multi'}-label), "
+                   f"vocabulary {scored.vocabulary.source}, model {scored.model_name}")
+        if report.top1 is not None:
+            click.echo(f"top-1 {report.top1:.3f}   top-5 {report.top5:.3f}")
+        click.echo(f"precision {report.precision:.3f}   recall {report.recall:.3f}   F1 {report.f1:.3f}   "
+                   f"macro-F1 {report.macro_f1:.3f}")
+        if per_tag:
+            click.echo(f"  {'tag':<32} {'support':>7} {'chosen':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
+            for t in sorted(report.per_tag, key=lambda t: (-t.support, t.keyword)):
+                click.echo(f"  {t.keyword[:32]:<32} {t.support:>7} {t.predicted:>6} {t.precision:6.3f} {t.recall:6.3f} {t.f1:6.3f}")
+        if unknown:
+            names = ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items())[:10])
+            click.echo(f"rtagx: labels that match no tag of the vocabulary: {names}", err=True)
+        if scored.missing:
+            click.echo(f"rtagx: {len(scored.missing)} labelled images could not be read", err=True)
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="CSV of path,label[;label...] rows. Without it DIRECTORY holds one folder per label.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the calibrated vocabulary (use it with --tags).")
+@click.option("--min-support", default=3, show_default=True, type=click.IntRange(min=1), help="Tags with fewer labelled images keep their threshold.")
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def calibrate(ctx: Context, directory: Path, labels: Path | None, output: Path, min_support: int, **options: Any) -> None:
+    """Fit per-tag thresholds that maximize F1 on labelled photos; write them as a vocabulary file."""
+    from rtagx.analyze import score_images_at
+    from rtagx.evaluate import calibrate as fit, match_labels
+
+    settings = _analysis_settings(ctx, options)
+    data = _labelled(directory, labels)
+    renderer = _analysis_renderer(ctx)
+    try:
+        scored = score_images_at([directory], settings, images=list(data), events=renderer.events)
+    finally:
+        renderer.close()
+    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
+    truth = [truth_by_path.get(p, []) for p in scored.paths]
+    result = fit(scored.scores, truth, scored.vocabulary, min_support=min_support, options=scored.options,
+                 model_name=scored.model_name, probabilities=scored.probabilities)
+    from rtagx.analyze import write_text_atomically
+
+    write_text_atomically(output, result.to_text())
+    click.echo(f"{len(result.tags)} tags calibrated on {result.images} images, {len(result.skipped)} kept their "
+               f"threshold (fewer than {min_support} examples); wrote {output}")
+    for t in sorted(result.tags, key=lambda t: -t.support)[:15]:
+        click.echo(f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
+                   f"F1 {t.previous_f1:.3f} -> {t.f1:.3f}  ({t.support} images)")
+    if unknown:
+        click.echo(f"rtagx: {sum(unknown.values())} labels match no tag of the vocabulary", err=True)
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
 @cli.group()
@@ -389,6 +598,7 @@ def cache_prune(ctx: Context, cache: str | None, keep_models: tuple[str, ...], d
 @click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
 @output_options
+@verbosity_options
 @click.pass_obj
 @handle_errors
 def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, as_csv: bool, **options: Any) -> None:
@@ -410,6 +620,7 @@ def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, a
 @click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="How many cached scores to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@verbosity_options
 @click.pass_obj
 @handle_errors
 def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_json: bool) -> None:
@@ -467,6 +678,7 @@ def config_show(ctx: Context, as_json: bool) -> None:
 @click.option("--model", "-m", default=None, help="Model to check (default: the configured one).")
 @click.option("--pretrained", "-p", default=None, help="Weights to check (default: the configured ones).")
 @click.option("--download", is_flag=True, help="Download the model weights now if they are missing (needs a network).")
+@verbosity_options
 @click.pass_obj
 @handle_errors
 def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bool) -> None:
