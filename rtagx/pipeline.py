@@ -282,6 +282,9 @@ class Tagger:
 
     def _choose(self, vectors: np.ndarray) -> list[list[scoring.ChosenTag]]:
         assert self.tag_matrix is not None
+        # Score exactly what the cache keeps (float16): a fresh vector and the same vector read back
+        # by `retag` or a sibling then give identical scores, so no tag flips at the threshold.
+        vectors = np.asarray(vectors, dtype=np.float16).astype(np.float32)
         with _Timer(self.summary.timings, "score"):
             scores = scoring.score_images(vectors, self.tag_matrix, logit_scale=self.logit_scale,
                                           logit_bias=self.logit_bias)
@@ -506,16 +509,74 @@ def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabul
     work_cached = _settle_unchanged(tagger, work_cached)
     _handle_cached(tagger, work_cached, dim)
 
-    # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write
+    # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write.
+    #    A RAW file with a JPEG (or other) sibling of the same stem is not decoded: it takes the
+    #    sibling's vector, so both get the same tags and the slow RAW decode is skipped.
+    to_embed, followers = _pair_raw_siblings(to_embed, work_cached)
     if to_embed:
         encoder = full_encoder()
         _embed(tagger, encoder, to_embed, settings, summary, events, dry_run)
+    orphans = _tag_followers(tagger, followers, dim or 0)
+    if orphans:
+        _embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
 
     # 6. remember the root for retag
     if not dry_run:
         for root in roots:
             if root.is_dir():
                 store.put_root(root, root_settings(settings, identity.key))
+
+
+def _sibling_key(path: Path) -> tuple[str, str]:
+    return (str(path.parent), path.stem.lower())
+
+
+def _pair_raw_siblings(to_embed: list[_Work], cached: list[_Work]) -> tuple[list[_Work], list[tuple[_Work, _Work]]]:
+    """Split off RAW files whose same-stem sibling (IMG_1.CR2 beside IMG_1.JPG) is in this run.
+
+    Returns the works still to embed and (raw, sibling) pairs; the RAW takes the sibling's vector.
+    The sibling is the camera's own rendering of the same exposure, so its vector describes the RAW
+    as well as a demosaic would, at a fraction of the decode time.
+    """
+    raw_exts = decode.RAW_EXTENSIONS
+    leaders: dict[tuple[str, str], _Work] = {}
+    for w in list(cached) + list(to_embed):
+        if w.file.path.suffix.lower() not in raw_exts:
+            leaders.setdefault(_sibling_key(w.file.path), w)
+    rest: list[_Work] = []
+    pairs: list[tuple[_Work, _Work]] = []
+    for w in to_embed:
+        leader = leaders.get(_sibling_key(w.file.path)) if w.file.path.suffix.lower() in raw_exts else None
+        if leader is not None:
+            pairs.append((w, leader))
+        else:
+            rest.append(w)
+    return rest, pairs
+
+
+def _tag_followers(tagger: Tagger, pairs: list[tuple[_Work, _Work]], dim: int) -> list[_Work]:
+    """Give each RAW file its sibling's vector, store it under the RAW's own content, tag it.
+    Returns the RAW files whose sibling could not be embedded (they are embedded themselves)."""
+    orphans: list[_Work] = []
+    store = tagger.store
+    for raw, leader in pairs:
+        if leader.content_id is None or not store.contents_with_vectors(tagger.model_id, [leader.content_id]):
+            orphans.append(raw)
+            continue
+        vector = store.vectors(tagger.model_id, [leader.content_id], dim)
+        try:
+            fingerprint = raw.fingerprint or fingerprint_file(raw.file.path, raw.file.size)
+        except OSError as e:
+            _skip(raw.file.path, "missing" if isinstance(e, FileNotFoundError) else "unreadable",
+                  e.strerror or str(e), tagger.summary, tagger.events)
+            continue
+        row = (raw.file.path, raw.file.size, raw.file.mtime_ns, fingerprint)
+        (cid,) = store.put_files([row])
+        store.put_vectors(tagger.model_id, [cid], vector, [row])
+        raw.content_id, raw.fingerprint, raw.reused = cid, fingerprint, True
+        tagger.summary.reused += 1
+        tagger.handle([raw], vector, embedded=False)
+    return orphans
 
 
 def _skip(path: Path, reason: str, detail: str, summary: RunSummary, events: RunEvents) -> None:
