@@ -108,10 +108,10 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", "-m", default=None, help="open_clip model name, or path to an open_clip model config JSON. [default: ViT-B-16]"),
         click.option("--pretrained", "-p", default=None, help="open_clip pretrained tag, or path to a local checkpoint file. [default: dfn2b]"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where to run the model; auto picks cuda, then mps, then cpu. [default: auto]"),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None, help="Inference precision; auto is fp16 autocast on GPUs and fp32 on the CPU. [default: auto]"),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default=None, help="Inference precision. auto: fp16 autocast on GPUs; on the CPU bf16 weights where the CPU has bf16 instructions (AVX512-BF16/AMX; 2-4x fp32, cosine >= 0.9999), else fp32. int8: opt-in dynamic int8 image tower on the CPU (faster than fp32, cosine >= 0.99, a few tags change). [default: auto]"),
         click.option("--batch-size", type=click.IntRange(min=0), default=None, help="Images per encoder batch (0: 16 on CPU, 128 on GPU)."),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode threads (0: from the CPU count)."),
-        click.option("--threads", type=click.IntRange(min=0), default=None, help="Torch CPU threads (0: torch's default)."),
+        click.option("--threads", type=click.IntRange(min=0), default=None, help="Torch CPU threads (0: torch's default, one per core)."),
         click.option("--max-megapixels", type=click.FloatRange(min=0), default=None, help="Skip images larger than this (decompression-bomb guard)."),
         click.option("--offline", is_flag=True, default=None, help="Never try to download model weights."),
     ]):
@@ -208,10 +208,15 @@ class Renderer:
         from tqdm import tqdm
 
         labels = {"scan": "scanning", "prompts": "encoding prompts", "embed": "embedding", "write": "tagging"}
-        if name in self.bars:
-            self.bars[name].close()
+        self.close()  # one bar at a time: the stage that started last
+        try:  # a terminal that reports no size (a bare pty, some CI consoles) would hide the bars
+            size = os.get_terminal_size(sys.stderr.fileno())
+            sized = size.columns > 0 and size.lines > 0
+        except OSError:
+            sized = False
         self.bars[name] = tqdm(total=total or None, desc=labels.get(name, name), unit="file" if name != "prompts" else "prompt",
-                               file=sys.stderr, dynamic_ncols=True, leave=False)
+                               file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 80,
+                               nrows=None if sized else 24, leave=False)
 
     def progress(self, name: str, n: int) -> None:
         bar = self.bars.get(name)
@@ -272,11 +277,16 @@ def _overrides(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def _on_terminal() -> bool:
+    """A person is there to answer: stdin and stdout are both terminals (never true under cron)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, yes: bool) -> None:
     """Ask once before writing into a folder's originals for the first time, on a terminal only."""
     if yes or dry_run or settings.write not in ("auto", "embed"):
         return
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _on_terminal():
         return
     from rtagx.pipeline import known_roots
 
@@ -630,8 +640,10 @@ def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_
     from rtagx.settings import load_settings
 
     settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
+    failed = 0
     for path in paths:
         info = describe_file(path, settings, top=top)
+        failed += "error" in info
         if as_json:
             click.echo(json.dumps(info, ensure_ascii=False, default=str))
             continue
@@ -647,6 +659,7 @@ def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_
                 click.echo(f"    {score:7.4f}  {name}")
         elif not info.get("cached"):
             click.echo("  not in the cache (run `rtagx tag` on it)")
+    sys.exit(EXIT_SKIPPED if failed else EXIT_OK)
 
 
 @cli.group("config")

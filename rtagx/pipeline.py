@@ -388,8 +388,14 @@ def _open_locked(settings: Settings, events: RunEvents) -> Store:
     return store
 
 
-def _default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+def _default_workers(device: str = "cpu") -> int:
+    """Decode threads. On the CPU the image tower needs the cores, and decoding is a small share of
+    the work (draft-mode JPEG): one thread per core, at most 8. A GPU encodes hundreds of images per
+    second and decoding becomes the limit: every core, at most 32."""
+    cores = os.cpu_count() or 2
+    if device in ("cuda", "mps"):
+        return max(2, min(32, cores))
+    return max(1, min(8, cores))
 
 
 def run_tag(paths: Sequence[Path], settings: Settings, *, dry_run: bool = False,
@@ -588,19 +594,26 @@ def _skip(path: Path, reason: str, detail: str, summary: RunSummary, events: Run
 def _settle_unchanged(tagger: Tagger, works: list[_Work]) -> list[_Work]:
     if tagger.dry_run and not works:
         return works
-    written = tagger.store.written(path_key(w.file.path) for w in works if not w.reused)
     rest: list[_Work] = []
-    for w in works:
-        rec = written.get(path_key(w.file.path))
-        if (rec is not None and rec.settings_hash == tagger.hash and rec.size == w.file.size
-                and rec.mtime_ns == w.file.mtime_ns):
-            outcome = FileOutcome(w.file.path, "unchanged", list(rec.tags), target=rec.target,
-                                  written_to=Path(os.fsdecode(rec.written_to)) if rec.written_to else None)
-            tagger.summary.add(outcome)
-            tagger.events.file(outcome)
-            tagger.events.progress("write", 1)
-        else:
-            rest.append(w)
+    summary, events, settings_hash_ = tagger.summary, tagger.events, tagger.hash
+    for start in range(0, len(works), 4096):  # chunks: memory stays flat on a 100k-file no-op run
+        part = works[start:start + 4096]
+        keys = [path_key(w.file.path) for w in part]
+        written = tagger.store.written(k for k, w in zip(keys, part) if not w.reused)
+        for w, key in zip(part, keys):
+            rec = written.get(key)
+            if (rec is not None and rec.settings_hash == settings_hash_ and rec.size == w.file.size
+                    and rec.mtime_ns == w.file.mtime_ns):
+                written_to = None
+                if rec.written_to:
+                    written_to = w.file.path if rec.written_to == key else Path(os.fsdecode(rec.written_to))
+                outcome = FileOutcome(w.file.path, "unchanged", list(rec.tags), target=rec.target,
+                                      written_to=written_to)
+                summary.add(outcome)
+                events.file(outcome)
+                events.progress("write", 1)
+            else:
+                rest.append(w)
     return rest
 
 
@@ -612,13 +625,102 @@ def _handle_cached(tagger: Tagger, works: list[_Work], dim: int, chunk: int = 20
         tagger.handle(part, vectors, embedded=False)
 
 
+class _BatchWriter:
+    """Stores encoded batches and writes their keywords on one background thread, so that the encoder
+    never waits for SQLite or file writes.
+
+    A bounded queue (``depth`` batches) keeps memory flat: when writing falls behind, the encoder
+    blocks on :meth:`put` instead of piling up vectors. Everything that reports a file (skips,
+    outcomes, progress) goes through the same queue, so events stay in order and come from one thread.
+    The thread opens its own connection to the cache (a sqlite3 connection belongs to the thread that
+    made it) and uses a shallow copy of the tagger bound to it; it is the only thread that touches the
+    cache while embedding. The metadata writers are not shared with any other thread.
+    """
+
+    def __init__(self, tagger: Tagger, summary: RunSummary, events: RunEvents, depth: int = 3) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=max(1, depth))
+        self._tagger = tagger
+        self._summary = summary
+        self._events = events
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rtagx-write", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Queue ("batch", works, vectors) or ("skip", path, reason, detail); blocks while full."""
+        import queue
+
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise CacheError("the cache writer stopped unexpectedly") from None
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread, and raise what it failed with."""
+        if self._thread.is_alive():
+            self.put(("stop",))
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        import copy
+
+        store: Store | None = None
+        try:
+            store = open_store(self._tagger.store.path)
+            tagger = copy.copy(self._tagger)
+            tagger.store = store
+            summary, events = self._summary, self._events
+            while True:
+                item = self._queue.get()
+                if item[0] == "stop":
+                    return
+                if self.error is not None:
+                    continue
+                if item[0] == "skip":
+                    _skip(item[1], item[2], item[3], summary, events)
+                    continue
+                _, works_b, vectors = item
+                with _Timer(summary.timings, "store"):
+                    files = [(w.file.path, w.file.size, w.file.mtime_ns, w.fingerprint or "") for w in works_b]
+                    ids = store.put_files(files)  # allocates content ids for new fingerprints
+                    for w, cid in zip(works_b, ids):
+                        w.content_id = cid
+                    store.put_vectors(tagger.model_id, ids, vectors, files)
+                summary.embedded += len(works_b)
+                events.progress("embed", len(works_b))
+                tagger.handle(works_b, vectors, embedded=True)
+        except BaseException as e:  # handed to the main thread on its next put/close
+            self.error = e
+            while True:  # keep draining so that a blocked put() wakes up
+                try:
+                    if self._queue.get(timeout=0.5)[0] == "stop":
+                        break
+                except Exception:  # queue.Empty: nobody is putting any more
+                    break
+        finally:
+            if store is not None:
+                store.close()
+
+
 def _embed(tagger: Tagger, encoder: Encoder, works: list[_Work], settings: Settings, summary: RunSummary,
            events: RunEvents, dry_run: bool) -> None:
+    """Decode, encode, store and write, overlapped: a thread pool decodes ahead (bounded window), the
+    calling thread only builds batches and runs the image tower, and :class:`_BatchWriter` stores
+    vectors and writes keywords behind it. On Ctrl-C every batch already encoded is still stored."""
     spec = decode.PreprocessSpec.from_model(encoder.model)
     max_mp = settings.max_megapixels or decode.DEFAULT_MAX_MEGAPIXELS
     batch_size = settings.batch_size or (16 if encoder.device == "cpu" else 128)
-    workers = settings.workers or _default_workers()
-    store = tagger.store
+    workers = settings.workers or _default_workers(encoder.device)
     decode_time = [0.0]
 
     def load(work: _Work) -> np.ndarray:
@@ -628,6 +730,11 @@ def _embed(tagger: Tagger, encoder: Encoder, works: list[_Work], settings: Setti
         finally:
             decode_time[0] += time.perf_counter() - t
 
+    for w in works:
+        if w.fingerprint is None:
+            w.fingerprint = fingerprint_file(w.file.path, w.file.size) if os.path.exists(w.file.path) else ""
+    events.stage("embed", len(works))
+    writer = _BatchWriter(tagger, summary, events)
     batch: list[tuple[_Work, np.ndarray]] = []
 
     def flush() -> None:
@@ -636,40 +743,33 @@ def _embed(tagger: Tagger, encoder: Encoder, works: list[_Work], settings: Setti
         with _Timer(summary.timings, "encode"):
             tensor = decode.to_model_batch([a for _, a in batch], spec)
             vectors = encoder.encode_images(tensor)
-        works_b = [w for w, _ in batch]
-        with _Timer(summary.timings, "store"):
-            files = [(w.file.path, w.file.size, w.file.mtime_ns, w.fingerprint or "") for w in works_b]
-            ids = store.put_files(files)  # allocates content ids for new fingerprints
-            for w, cid in zip(works_b, ids):
-                w.content_id = cid
-            store.put_vectors(tagger.model_id, ids, vectors, files)
-        summary.embedded += len(works_b)
-        events.progress("embed", len(works_b))
-        tagger.handle(works_b, vectors, embedded=True)
+        writer.put(("batch", [w for w, _ in batch], vectors))
         batch.clear()
 
-    for w in works:
-        if w.fingerprint is None:
-            w.fingerprint = fingerprint_file(w.file.path, w.file.size) if os.path.exists(w.file.path) else ""
-    events.stage("embed", len(works))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode") as pool:
         try:
             for work, future in _bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
                 try:
                     array = future.result()
                 except FileSkip as e:
-                    _skip(work.file.path, e.reason, e.detail, summary, events)
+                    writer.put(("skip", work.file.path, e.reason, e.detail))
                     continue
                 except Exception as e:  # a decoder bug must not stop the run
-                    _skip(work.file.path, "decode-failed", f"{type(e).__name__}: {e}", summary, events)
+                    writer.put(("skip", work.file.path, "decode-failed", f"{type(e).__name__}: {e}"))
                     continue
                 batch.append((work, array))
                 if len(batch) >= batch_size:
                     flush()
             flush()
-        except KeyboardInterrupt:
+        except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                writer.close()  # keep every batch already encoded
+            except BaseException:  # the first error is the one to report
+                pass
+            summary.timings["decode"] = summary.timings.get("decode", 0.0) + decode_time[0]
             raise
+    writer.close()
     summary.timings["decode"] = summary.timings.get("decode", 0.0) + decode_time[0]
 
 
@@ -842,13 +942,24 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
     """What ``rtagx show`` prints: keywords now in the file, which rtagx owns, and cached scores."""
     path = Path(os.path.abspath(path))
     info: dict[str, Any] = {"path": str(path)}
-    try:
-        current = metadata.read_keywords(path, sidecar_style=settings.sidecar_style)
-        info.update(keywords=current.keywords, owned=current.owned, hierarchical=current.hierarchical,
-                    source=current.source)
-    except FileSkip as e:
-        info["error"] = f"{e.reason}: {e.detail}"
     cache = settings.cache_path()
+    target, style = settings.write, settings.sidecar_style
+    if cache.exists() and settings.sources.get("write", "default") == "default":
+        # where rtagx wrote this file's keywords last time (a root tagged with --write sidecar, say)
+        with open_store(cache, readonly=True) as store:
+            owner = _owning_root(path, store.roots())
+        if owner:
+            target = owner[1].get("write") or target
+            style = owner[1].get("sidecar_style") or style
+    if not os.path.lexists(path):
+        info["error"] = "missing: no such file"
+    else:
+        try:
+            current = metadata.read_keywords(path, sidecar_style=style, target=target)
+            info.update(keywords=current.keywords, owned=current.owned, hierarchical=current.hierarchical,
+                        source=current.source)
+        except FileSkip as e:
+            info["error"] = f"{e.reason}: {e.detail}"
     if not cache.exists():
         return info
     with open_store(cache, readonly=True) as store:

@@ -27,13 +27,13 @@ def outcome_line(outcome: FileOutcome, *, show_scores: bool = True) -> str:
     """One line per file: what happened and the tags (with scores)."""
     path = display_path(outcome.path)
     if outcome.action == "skipped":
-        return f"skipped  {path}: {outcome.reason}" + (f" ({outcome.detail})" if outcome.detail else "")
+        return f"{'skipped':<12}{path}: {outcome.reason}" + (f" ({outcome.detail})" if outcome.detail else "")
     tags = ", ".join(f"{t} {s:.3f}" if show_scores else t for t, s in outcome.tags) or "(no tag above the threshold)"
     changes = ""
     if outcome.added or outcome.removed:
         parts = [f"+{k}" for k in outcome.added] + [f"-{k}" for k in outcome.removed]
         changes = "  [" + " ".join(parts) + "]"
-    return f"{outcome.action:<11}{path}: {tags}{changes}"
+    return f"{outcome.action:<12}{path}: {tags}{changes}"
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
