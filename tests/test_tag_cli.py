@@ -178,3 +178,58 @@ def test_cache_env_var_and_default_location(monkeypatch, tmp_path: Path) -> None
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     result = CliRunner().invoke(cli, ["cache", "path"])
     assert result.output.strip() == str(tmp_path / "xdg" / "rtagx" / "cache.sqlite3")
+
+
+def test_retag_rescores_from_the_cache_and_keeps_a_persons_keywords_then_untag(
+        tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite3"
+    image = photo_dir / "Nikon_D70.jpg"
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-Keywords=Grandma", "-XMP-dc:Subject=Grandma",
+                    "-XMP-dc:Subject=dog", "-Keywords=dog", str(image)], check=True)
+    first = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json"],
+                tiny_clip, cache)
+    files, _ = _json_lines(first.output)
+    chosen = [t["tag"] for t in next(f for f in files if f["path"].endswith("Nikon_D70.jpg"))["tags"]]
+    assert set(_exif_keywords(image)["xmp"]) == {"Grandma", "dog", *chosen}
+
+    # retag needs no model options: the cache remembers the model, the vocabulary and the folder
+    runner = CliRunner()
+    result = runner.invoke(cli, ["retag", "--cache", str(cache), "--top-k", "4", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    files, summary = _json_lines(result.output)
+    assert summary["embedded"] == 0 and summary["reused"] == 4 and summary["written"] == 4
+    assert "decode" not in summary["timings"] and "encode" not in summary["timings"]
+    chosen4 = [t["tag"] for t in next(f for f in files if f["path"].endswith("Nikon_D70.jpg"))["tags"]]
+    assert len(chosen4) == 4 and chosen4[:2] == chosen
+    after = _exif_keywords(image)
+    assert set(after["xmp"]) == {"Grandma", "dog", *chosen4} and sorted(after["iptc"]) == sorted(after["xmp"])
+
+    # the same retag again changes nothing; tag afterwards is settled from the cache too
+    again = runner.invoke(cli, ["retag", "--cache", str(cache), "--top-k", "4", "--json"], catch_exceptions=False)
+    assert _json_lines(again.output)[1]["written"] == 0
+
+    # untag removes exactly rtagx's keywords: the person's "Grandma" and "dog" stay
+    result = runner.invoke(cli, ["untag", str(photo_dir), "--cache", str(cache), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output  # corrupted.jpg: metadata readable, nothing of rtagx in it
+    final = _exif_keywords(image)
+    assert sorted(final["xmp"]) == ["Grandma", "dog"] and sorted(final["iptc"]) == ["Grandma", "dog"]
+    for name in ("Canon_40D.jpg", "Pentax_K10D.jpg"):
+        assert _exif_keywords(photo_dir / name) == {"iptc": [], "xmp": []}
+
+
+def test_retag_with_a_new_vocabulary_encodes_only_its_new_prompts(tiny_clip, photo_dir: Path, vocab_file: Path,
+                                                                  tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite3"
+    run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2"], tiny_clip, cache)
+    bigger = tmp_path / "bigger.txt"
+    bigger.write_text(vocab_file.read_text() + "sunset\nbicycle\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["retag", "--cache", str(cache), "--tags", str(bigger), "--threshold", "-1",
+                                      "--top-k", "8", "--json"], catch_exceptions=False)
+    files, summary = _json_lines(result.output)
+    assert summary["embedded"] == 0 and "load-model" in summary["timings"]
+    assert all(len(f["tags"]) == 8 for f in files if f["action"] != "skipped")
+    # missing files are reported, not crashed on
+    (photo_dir / "Canon_40D.jpg").unlink()
+    result = CliRunner().invoke(cli, ["retag", "--cache", str(cache), "--json"], catch_exceptions=False)
+    files, summary = _json_lines(result.output)
+    assert result.exit_code == 3 and summary["skip_reasons"] == {"missing": 1}
