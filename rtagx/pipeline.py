@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from rtagx import decode, metadata, scoring, vocab as vocab_mod
-from rtagx.encoder import Encoder, ResolvedModel, load_encoder, resolve_model
+from rtagx.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
 from rtagx.errors import CacheError, FileSkip, ModelError, UsageError
 from rtagx.scan import ScannedFile, ScanProblem, iter_scan
 from rtagx.settings import Settings
@@ -409,11 +409,27 @@ def run_tag(paths: Sequence[Path], settings: Settings, *, dry_run: bool = False,
     vocabulary = vocab_mod.load_vocabulary(settings.tags)
     if settings.templates:
         vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
-    with _Timer(summary.timings, "resolve-model"):
-        resolved = resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None)
+    from rtagx.model_memo import remember_identity, remembered_identity
+
+    resolved_box: list[ResolvedModel] = []
+
+    def resolved() -> ResolvedModel:
+        """The full resolution (imports open_clip, finds the weights): only when a model is needed."""
+        if not resolved_box:
+            with _Timer(summary.timings, "resolve-model"):
+                resolved_box.append(resolve_model(settings.model, settings.pretrained,
+                                                  offline=True if settings.offline else None))
+        return resolved_box[0]
+
+    if not settings.cache_path().exists():
+        resolved()  # a bad model option fails before the cache file is even created
     store = _open_locked(settings, events)
     try:
-        _tag_with_store(store, roots, settings, vocabulary, resolved, summary, events, dry_run)
+        identity = None if resolved_box else remembered_identity(store, settings.model, settings.pretrained)
+        if identity is None:
+            identity = resolved().identity
+            remember_identity(store, settings.model, settings.pretrained, identity)
+        _tag_with_store(store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -423,8 +439,8 @@ def run_tag(paths: Sequence[Path], settings: Settings, *, dry_run: bool = False,
 
 
 def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabulary: vocab_mod.Vocabulary,
-                    resolved: ResolvedModel, summary: RunSummary, events: RunEvents, dry_run: bool) -> None:
-    identity = resolved.identity
+                    identity: ModelIdentity, resolved: Callable[[], ResolvedModel], summary: RunSummary,
+                    events: RunEvents, dry_run: bool) -> None:
     model_id = store.model_id(identity.key, identity.as_dict())
     tagger = Tagger(store, settings, vocabulary, model_id, identity.key, events, summary, dry_run)
     encoder_box: list[Encoder] = []
@@ -432,7 +448,7 @@ def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabul
     def full_encoder() -> Encoder:
         if not encoder_box or not encoder_box[0].has_image_tower:
             with _Timer(summary.timings, "load-model"):
-                enc = load_encoder(resolved, device=settings.device, precision=settings.precision,
+                enc = load_encoder(resolved(), device=settings.device, precision=settings.precision,
                                    threads=settings.threads or None)
             store.model_id(identity.key, identity.as_dict(), dim=None, logit_scale=enc.logit_scale,
                            logit_bias=enc.logit_bias)
@@ -494,13 +510,17 @@ def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabul
             store.put_files(fresh_rows, fresh_ids)
         summary.reused = sum(1 for w in work_cached if w.reused)
 
+    # Something must be embedded: find the model now (its weights may be missing), before any write.
+    if to_embed:
+        resolved()
+
     # 3. prompt vectors (the model is loaded here only if something needs it)
     def text_encoder() -> Encoder:
         if to_embed:
             return full_encoder()
         if not encoder_box:
             with _Timer(summary.timings, "load-model"):
-                encoder_box.append(load_encoder(resolved, device=settings.device, precision=settings.precision,
+                encoder_box.append(load_encoder(resolved(), device=settings.device, precision=settings.precision,
                                                 text_only=True, threads=settings.threads or None))
             store.model_id(identity.key, identity.as_dict(), logit_scale=encoder_box[0].logit_scale,
                            logit_bias=encoder_box[0].logit_bias)
