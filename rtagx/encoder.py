@@ -32,7 +32,7 @@ DEFAULT_MODEL = "ViT-B-16"
 # (76.2%; datacomp_xl_s13b_b90k 73.5%, laion2b_s34b_b88k 70.2%, openai 68.3%).
 DEFAULT_PRETRAINED = "dfn2b"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
@@ -259,14 +259,49 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: fp16 autocast on GPUs (fidelity >= 0.999 there), exact fp32 on the CPU."""
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX-BF16).
+
+    Without it oneDNN emulates bf16 and a bf16 model is slower than fp32, so ``auto`` stays fp32.
+    ``RTAGX_CPU_BF16=0/1`` overrides the detection.
+    """
+    forced = os.environ.get("RTAGX_CPU_BF16", "").strip().lower()
+    if forced in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        return forced in ("1", "true", "yes", "on")
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: str, *, cpu_bf16: bool | None = None) -> str:
+    """What ``auto`` means here, and what each choice becomes on this device.
+
+    * GPUs: ``auto`` is fp16 autocast (fidelity >= 0.999 against fp32).
+    * CPU: ``auto`` is bf16 *weights* (the whole model cast to bfloat16, not autocast) when the CPU
+      has bf16 instructions (``cpu_bf16``; detected by :func:`cpu_has_native_bf16` when None): about
+      2-4x the fp32 rate with cosine >= 0.9999 to the fp32 vectors (bench/cpu_options.py); exact fp32
+      otherwise. ``fp16`` on the CPU means bf16 (fp16 matmuls on CPU are slow or missing).
+    * ``int8`` (CPU only, opt-in): dynamic int8 quantization of the image tower's linear layers;
+      cosine >= 0.99 to fp32, a few tag decisions change.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     if precision == "auto":
-        return "fp16" if device in ("cuda", "mps") else "fp32"
+        if device in ("cuda", "mps"):
+            return "fp16"
+        if cpu_bf16 is None:
+            cpu_bf16 = cpu_has_native_bf16()
+        return "bf16" if cpu_bf16 else "fp32"
     if precision == "fp16" and device == "cpu":
         return "bf16"  # CPU autocast supports bf16; fp16 matmuls on CPU are slow or missing
+    if precision == "int8" and device != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU only (device is {device}); use fp16 on GPUs")
     return precision
 
 
@@ -284,6 +319,8 @@ class Encoder:
         self.precision = precision
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
+        self.input_dtype: Any = None  # torch dtype the image batch is cast to (bf16 CPU models)
+        self.channels_last = False
 
     @property
     def has_image_tower(self) -> bool:
@@ -299,6 +336,8 @@ class Encoder:
 
         import torch
 
+        if self.device == "cpu":  # CPU models are cast (bf16) or quantized (int8) at load: no autocast
+            return contextlib.nullcontext()
         if self.precision in ("fp16", "bf16"):
             dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
             return torch.autocast(device_type=self.device if self.device != "mps" else "mps", dtype=dtype)
@@ -311,10 +350,18 @@ class Encoder:
         if self.model is None:
             raise ModelError("this encoder was loaded without its image tower")
         with torch.inference_mode(), self._autocast():
-            x = batch.to(self.device, non_blocking=True)
+            if self.device == "cuda":
+                # page-locked host memory lets the copy run asynchronously; only worth it on CUDA
+                x = batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                x = batch.to(self.device, non_blocking=True)
+            if self.input_dtype is not None:
+                x = x.to(self.input_dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             features = self.model.encode_image(x)
-        features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return features.cpu().numpy()
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            return features.cpu().numpy()
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Encode prompt texts; returns [N, D] unit vectors as float32."""
@@ -369,9 +416,40 @@ def _load_text_tower(resolved: ResolvedModel) -> tuple[Any, float | None, float 
     return tower, (float(np.exp(scale)) if scale is not None else None), _scalar(state, "logit_bias")
 
 
+def _cpu_cast(module: Any, precision: str) -> Any:
+    """bf16 on the CPU: cast the weights once (autocast re-casts every weight on every call and
+    routes attention through a slow path: about 3x slower than fp32 here, bench/cpu_options.py)."""
+    import torch
+
+    if precision == "bf16":
+        return module.to(torch.bfloat16)
+    return module
+
+
+def _quantize_int8(visual: Any) -> Any:
+    """Dynamic int8 quantization of the image tower's ``nn.Linear`` layers (weights int8, activations
+    quantized per batch). Attention's packed in-projection stays fp32."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+        if quantize is None:
+            raise UsageError(f"--precision int8 needs torch.ao.quantization.quantize_dynamic, which torch "
+                             f"{torch.__version__} no longer has; use --precision bf16 or fp32")
+        return quantize(visual, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def load_encoder(resolved: ResolvedModel, *, device: str = "auto", precision: str = "auto",
-                 text_only: bool = False, threads: int | None = None) -> Encoder:
-    """Build the network for a resolved model. Errors become one-line :class:`ModelError`s."""
+                 text_only: bool = False, threads: int | None = None, channels_last: bool = False) -> Encoder:
+    """Build the network for a resolved model. Errors become one-line :class:`ModelError`s.
+
+    ``threads``: torch intra-op threads (None/0: torch's default, one per core). ``channels_last``:
+    NHWC memory format for the image tower's convolutions (helps convolutional towers; a ViT has
+    only its patch embedding, see bench/cpu_options.py).
+    """
     import open_clip
     import torch
 
@@ -388,6 +466,8 @@ def load_encoder(resolved: ResolvedModel, *, device: str = "auto", precision: st
         if built is not None:
             tower, scale, bias = built
             tower.to(device)
+            if device == "cpu":
+                tower = _cpu_cast(tower, precision)
             return Encoder(resolved, None, tower, tokenizer, device, precision, scale, bias)
     try:
         model = open_clip.create_model(
@@ -402,4 +482,15 @@ def load_encoder(resolved: ResolvedModel, *, device: str = "auto", precision: st
     model.eval()
     scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
     bias = float(model.logit_bias.item()) if getattr(model, "logit_bias", None) is not None else None
-    return Encoder(resolved, model, model.encode_text, tokenizer, device, precision, scale, bias)
+    input_dtype = None
+    if device == "cpu" and precision == "bf16":
+        model = _cpu_cast(model, precision)
+        input_dtype = torch.bfloat16
+    elif device == "cpu" and precision == "int8":
+        model.visual = _quantize_int8(model.visual)
+    if channels_last:
+        model.visual = model.visual.to(memory_format=torch.channels_last)
+    encoder = Encoder(resolved, model, model.encode_text, tokenizer, device, precision, scale, bias)
+    encoder.input_dtype = input_dtype
+    encoder.channels_last = channels_last
+    return encoder

@@ -90,10 +90,9 @@ def iter_scan(
                 name = entry.name
                 if not include_hidden and name.startswith("."):
                     continue
-                path = Path(entry.path)
-                rel = os.path.relpath(entry.path, root)
-                if exclude and _excluded(name, rel, exclude):
+                if exclude and _excluded(name, os.path.relpath(entry.path, root), exclude):
                     continue
+                path = Path(entry.path)
                 try:
                     is_link = entry.is_symlink()
                     if entry.is_dir(follow_symlinks=follow_symlinks):

@@ -232,9 +232,12 @@ def choose_tags(scores: np.ndarray, vocab: Vocabulary, options: ScoringOptions, 
     top_k = options.top_k if options.top_k else None
     out: list[list[ChosenTag]] = []
     for row, keep, ok in zip(s, passed, eligible):
-        order = np.argsort(-row, kind="stable")
-        chosen = [int(i) for i in order if keep[i]]
+        # Sort only the tags that passed (a handful of a 1,000-tag vocabulary): same order as
+        # filtering a stable sort of the whole row, at a fraction of the cost on 100k images.
+        kept = np.flatnonzero(keep)
+        chosen = kept[np.argsort(-row[kept], kind="stable")].tolist()
         if len(chosen) < options.min_tags:
+            order = np.argsort(-row, kind="stable")
             have = set(chosen)
             extra = [int(i) for i in order if ok[i] and int(i) not in have]
             chosen = sorted(chosen + extra[: options.min_tags - len(chosen)], key=lambda i: (-row[i], i))

@@ -72,5 +72,6 @@ def test_devices_and_precisions() -> None:
     assert resolve_device("auto") in ("cpu", "cuda", "mps")
     with pytest.raises(UsageError):
         resolve_device("tpu")
-    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == "fp32"
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == "bf16"  # bf16 weights where the CPU has bf16 units
     assert resolve_precision("auto", "cuda") == "fp16"
