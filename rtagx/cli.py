@@ -177,6 +177,10 @@ def cli(ctx: click.Context, config: Path | None, debug: bool, quiet: bool, verbo
     """
     logging.basicConfig(level=logging.WARNING, format="rtagx: %(message)s")
     _set_logging(verbose)
+    # Library warnings (Pillow's "Corrupt EXIF data", ...) are log messages, shown with -vv only:
+    # the file's own skip reason already says what matters.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
     for noisy in ("huggingface_hub", "urllib3", "httpx", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     ctx.obj = Context(config, debug, quiet, verbose)

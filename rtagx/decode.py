@@ -392,7 +392,7 @@ def _check_megapixels(size: tuple[int, int], max_megapixels: float, what: str = 
     mp = w * h / 1e6
     if max_megapixels and mp > max_megapixels:
         raise DecodeError("too-large",
-                          f"{w}x{h} = {mp:.0f} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)")
+                          f"{w}x{h} = {mp:.1f} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -675,6 +675,8 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
         ext = path.suffix.lower()
         fmt = identify(head, ext)
         if fmt is None:
+            if head[:1] == b"\xff" and len(head) < 4 and head == b"\xff\xd8\xff"[:len(head)]:
+                raise DecodeError("truncated", f"JPEG cut after {len(head)} bytes (only the start marker is there)")
             raise DecodeError("not-an-image", _describe_non_image(head))
         if fmt == "RAW":
             from rtagx import decode_raw
@@ -691,8 +693,14 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
             raise DecodeError("needs-extra", "AVIF needs a Pillow built with libavif: pip install -U 'pillow>=11.3'")
         elif fmt in ("JPEG", "PNG"):
             # read once: Pillow decodes from memory and the stream check reuses the bytes
-            f = io.BytesIO(_read_all(f))  # type: ignore[assignment]
-            im = _pil_open(f, fmt)
+            data = _read_all(f)
+            f = io.BytesIO(data)  # type: ignore[assignment]
+            try:
+                im = _pil_open(f, fmt)
+            except DecodeError as e:
+                if fmt == "JPEG" and len(data) < 1024 and e.reason == "corrupt":
+                    raise DecodeError("truncated", f"JPEG cut after {len(data)} bytes, inside its headers") from None
+                raise
         else:
             im = _pil_open(f, fmt)
         return _load(im, fmt, f, spec, max_megapixels)

@@ -30,6 +30,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import threading
 import unicodedata
 from dataclasses import dataclass, field
@@ -427,6 +428,62 @@ def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
 # ------------------------------------------------------------------ atomic write
 
 
+TEMP_SUFFIX = ".rtagx-tmp"
+_cleaned_folders: set[str] = set()
+
+
+def _short_name(name: str, limit: int = 100) -> str:
+    """The photo's name cut to ``limit`` bytes on a character boundary: a 255-byte name plus the
+    temporary suffix would exceed the file system's name limit."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) or "photo"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_temps(folder: Path) -> int:
+    """Remove temporary files a killed rtagx left in ``folder`` (``.NAME.PID.XXXX.rtagx-tmp`` whose
+    process is gone), once per folder per process. The originals were never touched by them."""
+    key = os.fspath(folder)
+    if key in _cleaned_folders:
+        return 0
+    _cleaned_folders.add(key)
+    removed = 0
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.startswith(".") and entry.endswith(TEMP_SUFFIX)):
+            continue
+        parts = entry[: -len(TEMP_SUFFIX)].split(".")
+        pid = next((int(p) for p in reversed(parts[:-1]) if p.isdigit()), None)
+        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+            continue
+        if pid is None:  # an older rtagx's name without a pid: remove only when clearly stale
+            try:
+                if time.time() - os.stat(os.path.join(folder, entry)).st_mtime < 3600:
+                    continue
+            except OSError:
+                continue
+        try:
+            os.unlink(os.path.join(folder, entry))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def _atomic_write(dest: Path, fill: Callable, *, preserve_mtime: bool = False, mode_like: Path | None = None) -> None:
     """Write through a temporary file in the same folder, fsync, then replace ``dest`` in one step.
 
@@ -437,7 +494,8 @@ def _atomic_write(dest: Path, fill: Callable, *, preserve_mtime: bool = False, m
     folder = dest.parent
     old = _check_writable(dest)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".rtagx-tmp", dir=folder)
+        _clean_stale_temps(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(dest.name)}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
     except PermissionError as e:
         raise MetadataError("read-only", f"cannot create a file in {folder}: {e.strerror}") from None
     except OSError as e:

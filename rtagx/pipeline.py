@@ -379,12 +379,23 @@ def _check_paths(paths: Sequence[Path]) -> list[Path]:
 
 
 def _open_locked(settings: Settings, events: RunEvents) -> Store:
-    store = open_store(settings.cache_path())
+    """Take the writer lock first, then open (and create or migrate) the cache: two runs started at
+    the same moment on a new cache must not both try to create its tables."""
+    from rtagx.store import WriterLock
+
+    path = settings.cache_path()
     try:
-        store.lock.acquire(wait=not settings.no_wait, on_wait=events.on_wait_lock)
-    except Exception:
-        store.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"cannot create the cache folder {path.parent}: {e.strerror or e}") from None
+    lock = WriterLock(path)
+    lock.acquire(wait=not settings.no_wait, on_wait=events.on_wait_lock)
+    try:
+        store = open_store(path)
+    except BaseException:
+        lock.release()
         raise
+    store.lock = lock
     return store
 
 

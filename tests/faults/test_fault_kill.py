@@ -33,13 +33,9 @@ def test_kill9_at_random_moments_damages_nothing(model, tmp_path) -> None:
     assert stats["final_mismatch"] == []
     assert stats["final_cache"] and set(stats["final_cache"]) == {"ok"}
     assert stats["cache_leftovers"] == []
-    if stats["leftovers_after_final"]:
-        pytest.xfail("BUG: temp files of killed writes are never cleaned up (see "
-                     f"test_temp_file_of_a_killed_write_is_cleaned_up): {stats['leftovers_after_final']}")
+    assert stats["leftovers_after_final"] == []
 
 
-@pytest.mark.xfail(strict=False, reason="BUG: rtagx.metadata._atomic_write leaves '.<name>.*.rtagx-tmp' behind "
-                                        "when killed, and no later run removes it")
 def test_temp_file_of_a_killed_write_is_cleaned_up(model, tmp_path) -> None:
     """SIGSTOP rtagx the moment one of its temp files exists, SIGKILL it, then run again to completion."""
     result = faultlib.targeted_tmp_kill(tmp_path, model)
