@@ -194,10 +194,19 @@ def settings_hash(model_key: str, vocabulary: vocab_mod.Vocabulary, settings: Se
         "model": model_key,
         "vocab": vocabulary.fingerprint(),
         "scoring": asdict(scoring_options(settings)),
-        "write": [settings.write, settings.mode, settings.sidecar_style, settings.caption_ext,
-                  settings.keyword_root, settings.with_ancestors],
     }
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    return f"{_digest(parts, 12)}.{write_settings_hash(settings)}"
+
+
+def write_settings_hash(settings: Settings) -> str:
+    """The options that decide how and where chosen keywords are written (the part after the dot of
+    :func:`settings_hash`): a retag whose new scoring picks the same keywords need not touch the file."""
+    return _digest([settings.write, settings.mode, settings.sidecar_style, settings.caption_ext,
+                    settings.keyword_root, settings.with_ancestors], 6)
+
+
+def _digest(value: Any, size: int) -> str:
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=size).hexdigest()
 
 
 def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
@@ -325,8 +334,13 @@ class Tagger:
         except OSError as e:
             return FileOutcome(path, "skipped", tags, reason="permission-denied", detail=e.strerror or str(e))
         if (prev is not None and prev.keywords == flat and prev.hierarchical == hier and prev.size == st.st_size
-                and prev.mtime_ns == st.st_mtime_ns and prev.settings_hash == self.hash):
+                and prev.mtime_ns == st.st_mtime_ns
+                and prev.settings_hash.rpartition(".")[2] == self.hash.rpartition(".")[2]):
+            # The file is as rtagx left it and would get the same keywords the same way: no need to
+            # read it (a retag with a new threshold over 100k files mostly lands here).
             base.target = prev.target
+            if prev.settings_hash != self.hash and not self.dry_run:
+                records.append(prev._replace(settings_hash=self.hash, model_id=self.model_id, tags=tags))
             return base
         if s.write == "none":
             base.target = "none"
