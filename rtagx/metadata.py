@@ -451,6 +451,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def clean_stale_temps(folder: Path) -> int:
+    """Remove dead writers' temporary files in ``folder`` now (the scanner calls this for folders
+    where it saw one); unlike the check before each write, not limited to once per process."""
+    _cleaned_folders.discard(os.fspath(folder))
+    return _clean_stale_temps(folder)
+
+
 def _clean_stale_temps(folder: Path) -> int:
     """Remove temporary files a killed rtagx left in ``folder`` (``.NAME.PID.XXXX.rtagx-tmp`` whose
     process is gone), once per folder per process. The originals were never touched by them."""

@@ -490,7 +490,8 @@ def _tag_with_store(store: Store, roots: list[Path], settings: Settings, vocabul
             known.update(store.files_under(root))
         unchanged_keys: list[bytes] = []
         for item in iter_scan(roots, _extensions(settings), exclude=settings.exclude,
-                              include_hidden=settings.include_hidden, follow_symlinks=settings.follow_symlinks):
+                              include_hidden=settings.include_hidden, follow_symlinks=settings.follow_symlinks,
+                              on_temp_file=None if dry_run else metadata.clean_stale_temps):
             summary.seen += 1
             events.progress("scan", 1)
             if isinstance(item, ScanProblem):

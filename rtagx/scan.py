@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Callable
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,12 @@ def iter_scan(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     follow_symlinks: bool = False,
+    on_temp_file: Callable[[Path], object] | None = None,
 ) -> Iterator[ScannedFile | ScanProblem]:
-    """Yield image files (and problems) under ``roots`` in a stable, sorted order."""
+    """Yield image files (and problems) under ``roots`` in a stable, sorted order.
+
+    ``on_temp_file(folder)`` is called once per folder holding an rtagx temporary file (a write
+    killed mid-way leaves one): the caller may clean it up."""
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
     for root in roots:
@@ -86,8 +90,12 @@ def iter_scan(
                 yield ScanProblem(folder, "permission-denied", f"cannot list folder: {e.strerror or e}")
                 continue
             subdirs: list[Path] = []
+            temp_seen = False
             for entry in entries:
                 name = entry.name
+                if on_temp_file is not None and not temp_seen and name.endswith(".rtagx-tmp"):
+                    temp_seen = True
+                    on_temp_file(folder)
                 if not include_hidden and name.startswith("."):
                     continue
                 if exclude and _excluded(name, os.path.relpath(entry.path, root), exclude):

@@ -233,3 +233,19 @@ def test_retag_with_a_new_vocabulary_encodes_only_its_new_prompts(tiny_clip, pho
     result = CliRunner().invoke(cli, ["retag", "--cache", str(cache), "--json"], catch_exceptions=False)
     files, summary = _json_lines(result.output)
     assert result.exit_code == 3 and summary["skip_reasons"] == {"missing": 1}
+
+
+def test_temp_files_of_a_killed_writer_are_removed_even_by_a_no_op_run(tiny_clip, photo_dir: Path, vocab_file: Path,
+                                                                        tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite3"
+    args = [str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json"]
+    run(args, tiny_clip, cache)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = photo_dir / f".Canon_40D.jpg.{dead.pid}.k3x9q2.rtagx-tmp"
+    stale.write_bytes(b"half a photo")
+    alive = photo_dir / f".Nikon_D70.jpg.{os.getppid()}.a1b2c3.rtagx-tmp"  # a live process's write in progress
+    alive.write_bytes(b"being written")
+    _, summary = _json_lines(run(args, tiny_clip, cache).output)
+    assert summary["written"] == 0 and summary["embedded"] == 0
+    assert not stale.exists() and alive.exists()
