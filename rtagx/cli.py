@@ -717,8 +717,18 @@ def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bo
 
 
 def main() -> None:
+    code: int | str | None = 0
     try:
         cli(prog_name="rtagx")
     except KeyboardInterrupt:  # pragma: no cover - between commands
         click.echo("rtagx: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except SystemExit as e:
+        code = e.code
+    from rtagx.pipeline import STUCK_DECODERS
+
+    if STUCK_DECODERS:  # a decoder thread that never returns must not keep the process alive
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(code)

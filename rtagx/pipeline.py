@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -228,6 +228,19 @@ def _extensions(settings: Settings) -> frozenset[str]:
         if ext:
             exts.add(ext if ext.startswith(".") else "." + ext)
     return frozenset(exts)
+
+
+#: Files whose decoder thread never returned (see :func:`decode_timeout`); the CLI exits without
+#: waiting for those threads.
+STUCK_DECODERS: list[Path] = []
+
+
+def decode_timeout() -> float:
+    """Seconds one image may take to decode before it is skipped (``RTAGX_DECODE_TIMEOUT``, 120)."""
+    try:
+        return max(0.1, float(os.environ.get("RTAGX_DECODE_TIMEOUT", "120")))
+    except ValueError:
+        return 120.0
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[tuple[Any, Future]]:
@@ -792,29 +805,39 @@ def _embed(tagger: Tagger, encoder: Encoder, works: list[_Work], settings: Setti
         writer.put(("batch", [w for w, _ in batch], vectors))
         batch.clear()
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode") as pool:
-        try:
-            for work, future in _bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
-                try:
-                    array = future.result()
-                except FileSkip as e:
-                    writer.put(("skip", work.file.path, e.reason, e.detail))
-                    continue
-                except Exception as e:  # a decoder bug must not stop the run
-                    writer.put(("skip", work.file.path, "decode-failed", f"{type(e).__name__}: {e}"))
-                    continue
-                batch.append((work, array))
-                if len(batch) >= batch_size:
-                    flush()
-            flush()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode")
+    timed_out = 0
+    try:
+        for work, future in _bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
             try:
-                writer.close()  # keep every batch already encoded
-            except BaseException:  # the first error is the one to report
-                pass
-            summary.timings["decode"] = summary.timings.get("decode", 0.0) + decode_time[0]
-            raise
+                array = future.result(timeout=decode_timeout())
+            except FutureTimeout:
+                # A decoder that loops must not stop the run: skip the file; its thread is
+                # abandoned (Python cannot kill it) and the process exits without waiting for it.
+                timed_out += 1
+                STUCK_DECODERS.append(work.file.path)
+                writer.put(("skip", work.file.path, "decode-timeout",
+                            f"decoding took longer than {decode_timeout():g} s (RTAGX_DECODE_TIMEOUT)"))
+                continue
+            except FileSkip as e:
+                writer.put(("skip", work.file.path, e.reason, e.detail))
+                continue
+            except Exception as e:  # a decoder bug must not stop the run
+                writer.put(("skip", work.file.path, "decode-failed", f"{type(e).__name__}: {e}"))
+                continue
+            batch.append((work, array))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            writer.close()  # keep every batch already encoded
+        except BaseException:  # the first error is the one to report
+            pass
+        summary.timings["decode"] = summary.timings.get("decode", 0.0) + decode_time[0]
+        raise
+    pool.shutdown(wait=not timed_out, cancel_futures=bool(timed_out))
     writer.close()
     summary.timings["decode"] = summary.timings.get("decode", 0.0) + decode_time[0]
 

@@ -249,3 +249,33 @@ def test_temp_files_of_a_killed_writer_are_removed_even_by_a_no_op_run(tiny_clip
     _, summary = _json_lines(run(args, tiny_clip, cache).output)
     assert summary["written"] == 0 and summary["embedded"] == 0
     assert not stale.exists() and alive.exists()
+
+
+def test_a_decoder_that_never_returns_is_skipped_and_the_run_goes_on(tiny_clip, photo_dir: Path, vocab_file: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    """Stands in for a decoder stuck in a loop on a hostile file: the only way to get a real decoder
+    to hang on demand is to make it wait, so this one file's decode blocks on an event."""
+    import threading
+
+    from rtagx import decode, pipeline
+
+    release = threading.Event()
+    real = decode.decode_for_model
+
+    def decode_for_model(path, spec, **kw):
+        if Path(path).name == "Pentax_K10D.jpg":
+            release.wait(30)
+        return real(path, spec, **kw)
+
+    monkeypatch.setattr(decode, "decode_for_model", decode_for_model)
+    monkeypatch.setenv("RTAGX_DECODE_TIMEOUT", "1")
+    monkeypatch.setattr(pipeline, "STUCK_DECODERS", [])
+    try:
+        result = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json",
+                      "--workers", "2"], tiny_clip, tmp_path / "c.sqlite3")
+    finally:
+        release.set()
+    files, summary = _json_lines(result.output)
+    assert result.exit_code == 3
+    assert summary["skip_reasons"] == {"corrupt": 1, "decode-timeout": 1} and summary["written"] == 3
+    assert [Path(p).name for p in pipeline.STUCK_DECODERS] == ["Pentax_K10D.jpg"]
