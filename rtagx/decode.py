@@ -392,7 +392,7 @@ def _check_megapixels(size: tuple[int, int], max_megapixels: float, what: str = 
     mp = w * h / 1e6
     if max_megapixels and mp > max_megapixels:
         raise DecodeError("too-large",
-                          f"{w}x{h} = {mp:.1f} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)")
+                          f"{w}x{h} = {_mp_text(mp)} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,6 +660,11 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
         canvas.paste(im, plan.offset)
         im = canvas
     return np.array(im, dtype=np.uint8)
+
+
+def _mp_text(mp: float) -> str:
+    """3600 -> '3600', 1.5 -> '1.5': exact enough to see why a file exceeds the limit."""
+    return f"{mp:.1f}".rstrip("0").rstrip(".")
 
 
 def _clamp(value: float, limit: int) -> float:
