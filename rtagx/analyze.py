@@ -17,6 +17,7 @@ import numpy as np
 
 from rtagx import scoring, vocab as vocab_mod
 from rtagx.encoder import resolve_model
+from rtagx.model_memo import remembered_identity
 from rtagx.errors import CacheError
 from rtagx.pipeline import RunEvents, RunSummary, run_tag, scoring_options
 from rtagx.settings import Settings
@@ -56,8 +57,11 @@ def score_images_at(roots: Sequence[Path], settings: Settings, images: Sequence[
     vocabulary = vocab_mod.load_vocabulary(settings.tags)
     if settings.templates:
         vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
-    identity = resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None).identity
     with open_store(settings.cache_path(), readonly=True) as store:
+        # run_tag above recorded what the model options resolve to: no second resolution (which
+        # imports open_clip and hashes the checkpoint) unless that record is stale
+        identity = remembered_identity(store, settings.model, settings.pretrained) or resolve_model(
+            settings.model, settings.pretrained, offline=True if settings.offline else None).identity
         row = store.conn.execute("SELECT id FROM models WHERE key = ?", (identity.key,)).fetchone()
         if row is None:
             raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
@@ -81,6 +85,22 @@ def score_images_at(roots: Sequence[Path], settings: Settings, images: Sequence[
     probabilities = info.get("logit_bias") is not None or scoring.is_probability_model(info.get("name") or "")
     return ScoredImages([p for p, _ in found], scores, vocabulary, scoring_options(settings),
                         info.get("name") or settings.model, probabilities, missing, summary)
+
+
+def score_labelled(directory: Path, labels_csv: Path | None, settings: Settings, events: RunEvents | None = None
+                   ) -> tuple[ScoredImages, list[list[int]], dict[str, int]]:
+    """Scores of the labelled images under ``directory`` (labels from a CSV, else one folder per
+    label), their tag indices, and the labels that match no tag (with counts)."""
+    from rtagx.errors import UsageError
+    from rtagx.evaluate import load_labels_csv, load_labels_folders, match_labels
+
+    raw = load_labels_csv(labels_csv) if labels_csv else load_labels_folders(directory)
+    if not raw:
+        raise UsageError(f"no labelled images found ({labels_csv or directory})")
+    data = {Path(os.path.abspath(p)): v for p, v in raw.items()}
+    scored = score_images_at([directory], settings, images=list(data), events=events)
+    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
+    return scored, [truth_by_path.get(p, []) for p in scored.paths], unknown
 
 
 def _content_of(store: Store, path: Path) -> int | None:

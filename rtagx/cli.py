@@ -435,13 +435,15 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
-def _labelled(directory: Path, labels: Path | None) -> dict[Path, list[str]]:
-    from rtagx.evaluate import load_labels_csv, load_labels_folders
+def _score_labelled(ctx: Context, directory: Path, labels: Path | None, options: dict[str, Any]) -> Any:
+    """What eval and calibrate share: settings, progress bars, and the labelled images' scores."""
+    from rtagx.analyze import score_labelled
 
-    data = load_labels_csv(labels) if labels else load_labels_folders(directory)
-    if not data:
-        raise UsageError(f"no labelled images found ({labels or directory})")
-    return {Path(os.path.abspath(p)): v for p, v in data.items()}
+    renderer = _analysis_renderer(ctx)
+    try:
+        return score_labelled(directory, labels, _analysis_settings(ctx, options), events=renderer.events)
+    finally:
+        renderer.close()
 
 
 @cli.command("eval")
@@ -462,18 +464,9 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
     """
     import dataclasses
 
-    from rtagx.analyze import score_images_at
-    from rtagx.evaluate import evaluate, match_labels
+    from rtagx.evaluate import evaluate
 
-    settings = _analysis_settings(ctx, options)
-    data = _labelled(directory, labels)
-    renderer = _analysis_renderer(ctx)
-    try:
-        scored = score_images_at([directory], settings, images=list(data), events=renderer.events)
-    finally:
-        renderer.close()
-    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
-    truth = [truth_by_path.get(p, []) for p in scored.paths]
+    scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
     report = evaluate(scored.scores, truth, scored.vocabulary, scored.options, model_name=scored.model_name,
                       probabilities=scored.probabilities, unknown_labels=unknown)
     if as_json:
@@ -512,18 +505,9 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
 @handle_errors
 def calibrate(ctx: Context, directory: Path, labels: Path | None, output: Path, min_support: int, **options: Any) -> None:
     """Fit per-tag thresholds that maximize F1 on labelled photos; write them as a vocabulary file."""
-    from rtagx.analyze import score_images_at
-    from rtagx.evaluate import calibrate as fit, match_labels
+    from rtagx.evaluate import calibrate as fit
 
-    settings = _analysis_settings(ctx, options)
-    data = _labelled(directory, labels)
-    renderer = _analysis_renderer(ctx)
-    try:
-        scored = score_images_at([directory], settings, images=list(data), events=renderer.events)
-    finally:
-        renderer.close()
-    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
-    truth = [truth_by_path.get(p, []) for p in scored.paths]
+    scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
     result = fit(scored.scores, truth, scored.vocabulary, min_support=min_support, options=scored.options,
                  model_name=scored.model_name, probabilities=scored.probabilities)
     from rtagx.analyze import write_text_atomically
