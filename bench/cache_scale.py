@@ -58,9 +58,11 @@ GOAL_SIZE_MB = 150.0
 GOAL_RSS_GB = 1.5
 DIM = 512
 PER_FOLDER = 100
-TEXT_SUMMARY = re.compile(r"(?P<seen>\d+) files: embedded (?P<embedded>\d+), reused (?P<reused>\d+), "
-                          r"tagged (?P<tagged>\d+), (?:written|would write) (?P<written>\d+), "
-                          r"unchanged (?P<unchanged>\d+), skipped (?P<skipped>\d+)")
+TEXT_SUMMARY = re.compile(
+    r"(?P<seen>\d+) files: embedded (?P<embedded>\d+), reused (?P<reused>\d+), "
+    r"tagged (?P<tagged>\d+), (?:written|would write) (?P<written>\d+), "
+    r"unchanged (?P<unchanged>\d+), skipped (?P<skipped>\d+)"
+)
 
 MODEL_CONFIG = {
     "embed_dim": DIM,
@@ -104,9 +106,10 @@ def file_path(root: Path, i: int) -> Path:
 
 def build_library(work: Path, n: int, seed: int = 0) -> dict:
     """Files, model and a filled cache; returns what the runs need."""
-    from rtagx import scoring, vocab as vocab_mod
-    from rtagx.encoder import resolve_model
-    from rtagx.store import fingerprint_file, open_store, pack_vector
+    from rtagx.cache.store import fingerprint_file, open_store, pack_vector
+    from rtagx.model.encoder import resolve_model
+    from rtagx.tags import scoring
+    from rtagx.tags import vocab as vocab_mod
 
     rng = np.random.default_rng(seed)
     config, checkpoint = build_model(work / "model")
@@ -149,7 +152,7 @@ def build_library(work: Path, n: int, seed: int = 0) -> dict:
         matrix = scoring.build_tag_matrix(vocabulary, stored)
         step = 5000
         for start in range(0, n, step):
-            part = rows[start:start + step]
+            part = rows[start : start + step]
             ids = store.put_files(part)
             picks = rng.integers(0, len(vocabulary.tags), size=(len(part), 3))
             vecs = matrix[picks].sum(axis=1) + rng.normal(scale=1.0 / np.sqrt(DIM), size=(len(part), DIM)) * 1.5
@@ -212,26 +215,41 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.build_only:
         built = build_library(work, args.files)
-        (work / "build.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in built.items()}))
+        (work / "build.json").write_text(
+            json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in built.items()})
+        )
         return 0
     marker = work / "built.json"
-    env = {**os.environ, "RTAGX_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "RTAGX_NO_PROGRESS": "1",
-           "XDG_CONFIG_HOME": str(work / "xdg-config")}  # no user config file leaks in
+    env = {
+        **os.environ,
+        "RTAGX_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "RTAGX_NO_PROGRESS": "1",
+        "XDG_CONFIG_HOME": str(work / "xdg-config"),
+    }  # no user config file leaks in
     info = json.loads(marker.read_text()) if marker.exists() and not args.rebuild else None
     if info is None or info.get("n") != args.files:
         marker.unlink(missing_ok=True)
         t0 = time.perf_counter()
         # Build in a child process: this process stays small (no torch), so the peak RSS that
         # os.wait4 reports for each measured child is the child's own, not inherited across fork.
-        subprocess.run([sys.executable, __file__, "--files", str(args.files), "--workdir", str(work), "--build-only"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--files", str(args.files), "--workdir", str(work), "--build-only"], check=True
+        )
         built = json.loads((work / "build.json").read_text())
         built = {k: Path(v) if k != "n" else v for k, v in built.items()}
-        common = ["--model", str(built["config"]), "--pretrained", str(built["checkpoint"]),
-                  "--cache", str(built["cache"])]
+        common = [
+            "--model",
+            str(built["config"]),
+            "--pretrained",
+            str(built["checkpoint"]),
+            "--cache",
+            str(built["cache"]),
+        ]
         _log("first `rtagx tag` run: scores every file and writes its keywords (setup, not timed)")
-        wall, rss, rc, summary = run_cli(["tag", str(built["root"]), *common, "--yes", "--json"], env,
-                                         work / "first-tag.jsonl")
+        wall, rss, rc, summary = run_cli(
+            ["tag", str(built["root"]), *common, "--yes", "--json"], env, work / "first-tag.jsonl"
+        )
         if rc != 0 or not summary or summary["embedded"] != 0 or summary["written"] != args.files:
             _log(f"first run did not write every file: rc={rc} summary={summary}")
             return 1
@@ -248,12 +266,16 @@ def main() -> int:
     noop_timings = None
     for label, extra in (("", []), (" --json (a line per file)", ["--json"])):
         _log(f"timing the no-op `rtagx tag{label}`")
-        wall, rss, rc, s = run_cli(["tag", info["root"], *model, *common, "--yes", *extra], env,
-                                   work / f"noop-tag{'-json' if extra else ''}.out")
+        wall, rss, rc, s = run_cli(
+            ["tag", info["root"], *model, *common, "--yes", *extra],
+            env,
+            work / f"noop-tag{'-json' if extra else ''}.out",
+        )
         if not (rc == 0 and s and s["seen"] == n and s["unchanged"] == n and s["embedded"] == 0 and s["written"] == 0):
             problems.append(f"no-op tag{label}: rc={rc} summary={s}")
-        rows.append((f"no-op tag{label}, {n} unchanged files", f"{wall:.2f} s", f"<= {GOAL_NOOP_S:g} s",
-                     wall <= GOAL_NOOP_S))
+        rows.append(
+            (f"no-op tag{label}, {n} unchanged files", f"{wall:.2f} s", f"<= {GOAL_NOOP_S:g} s", wall <= GOAL_NOOP_S)
+        )
         rows.append(("  peak RSS", f"{rss:.0f} MB", f"<= {GOAL_RSS_GB * 1000:g} MB", rss <= GOAL_RSS_GB * 1000))
         noop_timings = (s or {}).get("timings", noop_timings)
 
@@ -267,40 +289,65 @@ def main() -> int:
     retag_summary = s
 
     _log("timing `rtagx retag --dry-run --threshold 0.3` (new settings: changed files are planned)")
-    wall, rss, rc, s = run_cli(["retag", info["root"], *common, "--dry-run", "--json", "--threshold", "0.3"], env,
-                               work / "retag-new.jsonl")
+    wall, rss, rc, s = run_cli(
+        ["retag", info["root"], *common, "--dry-run", "--json", "--threshold", "0.3"], env, work / "retag-new.jsonl"
+    )
     ok = rc == 0 and s and s["seen"] == n and s["reused"] == n and s["skipped"] == 0
     if not ok:
         problems.append(f"retag --dry-run --threshold 0.3: rc={rc} summary={s}")
-    rows.append((f"retag --dry-run --threshold 0.3 ({(s or {}).get('written', '?')} would-write)", f"{wall:.2f} s",
-                 f"<= {GOAL_RETAG_S:g} s", wall <= GOAL_RETAG_S))
+    rows.append(
+        (
+            f"retag --dry-run --threshold 0.3 ({(s or {}).get('written', '?')} would-write)",
+            f"{wall:.2f} s",
+            f"<= {GOAL_RETAG_S:g} s",
+            wall <= GOAL_RETAG_S,
+        )
+    )
     rows.append(("  peak RSS", f"{rss:.0f} MB", f"<= {GOAL_RSS_GB * 1000:g} MB", rss <= GOAL_RSS_GB * 1000))
     retag_new_summary = s
 
     db, wal, tables = cache_size(Path(info["cache"]))
     scaled = (db + wal) * 100_000 / n
-    rows.append((f"cache size, {n} files x {DIM}-dim vectors (db + WAL)", f"{db + wal:.1f} MB",
-                 f"<= {GOAL_SIZE_MB * n / 100_000:g} MB", scaled <= GOAL_SIZE_MB))
+    rows.append(
+        (
+            f"cache size, {n} files x {DIM}-dim vectors (db + WAL)",
+            f"{db + wal:.1f} MB",
+            f"<= {GOAL_SIZE_MB * n / 100_000:g} MB",
+            scaled <= GOAL_SIZE_MB,
+        )
+    )
     vec = tables.get("vectors", 0.0) + tables.get("sqlite_autoindex_vectors_1", 0.0)
-    rows.append(("  of which image vectors (table + key index)", f"{vec:.1f} MB",
-                 f"<= {GOAL_SIZE_MB * n / 100_000:g} MB", vec * 100_000 / n <= GOAL_SIZE_MB))
+    rows.append(
+        (
+            "  of which image vectors (table + key index)",
+            f"{vec:.1f} MB",
+            f"<= {GOAL_SIZE_MB * n / 100_000:g} MB",
+            vec * 100_000 / n <= GOAL_SIZE_MB,
+        )
+    )
 
     width = max(len(r[0]) for r in rows) + 2
     load = os.getloadavg()
-    print(f"rtagx cache at scale: {n} files, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"rtagx cache at scale: {n} files, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"{'measure':<{width}}{'figure':>12}  {'goal':<12}result")
     for name, figure, goal, passed in rows:
         print(f"{name:<{width}}{figure:>12}  {goal:<12}{'ok' if passed else 'MISSED'}")
     print("cache tables (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in tables.items() if v >= 0.05))
     print(f"no-op tag timings: {noop_timings}")
     if retag_summary:
-        print(f"retag --dry-run summary: seen {retag_summary['seen']}, reused {retag_summary['reused']}, "
-              f"tagged {retag_summary['tagged']}, unchanged {retag_summary['unchanged']}, "
-              f"would-write {retag_summary['written']}; timings {retag_summary['timings']}")
+        print(
+            f"retag --dry-run summary: seen {retag_summary['seen']}, reused {retag_summary['reused']}, "
+            f"tagged {retag_summary['tagged']}, unchanged {retag_summary['unchanged']}, "
+            f"would-write {retag_summary['written']}; timings {retag_summary['timings']}"
+        )
     if retag_new_summary:
-        print(f"retag --threshold 0.3 summary: tagged {retag_new_summary['tagged']}, unchanged "
-              f"{retag_new_summary['unchanged']}, would-write {retag_new_summary['written']}; "
-              f"timings {retag_new_summary['timings']}")
+        print(
+            f"retag --threshold 0.3 summary: tagged {retag_new_summary['tagged']}, unchanged "
+            f"{retag_new_summary['unchanged']}, would-write {retag_new_summary['written']}; "
+            f"timings {retag_new_summary['timings']}"
+        )
     for p in problems:
         print(f"PROBLEM: {p}")
     _log(f"{work} is left in place for reruns (delete it when done)")

@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rtagx import decode  # noqa: E402
-from rtagx.encoder import cpu_has_native_bf16, load_encoder, resolve_model  # noqa: E402
+from rtagx.imaging import decode  # noqa: E402
+from rtagx.model.encoder import cpu_has_native_bf16, load_encoder, resolve_model  # noqa: E402
 
 
 def images(spec: decode.PreprocessSpec, workdir: Path, extra: int) -> list[np.ndarray]:
@@ -47,17 +47,15 @@ def images(spec: decode.PreprocessSpec, workdir: Path, extra: int) -> list[np.nd
     files += make_images(workdir / "small", extra, (500, 375))
     out = []
     for f in files:
-        try:
+        with contextlib.suppress(Exception):
             out.append(decode.decode_for_model(f, spec))
-        except Exception:  # noqa: BLE001 - a sample that cannot be decoded is just left out
-            pass
     return out
 
 
 def encode_all(fn, arrays: list[np.ndarray], spec: decode.PreprocessSpec, batch: int) -> np.ndarray:
     out = []
     for i in range(0, len(arrays), batch):
-        out.append(fn(decode.to_model_batch(arrays[i:i + batch], spec)))
+        out.append(fn(decode.to_model_batch(arrays[i : i + batch], spec)))
     return np.concatenate(out)
 
 
@@ -78,17 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     model_name, pretrained = make_model(args.model, args.workdir)
     resolved = resolve_model(model_name, pretrained, offline=True)
     threads = torch.get_num_threads()
-    print(f"model {args.model}; torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; "
-          f"CPU bf16 instructions: {cpu_has_native_bf16()}; load {os.getloadavg()}")
+    print(
+        f"model {args.model}; torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; "
+        f"CPU bf16 instructions: {cpu_has_native_bf16()}; load {os.getloadavg()}"
+    )
 
     ref = load_encoder(resolved, device="cpu", precision="fp32")
     spec = decode.PreprocessSpec.from_model(ref.model)
     arrays = images(spec, args.workdir, args.extra_images)
     speed_arrays = (arrays * (1 + args.speed_images // max(1, len(arrays))))[: args.speed_images]
-    print(f"fidelity on {len(arrays)} images; speed on {len(speed_arrays)} images, batch {args.batch}, "
-          f"best of {args.repeat}")
+    print(
+        f"fidelity on {len(arrays)} images; speed on {len(speed_arrays)} images, batch {args.batch}, "
+        f"best of {args.repeat}"
+    )
 
-    from rtagx.vocab import load_vocabulary
+    from rtagx.tags.vocab import load_vocabulary
 
     coco = [t.keyword for t in load_vocabulary("coco").tags]
     texts = ref.encode_texts([f"a photo of a {c}." for c in coco])
@@ -102,10 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         return torch.nn.functional.normalize(f.float(), dim=-1).numpy()
 
     options: list[tuple[str, object]] = [("fp32 (reference)", ref.encode_images)]
-    options.append(("bf16 weights (rtagx --precision bf16; auto here)", load_encoder(resolved, device="cpu", precision="bf16").encode_images))
+    options.append(
+        (
+            "bf16 weights (rtagx --precision bf16; auto here)",
+            load_encoder(resolved, device="cpu", precision="bf16").encode_images,
+        )
+    )
     options.append(("bf16 autocast (torch.autocast around fp32)", autocast_bf16))
-    options.append(("int8 dynamic linear (--precision int8)", load_encoder(resolved, device="cpu", precision="int8").encode_images))
-    options.append(("fp32 channels-last", load_encoder(resolved, device="cpu", precision="fp32", channels_last=True).encode_images))
+    options.append(
+        ("int8 dynamic linear (--precision int8)", load_encoder(resolved, device="cpu", precision="int8").encode_images)
+    )
+    options.append(
+        ("fp32 channels-last", load_encoder(resolved, device="cpu", precision="fp32", channels_last=True).encode_images)
+    )
     if args.compile:
         compiled = load_encoder(resolved, device="cpu", precision="fp32")
         t = time.perf_counter()
@@ -151,13 +162,18 @@ def main(argv: list[str] | None = None) -> int:
                 encode_all(bf.encode_images, speed_arrays, spec, args.batch)
             finally:
                 torch.set_num_threads(threads)
+
         return go
 
-    cases = {f"bf16, batch {b:>3}, {threads} threads": (lambda b=b: encode_all(bf.encode_images, speed_arrays, spec, b))
-             for b in sizes}
+    cases = {
+        f"bf16, batch {b:>3}, {threads} threads": (lambda b=b: encode_all(bf.encode_images, speed_arrays, spec, b))
+        for b in sizes
+    }
     cases[f"bf16, batch {args.batch:>3}, 1 thread"] = with_threads(1)
     cases[f"fp32, batch   1, {threads} threads"] = lambda: encode_all(ref.encode_images, speed_arrays, spec, 1)
-    cases[f"fp32, batch {args.batch:>3}, {threads} threads"] = lambda: encode_all(ref.encode_images, speed_arrays, spec, args.batch)
+    cases[f"fp32, batch {args.batch:>3}, {threads} threads"] = lambda: encode_all(
+        ref.encode_images, speed_arrays, spec, args.batch
+    )
     best = {k: float("inf") for k in cases}
     for _ in range(args.repeat):
         for k, go in cases.items():

@@ -5,7 +5,7 @@
 
 Reference = Image.open + full decode + ImageOps.exif_transpose + ICC->sRGB (when tagged) +
 open_clip.image_transform(size, is_train=False) (resize shorter side, bicubic antialias, centre crop,
-ToTensor, Normalize). Fast = rtagx.decode.decode_for_model + to_model_batch (JPEG draft mode, box
+ToTensor, Normalize). Fast = rtagx.imaging.decode.decode_for_model + to_model_batch (JPEG draft mode, box
 resize of the crop only, orientation and colour on the small result).
 
 Per case: ms per image for each (best of --repeat, single thread), speed-up, PSNR of the
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageCms, ImageOps  # noqa: E402
 
-from rtagx import decode  # noqa: E402
+from rtagx.imaging import decode  # noqa: E402
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -51,16 +51,23 @@ def upright_srgb(path: Path) -> Image.Image:
     if icc and im.mode == "RGB":
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" not in (ImageCms.getProfileDescription(src) or "").lower():
-            im = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
-                                           renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+            im = ImageCms.profileToProfile(
+                im, src, ImageCms.createProfile("sRGB"), renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+            )
     return im.convert("RGB")
 
 
 def reference(path: Path, spec: decode.PreprocessSpec) -> torch.Tensor:
     import open_clip
 
-    tf = open_clip.image_transform(spec.size, is_train=False, mean=spec.mean, std=spec.std,
-                                   interpolation=spec.interpolation, resize_mode=spec.resize_mode)
+    tf = open_clip.image_transform(
+        spec.size,
+        is_train=False,
+        mean=spec.mean,
+        std=spec.std,
+        interpolation=spec.interpolation,
+        resize_mode=spec.resize_mode,
+    )
     return tf(upright_srgb(path))
 
 
@@ -136,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="best of N timings per case (default 5)")
     ap.add_argument("--margin", type=float, default=None, help=f"override decode.DRAFT_MARGIN ({decode.DRAFT_MARGIN})")
-    ap.add_argument("--samples", type=Path, default=REPO.parent / "shared" / "fixtures" / "camera-samples",
-                    help="camera samples folder (jpg/**/*.jpg)")
+    ap.add_argument(
+        "--samples",
+        type=Path,
+        default=REPO.parent / "shared" / "fixtures" / "camera-samples",
+        help="camera samples folder (jpg/**/*.jpg)",
+    )
     args = ap.parse_args(argv)
     if args.margin is not None:
         decode.DRAFT_MARGIN = args.margin
@@ -148,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         models = tiny_models(workdir)
         cases = make_cases(workdir)
         print(f"draft margin {decode.DRAFT_MARGIN}, reducing gap {decode.REDUCING_GAP}, best of {args.repeat}\n")
-        header = (f"{'case':38} {'size':>4} {'MB':>5} {'bpp':>4} {'ref ms':>8} {'fast ms':>8} {'speed-up':>8} "
-                  f"{'PSNR dB':>8} {'cosine':>9}")
+        header = (
+            f"{'case':38} {'size':>4} {'MB':>5} {'bpp':>4} {'ref ms':>8} {'fast ms':>8} {'speed-up':>8} "
+            f"{'PSNR dB':>8} {'cosine':>9}"
+        )
         print(header)
         print("-" * len(header))
         for name, path in cases:
@@ -157,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             mb = path.stat().st_size / 1e6
             for size in (224, 64):
                 spec = decode.PreprocessSpec(size, MEAN, STD)
-                t_ref, ref = best_ms(lambda: reference(path, spec), max(2, args.repeat // 2))
-                t_fast, ours = best_ms(lambda: fast(path, spec), args.repeat)
+                t_ref, ref = best_ms(lambda path=path, spec=spec: reference(path, spec), max(2, args.repeat // 2))
+                t_fast, ours = best_ms(lambda path=path, spec=spec: fast(path, spec), args.repeat)
                 cos = cosine(models[size], ref[None], ours[None])
-                print(f"{name:38} {size:>4} {mb:>5.1f} {mb * 8e6 / (w * h):>4.1f} {t_ref:>8.1f} {t_fast:>8.1f} "
-                      f"{t_ref / t_fast:>7.1f}x {psnr(ours[None], ref[None], spec):>8.2f} {cos:>9.6f}")
+                print(
+                    f"{name:38} {size:>4} {mb:>5.1f} {mb * 8e6 / (w * h):>4.1f} {t_ref:>8.1f} {t_fast:>8.1f} "
+                    f"{t_ref / t_fast:>7.1f}x {psnr(ours[None], ref[None], spec):>8.2f} {cos:>9.6f}"
+                )
 
         files = [p for p in sorted((args.samples / "jpg").rglob("*.jpg")) if p.name != "corrupted.jpg"]
         if files:
@@ -172,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                 ours = torch.stack([fast(p, spec) for p in files])
                 ps = [psnr(o[None], r[None], spec) for o, r in zip(ours, refs)]
                 worst = files[int(np.argmin(ps))].name
-                print(f"  {size:>3} px: PSNR min {min(ps):.2f} dB ({worst}), median {statistics.median(ps):.2f} dB; "
-                      f"tiny-CLIP cosine min {cosine(models[size], refs, ours):.6f}")
+                print(
+                    f"  {size:>3} px: PSNR min {min(ps):.2f} dB ({worst}), median {statistics.median(ps):.2f} dB; "
+                    f"tiny-CLIP cosine min {cosine(models[size], refs, ours):.6f}"
+                )
     return 0
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "faults"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import faultlib as F  # noqa: E402
+import faultlib as F
 
 SCENARIOS = ("kill", "midwrite", "tmpkill", "disk", "concurrency", "hostile", "fuzz")
 
@@ -48,14 +48,22 @@ def _kill_row(kind: str, stats: dict) -> tuple:
     phases = ", ".join(f"{k} {v}" for k, v in sorted(stats["phases"].items()))
     finals = [s for s in stats["final_summaries"] if s]
     second = finals[1::2]
-    notes = (f"phases: {phases}; killed {stats['kills']}, finished first {stats['finished_before_kill']}; "
-             f"cache {'ok' if set(stats['final_cache']) == {'ok'} and not stats['bad_cache'] else 'BAD'}; "
-             f"2nd full run embeds {sum(s['embedded'] for s in second)}, writes {sum(s['written'] for s in second)}; "
-             f"temp files seen after kills: {stats['leftovers_seen']}")
+    notes = (
+        f"phases: {phases}; killed {stats['kills']}, finished first {stats['finished_before_kill']}; "
+        f"cache {'ok' if set(stats['final_cache']) == {'ok'} and not stats['bad_cache'] else 'BAD'}; "
+        f"2nd full run embeds {sum(s['embedded'] for s in second)}, writes {sum(s['written'] for s in second)}; "
+        f"temp files seen after kills: {stats['leftovers_seen']}"
+    )
     if stats["final_mismatch"]:
         notes += f"; FINAL MISMATCH {len(stats['final_mismatch'])}"
-    return (kind, stats["kills"], stats["checks"] * stats["files"] // max(1, len(finals) // 2) if finals else 0,
-            damaged, len(stats["leftovers_after_final"]) + len(stats["cache_leftovers"]), notes)
+    return (
+        kind,
+        stats["kills"],
+        stats["checks"] * stats["files"] // max(1, len(finals) // 2) if finals else 0,
+        damaged,
+        len(stats["leftovers_after_final"]) + len(stats["cache_leftovers"]),
+        notes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,54 +100,97 @@ def main(argv: list[str] | None = None) -> int:
             details += s["damaged"] + s["bad_keywords"] + s["bad_cache"] + s["final_mismatch"]
         if "midwrite" in only and args.midwrite:
             timed(f"kill -9 mid-write x {args.midwrite}")
-            s = F.kill_lanes(work / "midwrite", model, args.midwrite, lanes=args.lanes, seed=args.seed + 7,
-                             mode="midwrite", log=log)
+            s = F.kill_lanes(
+                work / "midwrite", model, args.midwrite, lanes=args.lanes, seed=args.seed + 7, mode="midwrite", log=log
+            )
             rows.append(_kill_row("kill -9, mid-write", s))
             details += s["damaged"] + s["bad_keywords"] + s["bad_cache"] + s["final_mismatch"]
         if "tmpkill" in only:
             timed("kill -9 while a temp file exists")
             t = F.targeted_tmp_kill(work / "tmpkill", model)
-            rows.append(("kill -9, temp file open", t["caught"], 30 if t["caught"] else 0, len(t["damaged"]),
-                         len(t["left_after_rerun"]),
-                         f"caught in try {t['tries']}; left after kill {len(t['left_after_kill'])}, after the next "
-                         f"complete run {len(t['left_after_rerun'])} (rtagx never removes its temp files); "
-                         f"cache {t['cache']}"))
+            rows.append(
+                (
+                    "kill -9, temp file open",
+                    t["caught"],
+                    30 if t["caught"] else 0,
+                    len(t["damaged"]),
+                    len(t["left_after_rerun"]),
+                    f"caught in try {t['tries']}; left after kill {len(t['left_after_kill'])}, after the next "
+                    f"complete run {len(t['left_after_rerun'])} (rtagx never removes its temp files); "
+                    f"cache {t['cache']}",
+                )
+            )
             details += t["damaged"] + [f"left behind: {p}" for p in t["left_after_rerun"]]
         if "disk" in only:
             timed("disk full: photos")
             d = F.disk_full_photos(work / "disk-photos", model)
             r = d["run"]
-            rows.append(("disk full (photo writes, EFBIG)", d["faults"], d["files"], len(d["damaged"]),
-                         len(d["leftovers"]),
-                         f"exit {r.rc}; skip reasons {r.summary['skip_reasons'] if r.summary else None}; "
-                         f"{len(d['problems'])} problems"))
+            rows.append(
+                (
+                    "disk full (photo writes, EFBIG)",
+                    d["faults"],
+                    d["files"],
+                    len(d["damaged"]),
+                    len(d["leftovers"]),
+                    f"exit {r.rc}; skip reasons {r.summary['skip_reasons'] if r.summary else None}; "
+                    f"{len(d['problems'])} problems",
+                )
+            )
             details += d["damaged"] + d["problems"]
             timed("disk full: cache")
             c = F.disk_full_cache(work / "disk-cache", model)
             mid, start = c["mid"], c["start"]
-            rows.append(("disk full (cache, mid-run + at start)", 2, c["files"], len(c["damaged"]),
-                         len(c["leftovers"]) + len(c["cache_leftovers"]),
-                         f"mid-run exit {mid.rc} ({'one line' if F.one_line_error(mid.stderr) else 'NOT one line'}), "
-                         f"at start exit {start.rc} ({'one line' if F.one_line_error(start.stderr) else 'NOT one line'}); "
-                         f"cache {c['cache_mid']}/{c['cache_final']}; recovery exit {c['recover'].rc}, "
-                         f"then embeds {c['again'].summary and c['again'].summary['embedded']}"))
+            rows.append(
+                (
+                    "disk full (cache, mid-run + at start)",
+                    2,
+                    c["files"],
+                    len(c["damaged"]),
+                    len(c["leftovers"]) + len(c["cache_leftovers"]),
+                    f"mid-run exit {mid.rc} ({'one line' if F.one_line_error(mid.stderr) else 'NOT one line'}), "
+                    f"at start exit {start.rc} ({'one line' if F.one_line_error(start.stderr) else 'NOT one line'}); "
+                    f"cache {c['cache_mid']}/{c['cache_final']}; recovery exit {c['recover'].rc}, "
+                    f"then embeds {c['again'].summary and c['again'].summary['embedded']}",
+                )
+            )
             details += c["damaged"]
         if "concurrency" in only:
             ref = F.concurrency_reference(work / "conc-ref", model)
             for procs, shared, pre in ((2, True, False), (4, True, True), (2, False, False)):
-                label = ("a cache each" if not shared else "one existing cache" if pre else "one new cache")
+                label = "a cache each" if not shared else "one existing cache" if pre else "one new cache"
                 timed(f"concurrency: {procs} processes, {label}")
-                o = F.concurrency_scenario(work / f"conc-{procs}-{shared}-{pre}", model, procs, shared_cache=shared,
-                                           reference=ref, precreate=pre)
-                rows.append((f"{procs} processes at once, {label}", procs,
-                             o["files"], len(o["damaged"]) + len(o["mismatch"]), len(o["leftovers"]),
-                             f"exit codes {o['rcs']}; cache {','.join(sorted(set(o['cache'])))}; "
-                             f"{len(o['problems'])} problems (locked/traceback/bad skips)"))
+                o = F.concurrency_scenario(
+                    work / f"conc-{procs}-{shared}-{pre}",
+                    model,
+                    procs,
+                    shared_cache=shared,
+                    reference=ref,
+                    precreate=pre,
+                )
+                rows.append(
+                    (
+                        f"{procs} processes at once, {label}",
+                        procs,
+                        o["files"],
+                        len(o["damaged"]) + len(o["mismatch"]),
+                        len(o["leftovers"]),
+                        f"exit codes {o['rcs']}; cache {','.join(sorted(set(o['cache'])))}; "
+                        f"{len(o['problems'])} problems (locked/traceback/bad skips)",
+                    )
+                )
                 details += o["damaged"] + o["mismatch"] + o["problems"]
             timed("concurrency: first open of a new cache")
             race = F.first_open_race(work / "race", procs=6, reps=3)
-            rows.append(("6 processes open a new cache at once", 18, 0, 0, 0,
-                         f"{len(race)} of 18 opens failed" + (f", e.g. {race[0].split(': ', 2)[-1][:90]}" if race else "")))
+            rows.append(
+                (
+                    "6 processes open a new cache at once",
+                    18,
+                    0,
+                    0,
+                    0,
+                    f"{len(race)} of 18 opens failed" + (f", e.g. {race[0].split(': ', 2)[-1][:90]}" if race else ""),
+                )
+            )
             details += race[:5]
         if "hostile" in only:
             timed("hostile inputs")
@@ -151,16 +202,31 @@ def main(argv: list[str] | None = None) -> int:
             r = F.run_rtagx(F.tag_args([lib], model, work / "hostile" / "c.sqlite3", vocab), work / "hostile")
             changed = [str(p) for p, b in raw.items() if p.read_bytes() != b and expect[p] != "written-or-skip"]
             problems = F.skip_problems(r, expect)
-            rows.append(("hostile inputs (truncated, random, bomb, empty)", len(expect), len(expect), len(changed),
-                         len(F.leftovers(lib, set(expect))),
-                         f"exit {r.rc}; reasons {r.summary['skip_reasons'] if r.summary else None}; "
-                         f"{len(problems)} imprecise outcomes; traceback: {'Traceback' in r.stderr}"))
+            rows.append(
+                (
+                    "hostile inputs (truncated, random, bomb, empty)",
+                    len(expect),
+                    len(expect),
+                    len(changed),
+                    len(F.leftovers(lib, set(expect))),
+                    f"exit {r.rc}; reasons {r.summary['skip_reasons'] if r.summary else None}; "
+                    f"{len(problems)} imprecise outcomes; traceback: {'Traceback' in r.stderr}",
+                )
+            )
             details += changed + problems
         if "fuzz" in only and args.fuzz:
             timed(f"keyword fuzz x {args.fuzz}")
             z = F.fuzz_keywords(work / "fuzz", args.fuzz, seed=args.seed)
-            rows.append(("keyword fuzz (write_keywords + exiftool)", z["examples"], z["examples"],
-                         len(z["problems"]), 0, f"written {z['written']}, refused as bad-keyword {z['rejected']}"))
+            rows.append(
+                (
+                    "keyword fuzz (write_keywords + exiftool)",
+                    z["examples"],
+                    z["examples"],
+                    len(z["problems"]),
+                    0,
+                    f"written {z['written']}, refused as bad-keyword {z['rejected']}",
+                )
+            )
             details += z["problems"]
     finally:
         if args.work is None:

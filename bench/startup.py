@@ -11,7 +11,7 @@ that first line, total wall time, peak RSS, and the run's own timings (load-mode
 * ``tag``, prompts cached: a second folder with the same cache (what a user sees on later runs);
 * ``retag --tags coco``: new prompts, so a model is needed, yet only the text tower may be built.
   The process records every open_clip model and vision tower it builds; the row says what was built.
-* ``import``: ``import rtagx.cli, rtagx.pipeline`` plus torch and open_clip, the floor of any command.
+* ``import``: ``import rtagx.cli.commands, rtagx.run.tag`` plus torch and open_clip, the floor of any command.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ wrap(om, "_build_vision_tower", "vision tower")
 wrap(om, "_build_text_tower", "text tower")
 wrap(open_clip, "create_model", "full model")
 wrap(of, "create_model", "full model")
-from rtagx.cli import main
+from rtagx.cli.commands import main
 sys.argv = ["rtagx", *sys.argv[1:]]
 try:
     main()
@@ -58,8 +58,14 @@ print(json.dumps({"built": sorted(set(built)), "maxrss_mb": resource.getrusage(r
 
 def run(args: list[str], env: dict[str, str]) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", HOOK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOOK, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
     first = None
     summary: dict = {}
     assert proc.stdout is not None
@@ -98,14 +104,39 @@ def main(argv: list[str] | None = None) -> int:
     a = copy_folder(img[:1], work / "a")
     b = copy_folder(img[1:2], work / "b")
     cache = work / "cache.sqlite3"
-    env = {**os.environ, "RTAGX_CONFIG": os.devnull, "RTAGX_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
-    common = ["--model", model_name, "--pretrained", pretrained, "--cache", str(cache), "--json", "--yes",
-              "--batch-size", "1", "--write", "embed", "--threshold", "-1", "--top-k", "3", "--tags", str(tags)]
+    env = {
+        **os.environ,
+        "RTAGX_CONFIG": os.devnull,
+        "RTAGX_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    common = [
+        "--model",
+        model_name,
+        "--pretrained",
+        pretrained,
+        "--cache",
+        str(cache),
+        "--json",
+        "--yes",
+        "--batch-size",
+        "1",
+        "--write",
+        "embed",
+        "--threshold",
+        "-1",
+        "--top-k",
+        "3",
+        "--tags",
+        str(tags),
+    ]
     print(f"model {args.model} ({model_name}); load {os.getloadavg()}")
 
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import rtagx.cli, rtagx.pipeline, torch, open_clip"], env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import rtagx.cli.commands, rtagx.run.tag, torch, open_clip"], env=env, check=True
+    )
     imports = time.perf_counter() - t0
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import rtagx.cli"], env=env, check=True)
@@ -114,16 +145,36 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("tag, cold cache (prompts encoded)", run(["tag", str(a), *common], env)),
         ("tag, prompts cached", run(["tag", str(b), *common], env)),
-        ("retag --tags coco (new prompts)", run(["retag", str(a), "--cache", str(cache), "--json", "--yes",
-                                                  "--tags", "coco", "--threshold", "-1", "--top-k", "3"], env)),
+        (
+            "retag --tags coco (new prompts)",
+            run(
+                [
+                    "retag",
+                    str(a),
+                    "--cache",
+                    str(cache),
+                    "--json",
+                    "--yes",
+                    "--tags",
+                    "coco",
+                    "--threshold",
+                    "-1",
+                    "--top-k",
+                    "3",
+                ],
+                env,
+            ),
+        ),
     ]
     header = f"{'command':36} {'first image':>11} {'wall':>7} {'load-model':>10} {'text':>7} {'peak RSS':>9}  built"
     print("\n" + header + "\n" + "-" * (len(header) + 20))
     for name, r in rows:
         t = r["summary"].get("timings", {})
         first = f"{r['first']:.2f} s" if r["first"] is not None else "-"
-        print(f"{name:36} {first:>11} {r['wall']:6.2f}s {t.get('load-model', 0):9.2f}s {t.get('text', 0):6.2f}s "
-              f"{r.get('maxrss_mb', 0):7.0f}MB  {', '.join(r.get('built', [])) or 'nothing'} (exit {r['rc']})")
+        print(
+            f"{name:36} {first:>11} {r['wall']:6.2f}s {t.get('load-model', 0):9.2f}s {t.get('text', 0):6.2f}s "
+            f"{r.get('maxrss_mb', 0):7.0f}MB  {', '.join(r.get('built', [])) or 'nothing'} (exit {r['rc']})"
+        )
     print(f"{'python -c import rtagx.cli':36} {'':>11} {cli_import:6.2f}s")
     print(f"{'python -c import rtagx + torch + open_clip':36} {'':>11} {imports:6.2f}s")
     print(f"\nload average after the run: {os.getloadavg()}")

@@ -85,6 +85,7 @@ phone
 
 # -- inputs ----------------------------------------------------------------------------------------
 
+
 def make_model(kind: str, workdir: Path) -> tuple[str, str]:
     """(--model, --pretrained) for the chosen model, created once in ``workdir``."""
     import torch
@@ -151,12 +152,13 @@ def copy_folder(files: list[Path], dest: Path) -> Path:
 
 # -- measurements ------------------------------------------------------------------------------------
 
+
 def naive_baseline(model_name: str, pretrained: str, files: list[Path]) -> tuple[float, float]:
     """(images/s, CPU s/image) of the straightforward loop (model load not counted)."""
     import open_clip
     import torch
 
-    from rtagx.encoder import resolve_model
+    from rtagx.model.encoder import resolve_model
 
     resolved = resolve_model(model_name, pretrained, offline=True)  # registers a config JSON
     model, _, preprocess = open_clip.create_model_and_transforms(resolved.open_clip_name, pretrained=pretrained)
@@ -171,10 +173,12 @@ def naive_baseline(model_name: str, pretrained: str, files: list[Path]) -> tuple
     return len(files) / dt, dc / len(files)
 
 
-def rtagx_tag(model_name: str, pretrained: str, files: list[Path], workdir: Path, label: str,
-              extra: dict | None = None) -> dict:
+def rtagx_tag(
+    model_name: str, pretrained: str, files: list[Path], workdir: Path, label: str, extra: dict | None = None
+) -> dict:
     """run_tag on a fresh copy with a cold cache; returns timings, wall and the embed-stage window."""
-    from rtagx.pipeline import RunEvents, run_tag
+    from rtagx.run.events import RunEvents
+    from rtagx.run.tag import run_tag
     from rtagx.settings import load_settings
 
     folder = copy_folder(files, workdir / f"run-{label}")
@@ -183,9 +187,20 @@ def rtagx_tag(model_name: str, pretrained: str, files: list[Path], workdir: Path
         Path(str(cache) + suffix).unlink(missing_ok=True)
     tags = workdir / "bench-tags.txt"
     tags.write_text(BENCH_TAGS)
-    settings = load_settings({"cache": str(cache), "model": model_name, "pretrained": pretrained, "write": "embed",
-                              "threshold": -1.0, "top_k": 5, "tags": str(tags), "offline": True, **(extra or {})},
-                             environ={})
+    settings = load_settings(
+        {
+            "cache": str(cache),
+            "model": model_name,
+            "pretrained": pretrained,
+            "write": "embed",
+            "threshold": -1.0,
+            "top_k": 5,
+            "tags": str(tags),
+            "offline": True,
+            **(extra or {}),
+        },
+        environ={},
+    )
     marks: dict[str, float] = {}
 
     def on_stage(name: str, total: int) -> None:
@@ -213,18 +228,28 @@ def rtagx_tag(model_name: str, pretrained: str, files: list[Path], workdir: Path
     rest = summary.embedded - first_batch
     steady = rest / (marks["last-file"] - marks["first-batch"]) if rest > 0 and "first-batch" in marks else 0.0
     steady_cpu = (cpu_end - marks["first-batch-cpu"]) / rest if rest > 0 and "first-batch-cpu" in marks else 0.0
-    return {"wall": wall, "embed_wall": embed_wall, "timings": dict(summary.timings), "embedded": summary.embedded,
-            "written": summary.written, "skipped": summary.skipped, "folder": folder, "steady": steady,
-            "steady_cpu": steady_cpu}
+    return {
+        "wall": wall,
+        "embed_wall": embed_wall,
+        "timings": dict(summary.timings),
+        "embedded": summary.embedded,
+        "written": summary.written,
+        "skipped": summary.skipped,
+        "folder": folder,
+        "steady": steady,
+        "steady_cpu": steady_cpu,
+    }
 
 
 def stage_rates(model_name: str, pretrained: str, files: list[Path], workdir: Path, label: str) -> dict:
     """Each stage alone, with rtagx's defaults: items per second."""
-    from rtagx import decode, metadata, scoring, vocab
-    from rtagx.encoder import load_encoder, resolve_model
-    from rtagx.pipeline import _default_workers
-    from rtagx.scan import iter_scan
+    from rtagx.imaging import decode
+    from rtagx.keywords import metadata
+    from rtagx.model.encoder import load_encoder, resolve_model
+    from rtagx.run.local import default_workers as _default_workers
+    from rtagx.run.scan import iter_scan
     from rtagx.settings import Settings
+    from rtagx.tags import scoring, vocab
 
     out: dict[str, float] = {}
     folder = copy_folder(files, workdir / f"stage-{label}")
@@ -252,7 +277,7 @@ def stage_rates(model_name: str, pretrained: str, files: list[Path], workdir: Pa
         t = time.perf_counter()
         vecs = []
         for i in range(0, len(arrays), batch):
-            vecs.append(enc.encode_images(decode.to_model_batch(arrays[i:i + batch], spec)))
+            vecs.append(enc.encode_images(decode.to_model_batch(arrays[i : i + batch], spec)))
         out[key] = len(arrays) / (time.perf_counter() - t)
     out["_precision"] = enc.precision  # type: ignore[assignment]
     vectors = np.concatenate(vecs)
@@ -278,14 +303,17 @@ def stage_rates(model_name: str, pretrained: str, files: list[Path], workdir: Pa
     return out
 
 
-def bench_set(name: str, files: list[Path], model_name: str, pretrained: str, workdir: Path,
-              rounds: int) -> list[tuple]:
+def bench_set(
+    name: str, files: list[Path], model_name: str, pretrained: str, workdir: Path, rounds: int
+) -> list[tuple]:
     """Baseline, rtagx tag and the stages, interleaved ``rounds`` times; the best round of each is
     kept (on a shared machine, whichever ran in a quiet minute would otherwise win)."""
     mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
     w, h = Image.open(files[0]).size
-    print(f"\n== {name}: {len(files)} JPEGs {w}x{h}, {mb:.2f} MB each on average; best of {rounds} interleaved rounds",
-          flush=True)
+    print(
+        f"\n== {name}: {len(files)} JPEGs {w}x{h}, {mb:.2f} MB each on average; best of {rounds} interleaved rounds",
+        flush=True,
+    )
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
     busy_best = 0.0
@@ -312,29 +340,55 @@ def bench_set(name: str, files: list[Path], model_name: str, pretrained: str, wo
         precision = str(stages.pop("_precision"))
         for k, v in stages.items():
             keep(k, v)
-        print(f"   round {r + 1}: baseline {base:.2f} img/s; rtagx tag {run['embedded']} embedded, {run['written']} "
-              f"written, {run['skipped']} skipped, {run['wall']:.1f} s, steady {run['steady']:.2f} img/s; "
-              f"encoder-only {stages['encode']:.2f}/{stages['encode (warm)']:.2f} img/s (cold/warm); load "
-              f"{os.getloadavg()[0]:.1f}; timings " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(t.items())),
-              flush=True)
+        print(
+            f"   round {r + 1}: baseline {base:.2f} img/s; rtagx tag {run['embedded']} embedded, {run['written']} "
+            f"written, {run['skipped']} skipped, {run['wall']:.1f} s, steady {run['steady']:.2f} img/s; "
+            f"encoder-only {stages['encode']:.2f}/{stages['encode (warm)']:.2f} img/s (cold/warm); load "
+            f"{os.getloadavg()[0]:.1f}; timings " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(t.items())),
+            flush=True,
+        )
     base = best["base"]
     rows = [
-        (name, "naive baseline (PIL + open_clip preprocess, 1 at a time, fp32)", base, 1.0,
-         f"{cpu['base']:.2f} CPU s/img"),
+        (
+            name,
+            "naive baseline (PIL + open_clip preprocess, 1 at a time, fp32)",
+            base,
+            1.0,
+            f"{cpu['base']:.2f} CPU s/img",
+        ),
         (name, "rtagx tag, whole call (model load, prompts, scan, embed, write)", best["e2e"], best["e2e"] / base, ""),
-        (name, "rtagx tag, embed stage (first decode to last file written)", best["embed"], best["embed"] / base,
-         f"encoder busy {busy_best:.0%} of the stage"),
-        (name, "rtagx tag, embed stage steady state (after the first batch)", best["steady"], best["steady"] / base,
-         f"{cpu.get('steady', 0):.2f} CPU s/img" if best["steady"] else "too few images"),
+        (
+            name,
+            "rtagx tag, embed stage (first decode to last file written)",
+            best["embed"],
+            best["embed"] / base,
+            f"encoder busy {busy_best:.0%} of the stage",
+        ),
+        (
+            name,
+            "rtagx tag, embed stage steady state (after the first batch)",
+            best["steady"],
+            best["steady"] / base,
+            f"{cpu.get('steady', 0):.2f} CPU s/img" if best["steady"] else "too few images",
+        ),
     ]
     for stage in ("scan", "decode", "decode (1 thread)", "encode", "encode (warm)", "score", "write"):
-        note = {"encode": f"{precision}, fresh model, first batch counted (like a run)",
-                "encode (warm)": "second pass: the encoder-only rate"}.get(stage, "")
+        note = {
+            "encode": f"{precision}, fresh model, first batch counted (like a run)",
+            "encode (warm)": "second pass: the encoder-only rate",
+        }.get(stage, "")
         rows.append((name, f"stage alone: {stage}", best[stage], best[stage] / base, note))
     rows.append((name, "embed stage / cold encoder-only rate", best["embed"] / best["encode"], None, ""))
     if best["steady"]:
-        rows.append((name, "steady state / warm encoder-only rate", best["steady"] / best["encode (warm)"], None,
-                     "goal >= 85% on large"))
+        rows.append(
+            (
+                name,
+                "steady state / warm encoder-only rate",
+                best["steady"] / best["encode (warm)"],
+                None,
+                "goal >= 85% on large",
+            )
+        )
     return rows
 
 
@@ -348,6 +402,7 @@ def print_rows(rows: list[tuple]) -> None:
 
 
 # -- memory ----------------------------------------------------------------------------------------
+
 
 def _noise_jpegs(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -373,13 +428,39 @@ def memory_check(model_name: str, pretrained: str, workdir: Path, counts: tuple[
             Path(str(cache) + suffix).unlink(missing_ok=True)
         tags = workdir / "bench-tags.txt"
         tags.write_text(BENCH_TAGS)
-        code = ("import os, resource, subprocess, sys, time; t=time.perf_counter(); "
-                "p=subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
-                "r=resource.getrusage(resource.RUSAGE_CHILDREN); "
-                "print(r.ru_maxrss, time.perf_counter()-t, p.returncode, p.stderr[-300:])")
-        cmd = [sys.executable, "-c", code, sys.executable, "-m", "rtagx", "tag", str(folder), "--model", model_name,
-               "--pretrained", pretrained, "--cache", str(cache), "--write", "embed", "--threshold", "-1",
-               "--top-k", "5", "--tags", str(tags), "--yes", "--offline", "--quiet"]
+        code = (
+            "import os, resource, subprocess, sys, time; t=time.perf_counter(); "
+            "p=subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
+            "r=resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(r.ru_maxrss, time.perf_counter()-t, p.returncode, p.stderr[-300:])"
+        )
+        cmd = [
+            sys.executable,
+            "-c",
+            code,
+            sys.executable,
+            "-m",
+            "rtagx",
+            "tag",
+            str(folder),
+            "--model",
+            model_name,
+            "--pretrained",
+            pretrained,
+            "--cache",
+            str(cache),
+            "--write",
+            "embed",
+            "--threshold",
+            "-1",
+            "--top-k",
+            "5",
+            "--tags",
+            str(tags),
+            "--yes",
+            "--offline",
+            "--quiet",
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RTAGX_CONFIG": "/dev/null"})
         parts = res.stdout.split(maxsplit=3)
         rss, secs, rc = int(parts[0]) / 1024, float(parts[1]), int(parts[2])
@@ -392,14 +473,21 @@ def memory_check(model_name: str, pretrained: str, workdir: Path, counts: tuple[
 
 # -- main ------------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["vit-b-16", "tiny"], default="vit-b-16")
-    ap.add_argument("--images", type=Path, default=None, help="a folder of your own JPEGs (replaces the generated sets)")
+    ap.add_argument(
+        "--images", type=Path, default=None, help="a folder of your own JPEGs (replaces the generated sets)"
+    )
     ap.add_argument("--count-small", type=int, default=64, help="500x375 JPEGs (default 64; 0 skips the set)")
     ap.add_argument("--count-large", type=int, default=48, help="4000x3000 JPEGs (default 48; 0 skips the set)")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "rtagx-bench-throughput",
-                    help="generated images, model and caches are kept here between runs")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "rtagx-bench-throughput",
+        help="generated images, model and caches are kept here between runs",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per set, best kept (default 2)")
     ap.add_argument("--memory-check", action="store_true", help="only the peak-RSS check (1,000 vs 10,000 files)")
     ap.add_argument("--memory-counts", default="1000,10000")

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtagx import metadata  # noqa: E402
+from rtagx.keywords import metadata
 
 KEYWORDS_A = ["dog", "beach", "café", "日本", "Zürich", "sunset", "golden retriever", "sand"]
 KEYWORDS_B = ["cat", "sofa", "indoor", "Zürich", "window light"]
@@ -93,7 +93,9 @@ def main() -> None:
             ("write (keywords change)", timed(lambda k: metadata.write_keywords(photo, sets[k % 2]), args.repeat)),
         ]
         metadata.write_keywords(photo, KEYWORDS_A)
-        rows.append(("write (nothing changes)", timed(lambda k: metadata.write_keywords(photo, KEYWORDS_A), args.repeat)))
+        rows.append(
+            ("write (nothing changes)", timed(lambda k: metadata.write_keywords(photo, KEYWORDS_A), args.repeat))
+        )
         rows.append(("read", timed(lambda k: metadata.read_keywords(photo), args.repeat)))
         ref = Path(d) / "ref.jpg"
         shutil.copyfile(photo, ref)

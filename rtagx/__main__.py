@@ -1,6 +1,6 @@
 """``python -m rtagx`` runs the command-line tool."""
 
-from rtagx.cli import main
+from rtagx.cli.commands import main
 
 if __name__ == "__main__":
     main()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from rtagx.errors import UsageError
 
@@ -80,6 +81,39 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+
+#: The one list of allowed values for each option that takes a choice: the CLI builds its
+#: ``click.Choice`` from it, the keyword writer and validation check against it.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "write": ("auto", "embed", "sidecar", "txt", "none"),
+    "mode": ("merge", "replace-own", "replace-all"),
+    "sidecar_style": ("ext", "stem"),
+}
+
+
+def validate_settings(settings: Settings) -> None:
+    """Option values that can be checked before anything runs."""
+    if settings.threshold is not None and not -1.0 <= settings.threshold <= 1.0:
+        raise UsageError(f"--threshold must be within [-1, 1] (a cosine), got {settings.threshold}")
+    if settings.write not in CHOICES["write"]:
+        raise UsageError(f"--write must be one of {', '.join(CHOICES['write'])}, got '{settings.write}'")
+    if settings.mode not in CHOICES["mode"]:
+        raise UsageError(f"--mode must be one of {', '.join(CHOICES['mode'])}, got '{settings.mode}'")
+    if settings.sidecar_style not in CHOICES["sidecar_style"]:
+        raise UsageError(
+            f"--sidecar-style must be one of {', '.join(CHOICES['sidecar_style'])}, got '{settings.sidecar_style}'"
+        )
+    if settings.batch_size < 0 or settings.workers < 0 or settings.min_tags < 0 or (settings.top_k or 0) < 0:
+        raise UsageError("--batch-size, --workers, --top-k and --min-tags must not be negative")
+    if settings.max_megapixels < 0:
+        raise UsageError("--max-megapixels must not be negative")
+    if settings.margin is not None and not 0.0 <= settings.margin <= 2.0:
+        raise UsageError(f"--margin must be within [0, 2] (a cosine difference), got {settings.margin}")
+    if settings.min_share is not None and not 0.0 <= settings.min_share <= 1.0:
+        raise UsageError(f"--min-share must be within [0, 1] (a softmax share), got {settings.min_share}")
+    if settings.temperature is not None and not settings.temperature > 0:
+        raise UsageError(f"--temperature must be greater than 0, got {settings.temperature}")
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Settings) if f.name != "sources")

@@ -18,9 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RTAGX_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO.parent / "shared" / "fixtures" / "camera-samples"
-if not SAMPLES.is_dir():  # CI clones main with shared/ beside it; also allow an override.
-    SAMPLES = Path(os.environ.get("RTAGX_SAMPLES", SAMPLES))
+#: Real camera photos carried in the repository (tests/data/camera-samples/README.md: source, licence).
+SAMPLES = Path(os.environ.get("RTAGX_SAMPLES") or REPO / "tests" / "data" / "camera-samples")
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -60,7 +59,7 @@ def tiny_clip_other(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     if not SAMPLES.is_dir():
-        pytest.skip(f"camera samples not found at {SAMPLES}")
+        pytest.fail(f"camera samples missing at {SAMPLES}: they are part of the repository")
     return SAMPLES
 
 

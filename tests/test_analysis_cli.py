@@ -11,15 +11,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from rtagx.cli import cli
+from rtagx.cli.commands import cli
 
 VOCAB = "dog\ncat\nmountain\nbeach\ncar\nfood\n"
 
 
 def invoke(command: str, args: list[str], tiny_clip, cache: Path):
     cfg, ckpt = tiny_clip
-    return CliRunner().invoke(cli, [command, *args, "--model", str(cfg), "--pretrained", str(ckpt),
-                                    "--cache", str(cache)], catch_exceptions=False)
+    return CliRunner().invoke(
+        cli,
+        [command, *args, "--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(cache)],
+        catch_exceptions=False,
+    )
 
 
 @pytest.fixture
@@ -32,8 +35,9 @@ def vocab_file(tmp_path: Path) -> Path:
 def test_explain_lists_scores_and_verdicts_and_writes_nothing(tiny_clip, photo_dir, vocab_file, tmp_path):
     image = photo_dir / "Canon_40D.jpg"
     before = image.read_bytes()
-    result = invoke("explain", [str(image), "--tags", str(vocab_file), "--threshold", "0", "--json"], tiny_clip,
-                    tmp_path / "c.db")
+    result = invoke(
+        "explain", [str(image), "--tags", str(vocab_file), "--threshold", "0", "--json"], tiny_clip, tmp_path / "c.db"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.strip().splitlines()[-1])
     assert len(data["tags"]) == 6
@@ -51,12 +55,21 @@ def test_explain_lists_scores_and_verdicts_and_writes_nothing(tiny_clip, photo_d
 def test_margin_keeps_only_tags_near_the_best(tiny_clip, photo_dir, vocab_file, tmp_path):
     image = photo_dir / "Nikon_D70.jpg"
     cache = tmp_path / "c.db"
-    all_tags = json.loads(invoke("explain", [str(image), "--tags", str(vocab_file), "--threshold", "-1", "--json"],
-                                 tiny_clip, cache).output.splitlines()[-1])
+    all_tags = json.loads(
+        invoke(
+            "explain", [str(image), "--tags", str(vocab_file), "--threshold", "-1", "--json"], tiny_clip, cache
+        ).output.splitlines()[-1]
+    )
     best = all_tags["tags"][0]["score"]
     margin = 0.02
-    near = json.loads(invoke("explain", [str(image), "--tags", str(vocab_file), "--threshold", "-1", "--margin",
-                                         str(margin), "--json"], tiny_clip, cache).output.splitlines()[-1])
+    near = json.loads(
+        invoke(
+            "explain",
+            [str(image), "--tags", str(vocab_file), "--threshold", "-1", "--margin", str(margin), "--json"],
+            tiny_clip,
+            cache,
+        ).output.splitlines()[-1]
+    )
     expected = [t["tag"] for t in all_tags["tags"] if t["score"] >= best - margin - 1e-4]
     assert near["chosen"] == expected
     assert len(near["chosen"]) < len(all_tags["chosen"]) or len(expected) == 6
@@ -79,16 +92,23 @@ def _labelled_folder(photo_dir: Path, tmp_path: Path) -> Path:
 
 def test_eval_single_label_folders_reports_top1_top5(tiny_clip, photo_dir, vocab_file, tmp_path):
     root = _labelled_folder(photo_dir, tmp_path)
-    result = invoke("eval", [str(root), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "1", "--json"],
-                    tiny_clip, tmp_path / "c.db")
+    result = invoke(
+        "eval",
+        [str(root), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "1", "--json"],
+        tiny_clip,
+        tmp_path / "c.db",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["images"] == 3 and report["single_label"] is True
     # the same figures computed independently from `explain`'s ranking of each image
     ranks = []
     for label, name in (("dog", "Canon_40D.jpg"), ("car", "Nikon_D70.jpg"), ("dog", "Pentax_K10D.jpg")):
-        ex = json.loads(invoke("explain", [str(root / label / name), "--tags", str(vocab_file), "--json"],
-                               tiny_clip, tmp_path / "c.db").output.splitlines()[-1])
+        ex = json.loads(
+            invoke(
+                "explain", [str(root / label / name), "--tags", str(vocab_file), "--json"], tiny_clip, tmp_path / "c.db"
+            ).output.splitlines()[-1]
+        )
         ranks.append(next(t["rank"] for t in ex["tags"] if t["tag"] == label))
     assert report["top1"] == pytest.approx(sum(r == 1 for r in ranks) / 3)
     assert report["top5"] == pytest.approx(sum(r <= 5 for r in ranks) / 3)
@@ -99,18 +119,25 @@ def test_eval_single_label_folders_reports_top1_top5(tiny_clip, photo_dir, vocab
 def test_calibrate_writes_a_vocabulary_that_loads_and_reaches_its_f1(tiny_clip, photo_dir, vocab_file, tmp_path):
     root = _labelled_folder(photo_dir, tmp_path)
     csv_path = root / "labels.csv"
-    csv_path.write_text("path,labels\ndog/Canon_40D.jpg,dog;food\ncar/Nikon_D70.jpg,car;food\n"
-                        "dog/Pentax_K10D.jpg,dog\n", encoding="utf-8")
+    csv_path.write_text(
+        "path,labels\ndog/Canon_40D.jpg,dog;food\ncar/Nikon_D70.jpg,car;food\ndog/Pentax_K10D.jpg,dog\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "calibrated.txt"
     cache = tmp_path / "c.db"
-    result = invoke("calibrate", [str(root), "--labels", str(csv_path), "--tags", str(vocab_file), "-o", str(out),
-                                  "--min-support", "2"], tiny_clip, cache)
+    result = invoke(
+        "calibrate",
+        [str(root), "--labels", str(csv_path), "--tags", str(vocab_file), "-o", str(out), "--min-support", "2"],
+        tiny_clip,
+        cache,
+    )
     assert result.exit_code == 0, result.output
     assert "2 tags calibrated" in result.output  # dog and food have 2 examples each; car has 1
     assert "@threshold=" in out.read_text()
     # evaluated with its own thresholds, each calibrated tag reaches the F1 calibrate reported
-    again = invoke("eval", [str(root), "--labels", str(csv_path), "--tags", str(out), "--top-k", "0", "--json"],
-                   tiny_clip, cache)
+    again = invoke(
+        "eval", [str(root), "--labels", str(csv_path), "--tags", str(out), "--top-k", "0", "--json"], tiny_clip, cache
+    )
     report = json.loads(again.output.strip().splitlines()[-1])
     per_tag = {t["keyword"]: t for t in report["per_tag"]}
     for line in result.output.splitlines()[1:]:
@@ -133,8 +160,12 @@ def test_raw_with_jpeg_sibling_is_embedded_once_and_tagged_like_it(tiny_clip, vo
     picture.save(folder / "IMG_0001.JPG", quality=92)
     _make_dng(folder / "IMG_0001.dng", picture)
     Image.effect_noise((200, 150), 60).convert("RGB").save(folder / "IMG_0002.jpg")
-    result = invoke("tag", [str(folder), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json",
-                            "--yes"], tiny_clip, tmp_path / "c.db")
+    result = invoke(
+        "tag",
+        [str(folder), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json", "--yes"],
+        tiny_clip,
+        tmp_path / "c.db",
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
     summary = lines[-1]
@@ -143,10 +174,15 @@ def test_raw_with_jpeg_sibling_is_embedded_once_and_tagged_like_it(tiny_clip, vo
     assert by_name["IMG_0001.dng"]["tags"] == by_name["IMG_0001.JPG"]["tags"]
     sidecar = folder / "IMG_0001.dng.xmp"
     assert sidecar.exists()
-    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(sidecar)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        ["exiftool", "-j", "-XMP-dc:Subject", str(sidecar)], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout)[0]["Subject"] == [t["tag"] for t in by_name["IMG_0001.JPG"]["tags"]]
     # a second run settles everything from the cache
-    again = invoke("tag", [str(folder), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json",
-                           "--yes"], tiny_clip, tmp_path / "c.db")
+    again = invoke(
+        "tag",
+        [str(folder), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json", "--yes"],
+        tiny_clip,
+        tmp_path / "c.db",
+    )
     assert json.loads(again.output.splitlines()[-1])["embedded"] == 0

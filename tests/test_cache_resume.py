@@ -25,13 +25,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rtagx.cli import cli
-from rtagx.store import SCHEMA_VERSION, WriterLock, open_store
+from rtagx.cache.store import SCHEMA_VERSION, WriterLock, open_store
+from rtagx.cli.commands import cli
 
 VOCAB = "dog\ncat\nmountain\nbeach\ncar\nfood\n"
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
 
 def _make_jpegs(folder: Path, n: int, seed: int = 0, size: int = 48) -> list[Path]:
     from PIL import Image
@@ -61,10 +62,23 @@ def _json_lines(output: str) -> tuple[list[dict], dict]:
     return [o for o in objs if not o.get("summary")], summary[0]
 
 
-def _tag(paths: list[Path], model: tuple[Path, Path], cache: Path, *extra: str, expect: int = 0) -> tuple[list[dict], dict]:
+def _tag(
+    paths: list[Path], model: tuple[Path, Path], cache: Path, *extra: str, expect: int = 0
+) -> tuple[list[dict], dict]:
     cfg, ckpt = model
-    args = ["tag", *map(str, paths), "--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(cache),
-            "--yes", "--json", *extra]
+    args = [
+        "tag",
+        *map(str, paths),
+        "--model",
+        str(cfg),
+        "--pretrained",
+        str(ckpt),
+        "--cache",
+        str(cache),
+        "--yes",
+        "--json",
+        *extra,
+    ]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return _json_lines(result.output)
@@ -91,7 +105,7 @@ def _close(a: dict[str, float], b: dict[str, float], tol: float = 2e-3) -> bool:
 
 SLOW_RTAGX = """
 import os, sys, time
-from rtagx import encoder
+from rtagx.model import encoder
 _orig = encoder.Encoder.encode_images
 _done = [0]
 def _held(self, batch):
@@ -103,7 +117,7 @@ def _held(self, batch):
             time.sleep(0.02)
     return _orig(self, batch)
 encoder.Encoder.encode_images = _held
-from rtagx.cli import main
+from rtagx.cli.commands import main
 sys.argv = ["rtagx", *sys.argv[1:]]
 main()
 """
@@ -113,8 +127,14 @@ def _held_rtagx(tmp_path: Path, args: list[str], hold: Path | None, free_batches
     """The real CLI in a subprocess; its encoder stops before batch ``free_batches + 1`` while ``hold`` exists."""
     script = tmp_path / "held_rtagx.py"
     script.write_text(textwrap.dedent(SLOW_RTAGX))
-    env = {**os.environ, "RTAGX_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "RTAGX_NO_PROGRESS": "1",
-           "RTAGX_TEST_HOLD": str(hold or ""), "RTAGX_TEST_FREE": str(free_batches)}
+    env = {
+        **os.environ,
+        "RTAGX_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "RTAGX_NO_PROGRESS": "1",
+        "RTAGX_TEST_HOLD": str(hold or ""),
+        "RTAGX_TEST_FREE": str(free_batches),
+    }
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen([sys.executable, str(script), *args], text=True, env=env, **kw)
@@ -143,11 +163,31 @@ def _wait_for_vectors(cache: Path, proc: subprocess.Popen, at_least: int, timeou
 
 
 def _tag_args(lib: Path, model: tuple[Path, Path], cache: Path, vocab: Path, *extra: str) -> list[str]:
-    return ["tag", str(lib), "--model", str(model[0]), "--pretrained", str(model[1]), "--cache", str(cache),
-            "--tags", str(vocab), "--yes", "--json", "--batch-size", "2", "--workers", "1", "--threads", "1", *extra]
+    return [
+        "tag",
+        str(lib),
+        "--model",
+        str(model[0]),
+        "--pretrained",
+        str(model[1]),
+        "--cache",
+        str(cache),
+        "--tags",
+        str(vocab),
+        "--yes",
+        "--json",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 # -- renames, moves, edits, deletions ---------------------------------------------------------------
+
 
 def test_rename_and_move_reuse_the_vector(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
@@ -211,8 +251,10 @@ def test_deleted_file_is_pruned_and_a_shared_vector_stays(tiny_clip, vocab_file:
 
 # -- two models in one cache ------------------------------------------------------------------------
 
-def test_second_model_vectors_do_not_leak_into_the_first(tiny_clip, tiny_clip_other, vocab_file: Path,
-                                                         tmp_path: Path) -> None:
+
+def test_second_model_vectors_do_not_leak_into_the_first(
+    tiny_clip, tiny_clip_other, vocab_file: Path, tmp_path: Path
+) -> None:
     lib = tmp_path / "lib"
     _make_jpegs(lib, 5)
     cache = tmp_path / "c.sqlite3"
@@ -239,6 +281,7 @@ def test_second_model_vectors_do_not_leak_into_the_first(tiny_clip, tiny_clip_ot
 
 
 # -- stopped runs -------------------------------------------------------------------------------------
+
 
 def test_killed_run_resumes_embedding_only_what_is_missing(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
@@ -273,8 +316,9 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tiny_clip, vocab_file
     assert third["embedded"] == 0
 
 
-def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(tiny_clip, vocab_file: Path,
-                                                                         tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(
+    tiny_clip, vocab_file: Path, tmp_path: Path
+) -> None:
     lib = tmp_path / "lib"
     _make_jpegs(lib, 40)
     cache = tmp_path / "c.sqlite3"
@@ -292,7 +336,9 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(tiny_cli
     assert "Traceback" not in err
     files, summary = _json_lines(out)
     assert summary["interrupted"] is True and summary["embedded"] == 4
-    assert sorted(Path(f["path"]).name for f in files if f["action"] == "written") == [f"img{i:03d}.jpg" for i in range(4)]
+    assert sorted(Path(f["path"]).name for f in files if f["action"] == "written") == [
+        f"img{i:03d}.jpg" for i in range(4)
+    ]
     assert _count(cache, "vectors") == 4 and _count(cache, "written") == 4
 
     _, resumed = _tag([lib], tiny_clip, cache, "--tags", str(vocab_file), *opts)
@@ -301,6 +347,7 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(tiny_cli
 
 
 # -- two runs at once -----------------------------------------------------------------------------
+
 
 def test_concurrent_runs_serialize(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
     lib = tmp_path / "lib"
@@ -338,8 +385,23 @@ def test_no_wait_exits_4_while_another_holds_the_lock(tiny_clip, vocab_file: Pat
     lock.acquire(wait=False)
     try:
         cfg, ckpt = tiny_clip
-        result = CliRunner().invoke(cli, ["tag", str(lib), "--model", str(cfg), "--pretrained", str(ckpt),
-                                          "--cache", str(cache), "--tags", str(vocab_file), "--yes", "--no-wait"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "tag",
+                str(lib),
+                "--model",
+                str(cfg),
+                "--pretrained",
+                str(ckpt),
+                "--cache",
+                str(cache),
+                "--tags",
+                str(vocab_file),
+                "--yes",
+                "--no-wait",
+            ],
+        )
         assert result.exit_code == 4, result.output
         assert "another rtagx is using the cache" in result.output and "--no-wait" in result.output
         assert "Traceback" not in result.output
@@ -409,7 +471,7 @@ def test_vectors_take_about_their_own_size_on_disk(tmp_path: Path) -> None:
 
 
 def test_second_run_encodes_no_prompt(tiny_clip, vocab_file: Path, tmp_path: Path, monkeypatch) -> None:
-    from rtagx import encoder
+    from rtagx.model import encoder
 
     calls: list[int] = []
     original = encoder.Encoder.encode_texts

@@ -14,36 +14,66 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rtagx import reference
-from rtagx.cli import cli
+from rtagx.cli import reference
+from rtagx.cli.commands import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RTAGX_CACHE=str(tmp_path / "cache.sqlite3"), RTAGX_OFFLINE="1", HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(tmp_path / "config"), COLUMNS="100")
+    env.update(
+        RTAGX_CACHE=str(tmp_path / "cache.sqlite3"),
+        RTAGX_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        COLUMNS="100",
+    )
     env.pop("RTAGX_NO_PROGRESS", None)
     return env
 
 
 def _args(tiny_clip, folder: Path) -> list[str]:
     cfg, ckpt = tiny_clip
-    return ["tag", str(folder), "--model", str(cfg), "--pretrained", str(ckpt), "--tags", "coco",
-            "--threshold", "-1", "--top-k", "2"]
+    return [
+        "tag",
+        str(folder),
+        "--model",
+        str(cfg),
+        "--pretrained",
+        str(ckpt),
+        "--tags",
+        "coco",
+        "--threshold",
+        "-1",
+        "--top-k",
+        "2",
+    ]
 
 
 def test_readme_command_reference_matches_help() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert reference.current_block(readme) == reference.command_reference().strip(), (
-        "README's command reference is stale: run `python -m rtagx.reference --write README.md`")
+        "README's command reference is stale: run `python -m rtagx.reference --write README.md`"
+    )
 
 
 def test_every_command_is_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for command in ("tag", "retag", "untag", "show", "explain", "eval", "calibrate", "doctor", "config show",
-                    "cache stats", "cache prune", "cache path"):
+    for command in (
+        "tag",
+        "retag",
+        "untag",
+        "show",
+        "explain",
+        "eval",
+        "calibrate",
+        "doctor",
+        "config show",
+        "cache stats",
+        "cache prune",
+        "cache path",
+    ):
         assert f"#### `rtagx {command}`" in readme
 
 
@@ -52,8 +82,14 @@ def test_terminal_run_shows_progress_and_asks_before_the_first_write(tiny_clip, 
     import pty
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "rtagx", *_args(tiny_clip, photo_dir)], stdin=slave,
-                            stdout=slave, stderr=slave, env=_env(tmp_path), close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtagx", *_args(tiny_clip, photo_dir)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=_env(tmp_path),
+        close_fds=True,
+    )
     os.close(slave)
     seen = b""
     answered = False
@@ -78,14 +114,20 @@ def test_terminal_run_shows_progress_and_asks_before_the_first_write(tiny_clip, 
     text = seen.decode("utf-8", "replace")
     assert answered, text
     assert "write keywords into the original files" in text
-    assert "embedding" in text and "file/s" in text or "file]" in text, text  # a tqdm bar was drawn
+    assert ("embedding" in text and "file/s" in text) or "file]" in text, text  # a tqdm bar was drawn
     assert proc.returncode == 3, text  # corrupted.jpg is skipped
     assert "files: embedded 4" in text
 
 
 def test_pipe_run_shows_no_progress_and_asks_nothing(tiny_clip, photo_dir, tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "rtagx", *_args(tiny_clip, photo_dir)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtagx", *_args(tiny_clip, photo_dir)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "Go on?" not in proc.stdout + proc.stderr
     assert "embedding" not in proc.stderr and "\r" not in proc.stderr
@@ -93,7 +135,7 @@ def test_pipe_run_shows_no_progress_and_asks_nothing(tiny_clip, photo_dir, tmp_p
 
 
 def test_declining_the_question_writes_nothing(tiny_clip, photo_dir, tmp_path, monkeypatch) -> None:
-    from rtagx import cli as cli_mod
+    from rtagx.cli import commands as cli_mod
 
     monkeypatch.setattr(cli_mod, "_on_terminal", lambda: True)
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
@@ -119,8 +161,9 @@ def test_csv_output(tiny_clip, photo_dir, tmp_path) -> None:
     import csv
     import io
 
-    result = CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--yes", "--csv"],
-                                env={"RTAGX_CACHE": str(tmp_path / "c.db")})
+    result = CliRunner().invoke(
+        cli, [*_args(tiny_clip, photo_dir), "--yes", "--csv"], env={"RTAGX_CACHE": str(tmp_path / "c.db")}
+    )
     rows = list(csv.reader(io.StringIO(result.output)))
     assert rows[0] == ["path", "tag", "score", "action"]
     tagged = [r for r in rows[1:] if r[1]]
@@ -128,16 +171,19 @@ def test_csv_output(tiny_clip, photo_dir, tmp_path) -> None:
     assert any(r[3] == "skipped:corrupt" for r in rows[1:])
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["tag", "/no/such/folder"], 2, "path not found: /no/such/folder"),
-    (["tag", ".", "--threshold", "1.5"], 2, "--threshold"),
-    (["tag", ".", "--tags", "/no/such/vocab.txt"], 1, "/no/such/vocab.txt"),
-    (["tag", ".", "--model", "NoSuchModel-XYZ"], 1, "NoSuchModel-XYZ"),
-    (["tag", ".", "--pretrained", "/no/such/ckpt.pt", "--model", "ViT-B-16"], 1, "/no/such/ckpt.pt"),
-    (["tag", ".", "--workers", "-1"], 2, "--workers"),
-    (["retag"], 2, "no tagged folders yet"),
-    (["show"], 2, "Missing argument"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["tag", "/no/such/folder"], 2, "path not found: /no/such/folder"),
+        (["tag", ".", "--threshold", "1.5"], 2, "--threshold"),
+        (["tag", ".", "--tags", "/no/such/vocab.txt"], 1, "/no/such/vocab.txt"),
+        (["tag", ".", "--model", "NoSuchModel-XYZ"], 1, "NoSuchModel-XYZ"),
+        (["tag", ".", "--pretrained", "/no/such/ckpt.pt", "--model", "ViT-B-16"], 1, "/no/such/ckpt.pt"),
+        (["tag", ".", "--workers", "-1"], 2, "--workers"),
+        (["retag"], 2, "no tagged folders yet"),
+        (["show"], 2, "Missing argument"),
+    ],
+)
 def test_one_line_errors(args, code, words, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, args, env={"RTAGX_CACHE": str(tmp_path / "c.db")})
@@ -150,16 +196,16 @@ def test_one_line_errors(args, code, words, tmp_path, monkeypatch) -> None:
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["--debug", "tag", ".", "--tags", "/no/such/vocab.txt"],
-                                env={"RTAGX_CACHE": str(tmp_path / "c.db")})
+    result = CliRunner().invoke(
+        cli, ["--debug", "tag", ".", "--tags", "/no/such/vocab.txt"], env={"RTAGX_CACHE": str(tmp_path / "c.db")}
+    )
     assert "Traceback" in result.output
 
 
 def test_config_file_env_and_flags_layer_and_config_show_says_where(tmp_path) -> None:
     config = tmp_path / "rtagx.toml"
     config.write_text('threshold = 0.31\ntop-k = 4\nwrite = "sidecar"\n', encoding="utf-8")
-    result = CliRunner().invoke(cli, ["--config", str(config), "config", "show", "--json"],
-                                env={"RTAGX_TOP_K": "6"})
+    result = CliRunner().invoke(cli, ["--config", str(config), "config", "show", "--json"], env={"RTAGX_TOP_K": "6"})
     data = json.loads(result.output)
     assert data["threshold"] == {"value": 0.31, "from": f"config {config}"}
     assert data["top_k"] == {"value": 6, "from": "env RTAGX_TOP_K"}
@@ -193,8 +239,10 @@ def test_show_reports_owned_keywords_and_cached_scores(tiny_clip, photo_dir, tmp
     if shutil.which("exiftool") is None:
         pytest.skip("exiftool")
     image = photo_dir / "Canon_40D.jpg"
-    sp.run(["exiftool", "-q", "-overwrite_original", "-Keywords=holiday", "-XMP-dc:Subject=holiday", str(image)],
-           check=True)
+    sp.run(
+        ["exiftool", "-q", "-overwrite_original", "-Keywords=holiday", "-XMP-dc:Subject=holiday", str(image)],
+        check=True,
+    )
     env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
     CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--yes"], env=env)
     result = CliRunner().invoke(cli, ["show", str(image), "--json"], env=env)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from rtagx import decode
-from rtagx.decode import DecodeError, PreprocessSpec, decode_for_model, to_model_batch
+from rtagx.imaging import decode
+from rtagx.imaging.decode import DecodeError, PreprocessSpec, decode_for_model, to_model_batch
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,8 +35,13 @@ def camera_like(width: int, height: int, seed: int = 0, detail: float = 0.78) ->
     acc = rng.standard_normal((h, w, 3), dtype=np.float32) * 50
     amp = 30.0
     for w, h in reversed(levels):
-        acc = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(acc[..., c]), "F")
-                                   .resize((w, h), Image.BILINEAR)) for c in range(3)], -1)
+        acc = np.stack(
+            [
+                np.asarray(Image.fromarray(np.ascontiguousarray(acc[..., c]), "F").resize((w, h), Image.BILINEAR))
+                for c in range(3)
+            ],
+            -1,
+        )
         acc += rng.standard_normal((h, w, 3), dtype=np.float32) * amp
         amp *= detail
     img = acc + 120
@@ -53,8 +59,14 @@ def reference(image: Image.Image, spec: PreprocessSpec):
     """open_clip's own eval transform of a fully decoded, upright RGB image."""
     import open_clip
 
-    tf = open_clip.image_transform(spec.size, is_train=False, mean=spec.mean, std=spec.std,
-                                   interpolation=spec.interpolation, resize_mode=spec.resize_mode)
+    tf = open_clip.image_transform(
+        spec.size,
+        is_train=False,
+        mean=spec.mean,
+        std=spec.std,
+        interpolation=spec.interpolation,
+        resize_mode=spec.resize_mode,
+    )
     return tf(image)
 
 
@@ -69,8 +81,9 @@ def upright_srgb(path: Path) -> Image.Image:
     if icc and im.mode == "RGB":
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if "srgb" not in (ImageCms.getProfileDescription(src) or "").lower():
-            im = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
-                                           renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+            im = ImageCms.profileToProfile(
+                im, src, ImageCms.createProfile("sRGB"), renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+            )
     return im.convert("RGB")
 
 
@@ -118,13 +131,17 @@ def big_jpeg(tmp_path_factory) -> Path:
 # contract
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_public_constants():
     exts = decode.SUPPORTED_EXTENSIONS
     assert isinstance(exts, frozenset)
     assert all(e.startswith(".") and e == e.lower() for e in exts)
     assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif"} <= exts
-    raw = decode.raw_extensions()
-    assert raw == decode.RAW_EXTENSIONS
+    raw = decode.RAW_EXTENSIONS
+    from rtagx.imaging import formats
+    from rtagx.keywords import metadata
+
+    assert raw is formats.RAW_EXTENSIONS and metadata.RAW_EXTENSIONS is raw  # one table for every stage
     assert {".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2", ".pef"} <= raw <= exts
     assert 100 <= decode.DEFAULT_MAX_MEGAPIXELS <= 1000
     from PIL import ImageFile
@@ -142,8 +159,14 @@ def test_spec_from_model(tiny_model):
 
 def test_spec_from_plain_cfg_and_validation():
     class Visual:
-        preprocess_cfg = {"size": (384, 384), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-                          "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
+        preprocess_cfg: ClassVar[dict] = {
+            "size": (384, 384),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear",
+            "resize_mode": "squash",
+            "fill_color": 0,
+        }
 
     class Model:
         visual = Visual()
@@ -179,6 +202,7 @@ def test_output_shape_and_type(samples_dir):
 # ---------------------------------------------------------------------------------------------------
 # fidelity to open_clip's reference preprocessing
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [64, 224])
 def test_camera_samples_match_reference(samples_dir, size):
@@ -264,8 +288,10 @@ def test_orientation_fixtures_all_match(samples_dir):
     """The same scene saved with orientation 1..8 decodes to the same upright picture."""
     spec = SPEC224
     for kind in ("landscape", "portrait"):
-        arrays = [decode_for_model(samples_dir / "jpg" / "orientation" / f"{kind}_{i}.jpg", spec).astype(np.float32)
-                  for i in range(1, 9)]
+        arrays = [
+            decode_for_model(samples_dir / "jpg" / "orientation" / f"{kind}_{i}.jpg", spec).astype(np.float32)
+            for i in range(1, 9)
+        ]
         for i, a in enumerate(arrays[1:], start=2):
             diff = float(np.abs(a - arrays[0]).mean())
             assert diff < 6, (kind, i, diff)  # re-encoded JPEGs: a few grey levels, not a rotation
@@ -283,8 +309,10 @@ def test_every_orientation_matches_reference(tmp_path, orientation, ext):
     path = tmp_path / f"o{orientation}{ext}"
     stored.save(path, exif=exif, **({"quality": 95} if ext == ".jpg" else {}))
     assert ImageOps.exif_transpose(Image.open(path)).size == upright.size
-    for spec in (PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD),
-                 PreprocessSpec(100, OPENAI_MEAN, OPENAI_STD, resize_mode="longest")):
+    for spec in (
+        PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD),
+        PreprocessSpec(100, OPENAI_MEAN, OPENAI_STD, resize_mode="longest"),
+    ):
         assert psnr(fast(path, spec), reference_of_file(path, spec), spec) >= 40
     # and the upright content itself (the red marker is top-left once upright)
     out = decode_for_model(path, PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD, resize_mode="squash"))
@@ -294,6 +322,7 @@ def test_every_orientation_matches_reference(tmp_path, orientation, ext):
 # ---------------------------------------------------------------------------------------------------
 # threads
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_thread_pool_gives_the_same_arrays(samples_dir):
     files = camera_jpegs(samples_dir)[:12] + sorted((samples_dir / "tiff").glob("*.tif*"))

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from rtagx import decode
-from rtagx.decode import DecodeError, PreprocessSpec, decode_for_model
+from rtagx.imaging import decode
+from rtagx.imaging.decode import DecodeError, PreprocessSpec, decode_for_model
 
 SPEC = PreprocessSpec(64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
@@ -47,6 +47,7 @@ def reason_of(path: Path, **kw) -> DecodeError:
 # damaged files
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_real_corrupted_camera_file(samples_dir):
     err = reason_of(samples_dir / "jpg" / "corrupted.jpg")
     assert err.reason == "corrupt"
@@ -60,15 +61,18 @@ def test_all_other_camera_samples_pass_the_stream_checks(samples_dir):
             decode_for_model(p, SPEC)
 
 
-@pytest.mark.parametrize("fmt,ext,kw", [
-    ("JPEG", ".jpg", {"quality": 90}),
-    ("JPEG", ".jpg", {"quality": 90, "progressive": True}),
-    ("PNG", ".png", {}),
-    ("GIF", ".gif", {}),
-    ("TIFF", ".tif", {}),
-    ("BMP", ".bmp", {}),
-    ("WEBP", ".webp", {"quality": 80}),
-])
+@pytest.mark.parametrize(
+    "fmt,ext,kw",
+    [
+        ("JPEG", ".jpg", {"quality": 90}),
+        ("JPEG", ".jpg", {"quality": 90, "progressive": True}),
+        ("PNG", ".png", {}),
+        ("GIF", ".gif", {}),
+        ("TIFF", ".tif", {}),
+        ("BMP", ".bmp", {}),
+        ("WEBP", ".webp", {"quality": 80}),
+    ],
+)
 @pytest.mark.parametrize("keep", [0.5, 0.95])
 def test_truncated(tmp_path, fmt, ext, kw, keep):
     data = encoded(fmt, **kw)
@@ -118,7 +122,7 @@ def test_jpeg_with_lost_restart_interval_is_corrupt(tmp_path):
 def test_png_with_damaged_data_is_corrupt(tmp_path):
     data = bytearray(encoded("PNG"))
     mid = len(data) // 2
-    data[mid:mid + 40] = bytes(b ^ 0x5A for b in data[mid:mid + 40])
+    data[mid : mid + 40] = bytes(b ^ 0x5A for b in data[mid : mid + 40])
     (tmp_path / "flip.png").write_bytes(bytes(data))
     err = reason_of(tmp_path / "flip.png")
     assert err.reason == "corrupt" and "checksum" in err.detail
@@ -137,12 +141,16 @@ def test_garbage_after_the_magic_is_corrupt(tmp_path, fmt, ext):
 # not images, empty, missing, unreadable
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content,name", [
-    (b"just some notes about the holiday\n", "notes.jpg"),
-    (b"<!DOCTYPE html><html><body>404</body></html>", "download.jpeg"),
-    (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "logo.png"),
-    (bytes(range(256)) * 8, "blob.tif"),
-])
+
+@pytest.mark.parametrize(
+    "content,name",
+    [
+        (b"just some notes about the holiday\n", "notes.jpg"),
+        (b"<!DOCTYPE html><html><body>404</body></html>", "download.jpeg"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "logo.png"),
+        (bytes(range(256)) * 8, "blob.tif"),
+    ],
+)
 def test_not_an_image(tmp_path, content, name):
     (tmp_path / name).write_bytes(content)
     err = reason_of(tmp_path / name)
@@ -210,7 +218,7 @@ def test_permission_denied(tmp_path):
             except DecodeError as e:
                 msg = e.reason.encode()
             os.write(write_fd, msg)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             code = 1
         finally:
             os._exit(code)
@@ -234,8 +242,10 @@ def test_vanishing_file(tmp_path, monkeypatch):
 # decompression bombs and the megapixel guard
 # ---------------------------------------------------------------------------------------------------
 
+
 def _png_with_header(width: int, height: int) -> bytes:
     """A PNG whose header claims a huge size (the data is a few bytes): a classic bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -246,7 +256,7 @@ def _png_with_header(width: int, height: int) -> bytes:
 def _jpeg_with_size(width: int, height: int) -> bytes:
     data = bytearray(encoded("JPEG", quality=50))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 

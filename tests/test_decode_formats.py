@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, features
 
-from rtagx import decode
-from rtagx.decode import DecodeError, PreprocessSpec, decode_for_model, to_model_batch
+from rtagx.imaging import decode
+from rtagx.imaging.decode import DecodeError, PreprocessSpec, decode_for_model, to_model_batch
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,8 +34,14 @@ def scene(width: int = 320, height: int = 240, seed: int = 0) -> Image.Image:
 def reference(im: Image.Image, spec: PreprocessSpec = SPEC):
     import open_clip
 
-    tf = open_clip.image_transform(spec.size, is_train=False, mean=spec.mean, std=spec.std,
-                                   interpolation=spec.interpolation, resize_mode=spec.resize_mode)
+    tf = open_clip.image_transform(
+        spec.size,
+        is_train=False,
+        mean=spec.mean,
+        std=spec.std,
+        interpolation=spec.interpolation,
+        resize_mode=spec.resize_mode,
+    )
     return tf(im.convert("RGB"))
 
 
@@ -56,17 +62,21 @@ def mean_rgb(path: Path, **kw) -> np.ndarray:
 # containers
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt,ext,kw,min_db", [
-    ("PNG", ".png", {}, 60),
-    ("JPEG", ".jpg", {"quality": 95}, 40),
-    ("JPEG", ".jpg", {"quality": 90, "progressive": True}, 40),
-    ("WEBP", ".webp", {"lossless": True}, 60),
-    ("WEBP", ".webp", {"quality": 90}, 35),
-    ("TIFF", ".tif", {"compression": "tiff_lzw"}, 60),
-    ("TIFF", ".tiff", {"compression": "tiff_adobe_deflate"}, 60),
-    ("BMP", ".bmp", {}, 60),
-    ("GIF", ".gif", {}, 25),  # 256-colour quantisation
-])
+
+@pytest.mark.parametrize(
+    "fmt,ext,kw,min_db",
+    [
+        ("PNG", ".png", {}, 60),
+        ("JPEG", ".jpg", {"quality": 95}, 40),
+        ("JPEG", ".jpg", {"quality": 90, "progressive": True}, 40),
+        ("WEBP", ".webp", {"lossless": True}, 60),
+        ("WEBP", ".webp", {"quality": 90}, 35),
+        ("TIFF", ".tif", {"compression": "tiff_lzw"}, 60),
+        ("TIFF", ".tiff", {"compression": "tiff_adobe_deflate"}, 60),
+        ("BMP", ".bmp", {}, 60),
+        ("GIF", ".gif", {}, 25),  # 256-colour quantisation
+    ],
+)
 def test_pillow_formats_decode_like_the_original(tmp_path, fmt, ext, kw, min_db):
     original = scene()
     path = tmp_path / f"img{ext}"
@@ -117,8 +127,15 @@ def test_first_page_of_multipage_tiff(tmp_path):
 def test_first_frame_of_animations(tmp_path, fmt, ext):
     frames = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))]
     path = tmp_path / f"anim{ext}"
-    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
-                   **({"lossless": True} if fmt == "WEBP" else {}))
+    frames[0].save(
+        path,
+        fmt,
+        save_all=True,
+        append_images=frames[1:],
+        duration=100,
+        loop=0,
+        **({"lossless": True} if fmt == "WEBP" else {}),
+    )
     assert getattr(Image.open(path), "n_frames", 1) == 3
     assert np.allclose(mean_rgb(path), (200, 30, 30), atol=3)
 
@@ -127,8 +144,10 @@ def test_first_frame_of_animations(tmp_path, fmt, ext):
 # identified by content, not by extension
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt,wrong_ext",
-                         [("PNG", ".jpg"), ("JPEG", ".png"), ("WEBP", ".tif"), ("TIFF", ".heic"), ("GIF", ".cr2")])
+
+@pytest.mark.parametrize(
+    "fmt,wrong_ext", [("PNG", ".jpg"), ("JPEG", ".png"), ("WEBP", ".tif"), ("TIFF", ".heic"), ("GIF", ".cr2")]
+)
 def test_wrong_extension_still_decodes(tmp_path, fmt, wrong_ext):
     original = scene()
     path = tmp_path / f"misnamed{wrong_ext}"
@@ -158,6 +177,7 @@ def test_identify_by_magic():
 # ---------------------------------------------------------------------------------------------------
 # pixel modes -> RGB
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_grayscale_jpeg_and_png(tmp_path):
     grey = scene().convert("L")
@@ -191,8 +211,18 @@ def _tiff_rgb16(path: Path, rgb16: np.ndarray) -> None:
     """An uncompressed little-endian 16-bit-per-channel RGB TIFF (Pillow cannot write one)."""
     h, w, _ = rgb16.shape
     data = rgb16.astype("<u2").tobytes()
-    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
-               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    entries = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 3, None),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, None),
+        (277, 3, 1, 3),
+        (278, 4, 1, h),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, 1),
+    ]
     ifd_size = 2 + 12 * len(entries) + 4
     bps_at = 8 + ifd_size
     data_at = bps_at + 6
@@ -236,14 +266,14 @@ def test_cmyk_jpeg_and_tiff(tmp_path):
 
 
 def test_alpha_is_composited_on_neutral_grey(tmp_path):
-    rgba = Image.new("RGBA", (64, 64), (255, 0, 0, 0))       # fully transparent red
-    rgba.paste((0, 0, 255, 255), (0, 0, 32, 64))             # opaque blue left half
+    rgba = Image.new("RGBA", (64, 64), (255, 0, 0, 0))  # fully transparent red
+    rgba.paste((0, 0, 255, 255), (0, 0, 32, 64))  # opaque blue left half
     rgba.save(tmp_path / "a.png")
     rgba.save(tmp_path / "a.webp", lossless=True)
     rgba.save(tmp_path / "a.tif")
     for p in (tmp_path / "a.png", tmp_path / "a.webp", tmp_path / "a.tif"):
         out = decode_for_model(p, SQUASH).astype(int)
-        assert np.abs(out[:, -10:] - GREY).max() <= 1, p.name       # transparent -> grey, not red
+        assert np.abs(out[:, -10:] - GREY).max() <= 1, p.name  # transparent -> grey, not red
         assert np.abs(out[:, :10] - (0, 0, 255)).max() <= 1, p.name
     half = Image.new("RGBA", (32, 32), (255, 255, 255, 128))
     half.save(tmp_path / "half.png")
@@ -280,6 +310,7 @@ def test_palette_is_resampled_smoothly_not_nearest(tmp_path):
 # colour profiles
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_icc_profile_is_respected(samples_dir):
     tagged = samples_dir / "jpg" / "orientation" / "landscape_3.jpg"  # Apple "Generic RGB Profile"
     assert Image.open(tagged).info.get("icc_profile")
@@ -313,6 +344,7 @@ def test_open_rgb_full_resolution(tmp_path):
 # RAW (rawpy / LibRaw), with synthetic DNG files
 # ---------------------------------------------------------------------------------------------------
 
+
 def make_dng(path: Path, rgb: Image.Image, *, orientation: int = 1, preview: Image.Image | None = None) -> None:
     """A minimal valid DNG: a 12-bit RGGB mosaic of ``rgb`` (camera space = linear sRGB), and
     optionally a baseline-JPEG preview in IFD0 with the raw image in a SubIFD, as cameras write."""
@@ -333,7 +365,6 @@ def make_dng(path: Path, rgb: Image.Image, *, orientation: int = 1, preview: Ima
         head = struct.pack("<H", len(entries))
         extra = b""
         extra_at = base + 2 + 12 * len(entries) + 4
-        sizes = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 10: 8}
         for tag, typ, count, value in entries:
             if isinstance(value, bytes):
                 payload = value
@@ -353,18 +384,34 @@ def make_dng(path: Path, rgb: Image.Image, *, orientation: int = 1, preview: Ima
         return head + struct.pack("<I", 0), extra
 
     dng_tags = [
-        (271, 2, 6, b"rtagx\0"), (272, 2, 5, b"test\0"), (274, 3, 1, orientation),
-        (50706, 1, 4, b"\x01\x04\x00\x00"), (50707, 1, 4, b"\x01\x01\x00\x00"),
+        (271, 2, 6, b"rtagx\0"),
+        (272, 2, 5, b"test\0"),
+        (274, 3, 1, orientation),
+        (50706, 1, 4, b"\x01\x04\x00\x00"),
+        (50707, 1, 4, b"\x01\x01\x00\x00"),
         (50708, 2, 11, b"rtagx test\0"),
-        (50721, 10, 9, [(v, 10000) for v in m]), (50778, 3, 1, 21),
+        (50721, 10, 9, [(v, 10000) for v in m]),
+        (50778, 3, 1, 21),
         (50728, 5, 3, [(1, 1), (1, 1), (1, 1)]),
     ]
 
     def raw_entries(data_at: int) -> list:
-        return [(254, 4, 1, 0), (256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 16), (259, 3, 1, 1),
-                (262, 3, 1, 32803), (273, 4, 1, data_at), (277, 3, 1, 1), (278, 4, 1, h),
-                (279, 4, 1, len(raw_bytes)), (284, 3, 1, 1), (33421, 3, 2, [2, 2]), (33422, 1, 4, b"\x00\x01\x01\x02"),
-                (50717, 4, 1, 4000)]
+        return [
+            (254, 4, 1, 0),
+            (256, 4, 1, w),
+            (257, 4, 1, h),
+            (258, 3, 1, 16),
+            (259, 3, 1, 1),
+            (262, 3, 1, 32803),
+            (273, 4, 1, data_at),
+            (277, 3, 1, 1),
+            (278, 4, 1, h),
+            (279, 4, 1, len(raw_bytes)),
+            (284, 3, 1, 1),
+            (33421, 3, 2, [2, 2]),
+            (33422, 1, 4, b"\x00\x01\x01\x02"),
+            (50717, 4, 1, 4000),
+        ]
 
     out = bytearray(b"II*\x00" + struct.pack("<I", 8))
     if preview is None:
@@ -380,9 +427,21 @@ def make_dng(path: Path, rgb: Image.Image, *, orientation: int = 1, preview: Ima
         pw, ph = preview.size
 
         def ifd0(jpeg_at: int, sub_at: int) -> list:
-            return [(254, 4, 1, 1), (256, 4, 1, pw), (257, 4, 1, ph), (258, 3, 3, [8, 8, 8]), (259, 3, 1, 7),
-                    (262, 3, 1, 6), (273, 4, 1, jpeg_at), (277, 3, 1, 3), (278, 4, 1, ph), (279, 4, 1, len(jpeg)),
-                    (284, 3, 1, 1), (330, 4, 1, sub_at)] + dng_tags
+            return [
+                (254, 4, 1, 1),
+                (256, 4, 1, pw),
+                (257, 4, 1, ph),
+                (258, 3, 3, [8, 8, 8]),
+                (259, 3, 1, 7),
+                (262, 3, 1, 6),
+                (273, 4, 1, jpeg_at),
+                (277, 3, 1, 3),
+                (278, 4, 1, ph),
+                (279, 4, 1, len(jpeg)),
+                (284, 3, 1, 1),
+                (330, 4, 1, sub_at),
+                *dng_tags,
+            ]
 
         probe, extra = ifd(ifd0(0, 0), 8)
         jpeg_at = 8 + len(probe) + len(extra)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtagx.encoder import load_encoder, resolve_device, resolve_model, resolve_precision
 from rtagx.errors import ModelError, UsageError
+from rtagx.model.encoder import load_encoder, resolve_device, resolve_model, resolve_precision
 
 
 def test_identity_depends_on_weights_content_not_location(tiny_clip, tiny_clip_other, tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtagx import decode
-from rtagx.encoder import cpu_has_native_bf16, load_encoder, resolve_model, resolve_precision
 from rtagx.errors import CacheError, UsageError
+from rtagx.imaging import decode
+from rtagx.model.encoder import cpu_has_native_bf16, load_encoder, resolve_model, resolve_precision
 
 
 def _batch(encoder, n: int = 6, seed: int = 0):
@@ -97,7 +97,7 @@ def test_channels_last_is_equivalent(resolved, reference) -> None:
 
 
 def test_default_workers_by_device() -> None:
-    from rtagx.pipeline import _default_workers
+    from rtagx.run.local import default_workers as _default_workers
 
     assert 1 <= _default_workers("cpu") <= 8
     assert 2 <= _default_workers("cuda") <= 32
@@ -106,15 +106,26 @@ def test_default_workers_by_device() -> None:
 
 # -- the overlapped embed stage ---------------------------------------------------------------------
 
+
 def _settings(tiny_clip, tmp_path: Path, **kw):
     from rtagx.settings import load_settings
 
     cfg, ckpt = tiny_clip
     tags = tmp_path / "tags.txt"
     tags.write_text("dog\ncat\nmountain\nbeach\n", encoding="utf-8")
-    return load_settings({"cache": str(tmp_path / "cache.sqlite3"), "model": str(cfg), "pretrained": str(ckpt),
-                          "tags": str(tags), "threshold": -1.0, "top_k": 2, "write": "sidecar", **kw},
-                         environ={})
+    return load_settings(
+        {
+            "cache": str(tmp_path / "cache.sqlite3"),
+            "model": str(cfg),
+            "pretrained": str(ckpt),
+            "tags": str(tags),
+            "threshold": -1.0,
+            "top_k": 2,
+            "write": "sidecar",
+            **kw,
+        },
+        environ={},
+    )
 
 
 def _photos(tmp_path: Path, n: int) -> Path:
@@ -129,7 +140,7 @@ def _photos(tmp_path: Path, n: int) -> Path:
 
 
 def _stored_vectors(cache: Path) -> int:
-    from rtagx.store import open_store
+    from rtagx.cache.store import open_store
 
     with open_store(cache, readonly=True) as store:
         return int(store.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
@@ -138,7 +149,7 @@ def _stored_vectors(cache: Path) -> int:
 def test_run_tag_writes_every_file_through_the_writer_thread(tiny_clip, tmp_path: Path, monkeypatch) -> None:
     import threading
 
-    from rtagx import pipeline
+    from rtagx.run import tag as pipeline
 
     monkeypatch.setenv("RTAGX_CONFIG", str(tmp_path / "absent.toml"))
     folder = _photos(tmp_path, 7)
@@ -153,8 +164,8 @@ def test_run_tag_writes_every_file_through_the_writer_thread(tiny_clip, tmp_path
 
 
 def test_ctrl_c_keeps_finished_batches(tiny_clip, tmp_path: Path, monkeypatch) -> None:
-    from rtagx import pipeline
-    from rtagx.encoder import Encoder
+    from rtagx.model.encoder import Encoder
+    from rtagx.run import tag as pipeline
 
     monkeypatch.setenv("RTAGX_CONFIG", str(tmp_path / "absent.toml"))
     folder = _photos(tmp_path, 6)
@@ -180,8 +191,8 @@ def test_ctrl_c_keeps_finished_batches(tiny_clip, tmp_path: Path, monkeypatch) -
 
 
 def test_writer_error_stops_the_run_with_that_error(tiny_clip, tmp_path: Path, monkeypatch) -> None:
-    from rtagx import pipeline
-    from rtagx.store import Store
+    from rtagx.cache.store import Store
+    from rtagx.run import tag as pipeline
 
     monkeypatch.setenv("RTAGX_CONFIG", str(tmp_path / "absent.toml"))
     folder = _photos(tmp_path, 5)

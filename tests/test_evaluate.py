@@ -7,16 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtagx.errors import UsageError
-from rtagx.evaluate import (
-    best_f1_threshold, calibrate, evaluate, explain, explain_scores, load_labels_csv, load_labels_folders,
+from rtagx.analysis.evaluate import (
+    best_f1_threshold,
+    calibrate,
+    evaluate,
+    explain,
+    explain_scores,
+    load_labels_csv,
+    load_labels_folders,
     match_labels,
 )
-from rtagx.scoring import ScoringOptions, score_images
-from rtagx.vocab import parse_vocabulary
+from rtagx.errors import UsageError
+from rtagx.tags.scoring import ScoringOptions, score_images
+from rtagx.tags.vocab import parse_vocabulary
 
-VOCAB = parse_vocabulary("!exclusive scene\n!never nsfw\ndog @threshold=0.5\ncat\nscene|beach\nscene|forest\n"
-                         "nsfw\nbird\n")
+VOCAB = parse_vocabulary(
+    "!exclusive scene\n!never nsfw\ndog @threshold=0.5\ncat\nscene|beach\nscene|forest\nnsfw\nbird\n"
+)
 
 
 def test_explain_reports_each_rule() -> None:
@@ -64,8 +71,11 @@ def test_labels_csv(tmp_path: Path) -> None:
     f = tmp_path / "labels.csv"
     f.write_text('path,labels\na.jpg,dog;Cat\n"b, c.jpg",beach\nsub/d.jpg,dog,bird\n\n# note\na.jpg,bird\n')
     labels = load_labels_csv(f)
-    assert labels == {tmp_path / "a.jpg": ["dog", "Cat", "bird"], tmp_path / "b, c.jpg": ["beach"],
-                      tmp_path / "sub/d.jpg": ["dog", "bird"]}
+    assert labels == {
+        tmp_path / "a.jpg": ["dog", "Cat", "bird"],
+        tmp_path / "b, c.jpg": ["beach"],
+        tmp_path / "sub/d.jpg": ["dog", "bird"],
+    }
     bad = tmp_path / "bad.csv"
     bad.write_text("a.jpg,dog\nb.jpg\n")
     with pytest.raises(UsageError, match=r"bad\.csv:2: expected"):
@@ -75,13 +85,22 @@ def test_labels_csv(tmp_path: Path) -> None:
 
 
 def test_labels_folders(tmp_path: Path) -> None:
-    for rel in ("golden_retriever/1.jpg", "golden_retriever/deep/2.JPEG", "cat/3.png", "cat/notes.txt",
-                ".hidden/4.jpg", "cat/.5.jpg"):
+    for rel in (
+        "golden_retriever/1.jpg",
+        "golden_retriever/deep/2.JPEG",
+        "cat/3.png",
+        "cat/notes.txt",
+        ".hidden/4.jpg",
+        "cat/.5.jpg",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     labels = load_labels_folders(tmp_path)
-    assert labels == {tmp_path / "cat/3.png": ["cat"], tmp_path / "golden_retriever/1.jpg": ["golden_retriever"],
-                      tmp_path / "golden_retriever/deep/2.JPEG": ["golden_retriever"]}
+    assert labels == {
+        tmp_path / "cat/3.png": ["cat"],
+        tmp_path / "golden_retriever/1.jpg": ["golden_retriever"],
+        tmp_path / "golden_retriever/deep/2.JPEG": ["golden_retriever"],
+    }
     vocab = parse_vocabulary("animal|golden retriever\nkitty = Cat\n")
     truth, unknown = match_labels({**labels, Path("x.jpg"): ["zebra", "kitty"]}, vocab)
     assert truth[tmp_path / "cat/3.png"] == [1] and truth[tmp_path / "golden_retriever/1.jpg"] == [0]
@@ -95,7 +114,8 @@ def test_eval_single_label_top1_top5() -> None:
     scores = np.full((4, 7), 0.1)
     scores[0, 0] = 0.9  # right at top-1
     scores[1, [1, 2]] = [0.5, 0.6]  # label 1 is second: top-5 only
-    scores[2, :6] = [0.6, 0.59, 0.58, 0.57, 0.56, 0.2]; scores[2, 6] = 0.15  # label 6 is 6th: missed
+    scores[2, :6] = [0.6, 0.59, 0.58, 0.57, 0.56, 0.2]
+    scores[2, 6] = 0.15  # label 6 is 6th: missed
     scores[3, 3] = 0.8
     r = evaluate(scores, [[0], [1], [6], [3]], vocab, ScoringOptions(threshold=0.7))
     assert r.single_label and r.top1 == 0.5 and r.top5 == 0.75

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from rtagx import iptc, jpeg_segments as jpeg, metadata
 from rtagx.errors import MetadataError, UsageError
-from rtagx.metadata import read_keywords, remove_own_keywords, resolve_target, write_keywords
+from rtagx.keywords import iptc, metadata
+from rtagx.keywords import jpeg_segments as jpeg
+from rtagx.keywords.metadata import read_keywords, remove_own_keywords, resolve_target, write_keywords
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
@@ -47,8 +49,9 @@ def _plain(value):
 
 
 def exiftool_json(*paths: Path, tags: tuple[str, ...] = ()) -> dict[str, dict]:
-    out = subprocess.run([EXIFTOOL, "-j", "-G1", "-a", "-struct", *tags, *map(str, paths)],
-                         capture_output=True, check=False).stdout.decode("utf-8")
+    out = subprocess.run(
+        [EXIFTOOL, "-j", "-G1", "-a", "-struct", *tags, *map(str, paths)], capture_output=True, check=False
+    ).stdout.decode("utf-8")
     data = json.loads(out, parse_float=str, parse_int=str) if out.strip() else []
     return {d["SourceFile"]: _plain(d) for d in data}
 
@@ -78,8 +81,9 @@ def exiftool_text(path: Path, *tags: str) -> dict[str, list[str]]:
 
 def exiftool_warnings(*paths: Path) -> dict[str, set[str]]:
     """Warnings from ``exiftool -validate -warning -a`` per file (text output keeps every warning)."""
-    out = subprocess.run([EXIFTOOL, "-validate", "-warning", "-a", "-s", *map(str, paths)],
-                         capture_output=True, check=False).stdout.decode("utf-8", "replace")
+    out = subprocess.run(
+        [EXIFTOOL, "-validate", "-warning", "-a", "-s", *map(str, paths)], capture_output=True, check=False
+    ).stdout.decode("utf-8", "replace")
     result: dict[str, set[str]] = {str(p): set() for p in paths}
     current = str(paths[0]) if len(paths) == 1 else None
     for line in out.splitlines():
@@ -200,8 +204,24 @@ def test_camera_tiffs_keep_exif_values_pixels_and_validity(tmp_path, samples_dir
     srcs = sorted((samples_dir / "tiff").glob("*.tiff"))
     assert srcs
     files = [copy_writable(s, tmp_path) for s in srcs]
-    skip = ("-x", "XMP:all", "-x", "IPTC:all", "-x", "File:all", "-x", "System:all", "-x", "ExifTool:all",
-            "-x", "Composite:all", "-x", "StripOffsets", "-x", "TileOffsets")
+    skip = (
+        "-x",
+        "XMP:all",
+        "-x",
+        "IPTC:all",
+        "-x",
+        "File:all",
+        "-x",
+        "System:all",
+        "-x",
+        "ExifTool:all",
+        "-x",
+        "Composite:all",
+        "-x",
+        "StripOffsets",
+        "-x",
+        "TileOffsets",
+    )
     exif_before = exiftool_json(*files, tags=skip)
     px_before = {p: pixels(p) for p in files}
     warnings_before = exiftool_warnings(*files)
@@ -240,8 +260,13 @@ def test_png_webp_tiff_embed_and_gif_gets_a_sidecar(tmp_path):
     warnings_before = exiftool_warnings(*files.values())
     results = {k: write_keywords(p, NON_ASCII) for k, p in files.items()}
     assert {k: r.target for k, r in results.items()} == {
-        "png": "embed", "webp": "embed", "webp-lossy": "embed", "webp-alpha": "embed", "tiff": "embed",
-        "gif": "sidecar"}
+        "png": "embed",
+        "webp": "embed",
+        "webp-lossy": "embed",
+        "webp-alpha": "embed",
+        "tiff": "embed",
+        "gif": "sidecar",
+    }
     gif_sidecar = tmp_path / "f.gif.xmp"
     assert results["gif"].written_to == gif_sidecar and files["gif"].read_bytes() == gif_bytes
     meta = exiftool_json(*files.values(), gif_sidecar)
@@ -290,8 +315,19 @@ def test_resolve_target():
 @needs_exiftool
 def test_replace_own_keeps_a_persons_keywords_even_with_the_same_text(jpg):
     # A person tagged the photo with another tool first.
-    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-XMP-dc:Subject=holiday", "-XMP-dc:Subject=dog",
-                    "-IPTC:Keywords=holiday", "-IPTC:Keywords=dog", str(jpg)], check=True)
+    subprocess.run(
+        [
+            EXIFTOOL,
+            "-q",
+            "-overwrite_original",
+            "-XMP-dc:Subject=holiday",
+            "-XMP-dc:Subject=dog",
+            "-IPTC:Keywords=holiday",
+            "-IPTC:Keywords=dog",
+            str(jpg),
+        ],
+        check=True,
+    )
     exif_before = jpeg.parse(jpg.read_bytes()).exif_payloads()
 
     r1 = write_keywords(jpg, ["dog", "cat"])
@@ -324,8 +360,9 @@ def test_modes(jpg):
     r = write_keywords(jpg, ["c", "d"], mode="replace-own")
     assert r.keywords_after == ["c", "d"] and r.removed == ["a", "b"]
     # replace-all also drops a person's keyword; a person's keyword that stays is still not ours.
-    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-XMP-dc:Subject+=mine", "-XMP-dc:Subject+=keep",
-                    str(jpg)], check=True)
+    subprocess.run(
+        [EXIFTOOL, "-q", "-overwrite_original", "-XMP-dc:Subject+=mine", "-XMP-dc:Subject+=keep", str(jpg)], check=True
+    )
     r = write_keywords(jpg, ["keep", "e"], mode="replace-all")
     assert r.keywords_after == ["keep", "e"] and r.removed == ["c", "d", "mine"]
     fk = read_keywords(jpg)
@@ -375,10 +412,20 @@ def test_keyword_root_and_hierarchy_carry_existing_flat_keywords(jpg):
 
 @needs_exiftool
 def test_existing_keyword_fields_are_kept_in_step(jpg):
-    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-XMP-dc:Subject=person",
-                    "-XMP-digiKam:TagsList=people/person", "-XMP-microsoft:LastKeywordXMP=person",
-                    "-XMP-mediapro:CatalogSets=people|person", "-XMP-lr:HierarchicalSubject=people|person",
-                    str(jpg)], check=True)
+    subprocess.run(
+        [
+            EXIFTOOL,
+            "-q",
+            "-overwrite_original",
+            "-XMP-dc:Subject=person",
+            "-XMP-digiKam:TagsList=people/person",
+            "-XMP-microsoft:LastKeywordXMP=person",
+            "-XMP-mediapro:CatalogSets=people|person",
+            "-XMP-lr:HierarchicalSubject=people|person",
+            str(jpg),
+        ],
+        check=True,
+    )
     write_keywords(jpg, ["dog"], hierarchical=["animal|dog"])
     m = one(jpg)
     assert as_list(m["XMP-dc:Subject"]) == ["person", "dog"]
@@ -420,8 +467,14 @@ def _with_app13(path: Path, datasets: list[iptc.Dataset], digest: bytes | None =
 
 @needs_exiftool
 def test_legacy_latin1_iptc_is_read_and_converted(jpg):
-    _with_app13(jpg, [iptc.Dataset(2, 0, b"\x00\x04"), iptc.Dataset(2, 25, "Zürich".encode("latin-1")),
-                      iptc.Dataset(2, 120, "Café au lait".encode("latin-1"))])
+    _with_app13(
+        jpg,
+        [
+            iptc.Dataset(2, 0, b"\x00\x04"),
+            iptc.Dataset(2, 25, "Zürich".encode("latin-1")),
+            iptc.Dataset(2, 120, "Café au lait".encode("latin-1")),
+        ],
+    )
     assert read_keywords(jpg).keywords == ["Zürich"]
     write_keywords(jpg, ["日本"])
     m = one(jpg)
@@ -658,12 +711,30 @@ def test_xmp_packet_that_is_not_xml_is_never_overwritten(jpg):
 # ------------------------------------------------------------------ keyword text, fuzzed
 
 _VALID_CHAR = st.characters(blacklist_categories=("Cs", "Cc"))
-_SPECIAL = ["/", ",", ";", " ", "  ", "é", "日", "\u200d", "&", "<", "]]>", "ẞ", "\U0001F600", "\u0301", "\xa0",
-            "\ufeff", "\u2028", "\ue000"]
+_SPECIAL = [
+    "/",
+    ",",
+    ";",
+    " ",
+    "  ",
+    "é",
+    "日",
+    "\u200d",
+    "&",
+    "<",
+    "]]>",
+    "ẞ",
+    "\U0001f600",
+    "\u0301",
+    "\xa0",
+    "\ufeff",
+    "\u2028",
+    "\ue000",
+]
 _INVALID = ["|", "\n", "\t", "\r", "\x00", "\x1b", "\x7f", "\x85", "\ufffe", "\ufdd0"]
 _PIECE = st.one_of(st.text(_VALID_CHAR, min_size=1, max_size=8), st.sampled_from(_SPECIAL * 3 + _INVALID))
 _KEYWORD = st.lists(_PIECE, min_size=1, max_size=5).map("".join)
-_LONG = st.builds(lambda n, ch: ch * n, st.integers(20, 40), st.sampled_from(["é", "日", "a", "\U0001F600"]))
+_LONG = st.builds(lambda n, ch: ch * n, st.integers(20, 40), st.sampled_from(["é", "日", "a", "\U0001f600"]))
 _WORDS = st.lists(st.one_of(_KEYWORD, _LONG), min_size=1, max_size=5)
 
 

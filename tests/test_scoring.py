@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtagx import prompts, scoring
 from rtagx.errors import RtagxError
-from rtagx.scoring import ChosenTag, ScoringOptions, build_tag_matrix, choose_tags, keywords_for, score_images
-from rtagx.vocab import parse_vocabulary, with_templates
+from rtagx.tags import prompts, scoring
+from rtagx.tags.scoring import ChosenTag, ScoringOptions, build_tag_matrix, choose_tags, keywords_for, score_images
+from rtagx.tags.vocab import parse_vocabulary, with_templates
 
 
 def chosen_keywords(scores, vocab, **options) -> list[list[str]]:
@@ -96,8 +96,7 @@ def test_never_list_scored_but_never_chosen() -> None:
 
 
 def test_keywords_for_hierarchy_ancestors_renames_and_never() -> None:
-    v = parse_vocabulary("!rename puppy => dog\n!never pets\nanimal|pets|puppy\nanimal|cat\nnature|tree\n"
-                         "plant|tree2\n")
+    v = parse_vocabulary("!rename puppy => dog\n!never pets\nanimal|pets|puppy\nanimal|cat\nnature|tree\nplant|tree2\n")
     chosen = [ChosenTag(v.tags[0], 0.5), ChosenTag(v.tags[1], 0.4), ChosenTag(v.tags[2], 0.3)]
     flat, hier = keywords_for(chosen, v)
     assert flat == ["dog", "cat", "tree"]
@@ -158,8 +157,9 @@ def test_tiny_clip_ensemble_matches_direct_computation(tiny_clip) -> None:
     open_clip.add_model_config(cfg)
     model = open_clip.create_model(cfg.stem, pretrained=str(ckpt)).eval()
     tokenizer = open_clip.get_tokenizer(cfg.stem)
-    vocab = with_templates(parse_vocabulary("golden retriever = goldie\ncat\n  > a cat asleep on a sofa.\n"),
-                           "imagenet80")
+    vocab = with_templates(
+        parse_vocabulary("golden retriever = goldie\ncat\n  > a cat asleep on a sofa.\n"), "imagenet80"
+    )
     prompts_all = vocab.all_prompts()
     with torch.no_grad():
         encoded = model.encode_text(tokenizer(prompts_all)).float().numpy()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtagx.errors import UsageError
-from rtagx.scan import ScannedFile, ScanProblem, scan
+from rtagx.run.scan import ScannedFile, ScanProblem, scan
 from rtagx.settings import load_settings
 
 EXTS = frozenset({".jpg", ".png"})

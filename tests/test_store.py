@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtagx.errors import CacheError, LockBusyError
-from rtagx.store import (
+from rtagx.cache.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     fingerprint_file,
     open_store,
     path_key,
 )
+from rtagx.errors import CacheError, LockBusyError
 
 
 def _vec(seed: int, dim: int = 8) -> np.ndarray:
@@ -110,8 +110,12 @@ def test_text_vectors_roundtrip(tmp_path: Path) -> None:
 
 def test_files_under_matches_folder_not_siblings(tmp_path: Path) -> None:
     with open_store(tmp_path / "c.sqlite3") as store:
-        rows = [(tmp_path / "lib" / "a.jpg", 1, 1, "1"), (tmp_path / "lib" / "sub" / "b.jpg", 1, 1, "2"),
-                (tmp_path / "lib2" / "c.jpg", 1, 1, "3"), (tmp_path / "lib-x.jpg", 1, 1, "4")]
+        rows = [
+            (tmp_path / "lib" / "a.jpg", 1, 1, "1"),
+            (tmp_path / "lib" / "sub" / "b.jpg", 1, 1, "2"),
+            (tmp_path / "lib2" / "c.jpg", 1, 1, "3"),
+            (tmp_path / "lib-x.jpg", 1, 1, "4"),
+        ]
         store.put_files(rows)
         under = store.files_under(tmp_path / "lib")
         assert set(under) == {path_key(rows[0][0]), path_key(rows[1][0])}
@@ -157,13 +161,18 @@ def test_prune_forgets_deleted_files_and_unused_models(tmp_path: Path) -> None:
 def test_writer_lock_no_wait_across_processes(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite3"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
-            from rtagx.store import open_store
+            from rtagx.cache.store import open_store
             s = open_store({str(db)!r}); s.lock.acquire()
             print('locked', flush=True); time.sleep(30)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rtagx.cli import cli
+from rtagx.cli.commands import cli
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is needed to read back keywords")
 
@@ -25,12 +25,18 @@ def _json_lines(output: str) -> tuple[list[dict], dict]:
 
 
 def _exif_keywords(path: Path) -> dict:
-    out = subprocess.run(["exiftool", "-j", "-G1", "-a", "-struct", "-IPTC:Keywords", "-XMP-dc:Subject", str(path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["exiftool", "-j", "-G1", "-a", "-struct", "-IPTC:Keywords", "-XMP-dc:Subject", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(out.stdout)[0]
     as_list = lambda v: v if isinstance(v, list) else ([] if v is None else [v])  # noqa: E731
-    return {"iptc": [str(k) for k in as_list(data.get("IPTC:Keywords"))],
-            "xmp": [str(k) for k in as_list(data.get("XMP-dc:Subject"))]}
+    return {
+        "iptc": [str(k) for k in as_list(data.get("IPTC:Keywords"))],
+        "xmp": [str(k) for k in as_list(data.get("XMP-dc:Subject"))],
+    }
 
 
 @pytest.fixture
@@ -43,15 +49,21 @@ def vocab_file(tmp_path: Path) -> Path:
 def run(args: list[str], tiny_clip, cache: Path, **kw):
     cfg, ckpt = tiny_clip
     runner = CliRunner()
-    return runner.invoke(cli, ["tag", *args, "--model", str(cfg), "--pretrained", str(ckpt),
-                               "--cache", str(cache), "--yes"], catch_exceptions=False, **kw)
+    return runner.invoke(
+        cli,
+        ["tag", *args, "--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(cache), "--yes"],
+        catch_exceptions=False,
+        **kw,
+    )
 
 
 def test_tag_writes_keywords_exiftool_reads_them_and_second_run_embeds_nothing(
-        tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path) -> None:
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache.sqlite3"
-    result = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json"],
-                 tiny_clip, cache)
+    result = run(
+        [str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json"], tiny_clip, cache
+    )
     assert result.exit_code == 3, result.output  # the corrupt sample is skipped: "some files skipped"
     files, summary = _json_lines(result.output)
     assert summary["seen"] == 5 and summary["embedded"] == 4 and summary["skipped"] == 1
@@ -69,8 +81,9 @@ def test_tag_writes_keywords_exiftool_reads_them_and_second_run_embeds_nothing(
         assert sorted(found["iptc"]) == sorted(tags)
         assert sorted(found["xmp"]) == sorted(tags)
 
-    again = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json"],
-                tiny_clip, cache)
+    again = run(
+        [str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "3", "--json"], tiny_clip, cache
+    )
     _, summary2 = _json_lines(again.output)
     assert summary2["embedded"] == 0
     assert summary2["written"] == 0 and summary2["unchanged"] == 4
@@ -78,8 +91,11 @@ def test_tag_writes_keywords_exiftool_reads_them_and_second_run_embeds_nothing(
 
 def test_dry_run_prints_tags_and_writes_nothing(tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
-    result = run([str(photo_dir / "Canon_40D.jpg"), "--tags", str(vocab_file), "--threshold", "-1", "--dry-run"],
-                 tiny_clip, tmp_path / "c.sqlite3")
+    result = run(
+        [str(photo_dir / "Canon_40D.jpg"), "--tags", str(vocab_file), "--threshold", "-1", "--dry-run"],
+        tiny_clip,
+        tmp_path / "c.sqlite3",
+    )
     assert result.exit_code == 0, result.output
     assert "Canon_40D.jpg" in result.output and "dog" in result.output
     assert {p.name: p.read_bytes() for p in photo_dir.iterdir()} == before
@@ -94,7 +110,7 @@ def test_rename_reuses_vector(tiny_clip, photo_dir: Path, vocab_file: Path, tmp_
     sub.mkdir()
     (photo_dir / "Nikon_D70.jpg").rename(sub / "Nikon_D70.jpg")
     result = run(args, tiny_clip, cache)
-    files, summary = _json_lines(result.output)
+    _files, summary = _json_lines(result.output)
     assert summary["embedded"] == 0 and summary["reused"] == 2
 
 
@@ -111,19 +127,35 @@ def test_edited_file_is_embedded_again(tiny_clip, photo_dir: Path, vocab_file: P
     assert summary["embedded"] == 1
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--threshold", "1.5"], "threshold"),
-    (["--threshold", "-2"], "threshold"),
-    (["--model", "no-such-model"], "unknown model"),
-    (["--pretrained", "/nonexistent/weights.pt"], "checkpoint file not found"),
-    (["--pretrained", "no_such_tag"], "unknown pretrained tag"),
-])
-def test_bad_options_fail_cleanly_touching_nothing(tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path,
-                                                   extra: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threshold", "1.5"], "threshold"),
+        (["--threshold", "-2"], "threshold"),
+        (["--model", "no-such-model"], "unknown model"),
+        (["--pretrained", "/nonexistent/weights.pt"], "checkpoint file not found"),
+        (["--pretrained", "no_such_tag"], "unknown pretrained tag"),
+    ],
+)
+def test_bad_options_fail_cleanly_touching_nothing(
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
     cfg, ckpt = tiny_clip
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
-    args = ["tag", str(photo_dir), "--tags", str(vocab_file), "--model", str(cfg), "--pretrained", str(ckpt),
-            "--cache", str(tmp_path / "c.sqlite3"), "--yes", *extra]
+    args = [
+        "tag",
+        str(photo_dir),
+        "--tags",
+        str(vocab_file),
+        "--model",
+        str(cfg),
+        "--pretrained",
+        str(ckpt),
+        "--cache",
+        str(tmp_path / "c.sqlite3"),
+        "--yes",
+        *extra,
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code in (1, 2), result.output
     assert message in result.output
@@ -152,13 +184,15 @@ def test_missing_and_unreadable_inputs(tiny_clip, photo_dir: Path, vocab_file: P
         assert result.exit_code == 1
 
 
-def test_default_model_weights_missing_offline_is_one_line(photo_dir: Path, vocab_file: Path, tmp_path: Path,
-                                                           monkeypatch) -> None:
+def test_default_model_weights_missing_offline_is_one_line(
+    photo_dir: Path, vocab_file: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("RTAGX_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
-    result = CliRunner().invoke(cli, ["tag", str(photo_dir), "--tags", str(vocab_file), "--cache",
-                                      str(tmp_path / "c.sqlite3"), "--yes"])
+    result = CliRunner().invoke(
+        cli, ["tag", str(photo_dir), "--tags", str(vocab_file), "--cache", str(tmp_path / "c.sqlite3"), "--yes"]
+    )
     assert result.exit_code == 1
     assert "ViT-B-16" in result.output and "dfn2b" in result.output and "--pretrained" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -181,13 +215,26 @@ def test_cache_env_var_and_default_location(monkeypatch, tmp_path: Path) -> None
 
 
 def test_retag_rescores_from_the_cache_and_keeps_a_persons_keywords_then_untag(
-        tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path) -> None:
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "c.sqlite3"
     image = photo_dir / "Nikon_D70.jpg"
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-Keywords=Grandma", "-XMP-dc:Subject=Grandma",
-                    "-XMP-dc:Subject=dog", "-Keywords=dog", str(image)], check=True)
-    first = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json"],
-                tiny_clip, cache)
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-overwrite_original",
+            "-Keywords=Grandma",
+            "-XMP-dc:Subject=Grandma",
+            "-XMP-dc:Subject=dog",
+            "-Keywords=dog",
+            str(image),
+        ],
+        check=True,
+    )
+    first = run(
+        [str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json"], tiny_clip, cache
+    )
     files, _ = _json_lines(first.output)
     chosen = [t["tag"] for t in next(f for f in files if f["path"].endswith("Nikon_D70.jpg"))["tags"]]
     assert set(_exif_keywords(image)["xmp"]) == {"Grandma", "dog", *chosen}
@@ -217,14 +264,18 @@ def test_retag_rescores_from_the_cache_and_keeps_a_persons_keywords_then_untag(
         assert _exif_keywords(photo_dir / name) == {"iptc": [], "xmp": []}
 
 
-def test_retag_with_a_new_vocabulary_encodes_only_its_new_prompts(tiny_clip, photo_dir: Path, vocab_file: Path,
-                                                                  tmp_path: Path) -> None:
+def test_retag_with_a_new_vocabulary_encodes_only_its_new_prompts(
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "c.sqlite3"
     run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2"], tiny_clip, cache)
     bigger = tmp_path / "bigger.txt"
     bigger.write_text(vocab_file.read_text() + "sunset\nbicycle\n", encoding="utf-8")
-    result = CliRunner().invoke(cli, ["retag", "--cache", str(cache), "--tags", str(bigger), "--threshold", "-1",
-                                      "--top-k", "8", "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["retag", "--cache", str(cache), "--tags", str(bigger), "--threshold", "-1", "--top-k", "8", "--json"],
+        catch_exceptions=False,
+    )
     files, summary = _json_lines(result.output)
     assert summary["embedded"] == 0 and "load-model" in summary["timings"]
     assert all(len(f["tags"]) == 8 for f in files if f["action"] != "skipped")
@@ -235,8 +286,9 @@ def test_retag_with_a_new_vocabulary_encodes_only_its_new_prompts(tiny_clip, pho
     assert result.exit_code == 3 and summary["skip_reasons"] == {"missing": 1}
 
 
-def test_temp_files_of_a_killed_writer_are_removed_even_by_a_no_op_run(tiny_clip, photo_dir: Path, vocab_file: Path,
-                                                                        tmp_path: Path) -> None:
+def test_temp_files_of_a_killed_writer_are_removed_even_by_a_no_op_run(
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "c.sqlite3"
     args = [str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json"]
     run(args, tiny_clip, cache)
@@ -251,13 +303,15 @@ def test_temp_files_of_a_killed_writer_are_removed_even_by_a_no_op_run(tiny_clip
     assert not stale.exists() and alive.exists()
 
 
-def test_a_decoder_that_never_returns_is_skipped_and_the_run_goes_on(tiny_clip, photo_dir: Path, vocab_file: Path,
-                                                                      tmp_path: Path, monkeypatch) -> None:
+def test_a_decoder_that_never_returns_is_skipped_and_the_run_goes_on(
+    tiny_clip, photo_dir: Path, vocab_file: Path, tmp_path: Path, monkeypatch
+) -> None:
     """Stands in for a decoder stuck in a loop on a hostile file: the only way to get a real decoder
     to hang on demand is to make it wait, so this one file's decode blocks on an event."""
     import threading
 
-    from rtagx import decode, pipeline
+    from rtagx.imaging import decode
+    from rtagx.run import local as pipeline
 
     release = threading.Event()
     real = decode.decode_for_model
@@ -271,11 +325,25 @@ def test_a_decoder_that_never_returns_is_skipped_and_the_run_goes_on(tiny_clip, 
     monkeypatch.setenv("RTAGX_DECODE_TIMEOUT", "1")
     monkeypatch.setattr(pipeline, "STUCK_DECODERS", [])
     try:
-        result = run([str(photo_dir), "--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2", "--json",
-                      "--workers", "2"], tiny_clip, tmp_path / "c.sqlite3")
+        result = run(
+            [
+                str(photo_dir),
+                "--tags",
+                str(vocab_file),
+                "--threshold",
+                "-1",
+                "--top-k",
+                "2",
+                "--json",
+                "--workers",
+                "2",
+            ],
+            tiny_clip,
+            tmp_path / "c.sqlite3",
+        )
     finally:
         release.set()
-    files, summary = _json_lines(result.output)
+    _files, summary = _json_lines(result.output)
     assert result.exit_code == 3
     assert summary["skip_reasons"] == {"corrupt": 1, "decode-timeout": 1} and summary["written"] == 3
     assert [Path(p).name for p in pipeline.STUCK_DECODERS] == ["Pentax_K10D.jpg"]

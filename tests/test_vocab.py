@@ -7,11 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from rtagx import prompts
 from rtagx.errors import UsageError, VocabularyError
-from rtagx.vocab import (
-    DEFAULT_VOCABULARY, SHIPPED_VOCABULARIES, Tag, load_vocabulary, parse_vocabulary, serialize_vocabulary,
-    shipped_vocabulary_path, with_templates,
+from rtagx.tags import prompts
+from rtagx.tags.vocab import (
+    DEFAULT_VOCABULARY,
+    SHIPPED_VOCABULARIES,
+    Tag,
+    load_vocabulary,
+    parse_vocabulary,
+    serialize_vocabulary,
+    shipped_vocabulary_path,
+    with_templates,
 )
 
 FULL = """\
@@ -50,8 +56,10 @@ def test_full_format() -> None:
     assert g.path == ("animal", "dog", "golden retriever")
     assert g.names == ("golden retriever", "goldie", "golden dog")
     assert g.threshold == 0.28 and g.group == "breeds"
-    assert g.descriptions == ("a golden retriever, a friendly dog with long golden fur.",
-                              "a large dog with a golden coat.")
+    assert g.descriptions == (
+        "a golden retriever, a friendly dog with long golden fur.",
+        "a large dog with a golden coat.",
+    )
     assert by["puppy"].names == ("puppy", "young dog")
     assert by["beach"].group == by["forest"].group == "scene"
     assert by["forest"].threshold == -0.5
@@ -65,8 +73,13 @@ def test_full_format() -> None:
 def test_prompts_for_fills_every_name_and_adds_descriptions() -> None:
     v = parse_vocabulary("!template a photo of a {}.\n!template art of {}\ndog = hound\n  > a dog sleeping.\n")
     assert v.templates == ("a photo of a {}.", "art of {}")
-    assert v.prompts_for(v.tags[0]) == ["a photo of a dog.", "art of dog", "a photo of a hound.", "art of hound",
-                                        "a dog sleeping."]
+    assert v.prompts_for(v.tags[0]) == [
+        "a photo of a dog.",
+        "art of dog",
+        "a photo of a hound.",
+        "art of hound",
+        "a dog sleeping.",
+    ]
 
 
 def test_all_prompts_unique_and_stable() -> None:
@@ -77,47 +90,66 @@ def test_all_prompts_unique_and_stable() -> None:
 def test_fingerprint_changes_with_anything_that_scores() -> None:
     base = parse_vocabulary("dog\ncat\n")
     assert base.fingerprint() == parse_vocabulary("# other comment\ndog\n\ncat\n").fingerprint()
-    for other in ("dog\ncat = kitty\n", "dog @threshold=0.3\ncat\n", "!templates imagenet80\ndog\ncat\n",
-                  "dog\ncat\n  > a cat.\n", "!never cat\ndog\ncat\n", "!rename cat => kitty\ndog\ncat\n",
-                  "a|dog\ncat\n", "dog @group=g\ncat @group=g\n", "!threshold 0.3\ndog\ncat\n"):
+    for other in (
+        "dog\ncat = kitty\n",
+        "dog @threshold=0.3\ncat\n",
+        "!templates imagenet80\ndog\ncat\n",
+        "dog\ncat\n  > a cat.\n",
+        "!never cat\ndog\ncat\n",
+        "!rename cat => kitty\ndog\ncat\n",
+        "a|dog\ncat\n",
+        "dog @group=g\ncat @group=g\n",
+        "!threshold 0.3\ndog\ncat\n",
+    ):
         assert parse_vocabulary(other).fingerprint() != base.fingerprint(), other
 
 
 def test_exclusive_hierarchy_node_and_group_name() -> None:
-    v = parse_vocabulary("!exclusive place|indoor\n!exclusive time\nplace|indoor|kitchen\nplace|indoor|bedroom\n"
-                         "place|outdoor|beach\nday @group=time\nnight @group=time\nkitchen2 @group=own\n")
+    v = parse_vocabulary(
+        "!exclusive place|indoor\n!exclusive time\nplace|indoor|kitchen\nplace|indoor|bedroom\n"
+        "place|outdoor|beach\nday @group=time\nnight @group=time\nkitchen2 @group=own\n"
+    )
     groups = {t.keyword: t.group for t in v.tags}
-    assert groups == {"kitchen": "place|indoor", "bedroom": "place|indoor", "beach": None, "day": "time",
-                      "night": "time", "kitchen2": "own"}
+    assert groups == {
+        "kitchen": "place|indoor",
+        "bedroom": "place|indoor",
+        "beach": None,
+        "day": "time",
+        "night": "time",
+        "kitchen2": "own",
+    }
 
 
-@pytest.mark.parametrize("text, line, message", [
-    ("dog\n!nope x\n", 2, "unknown directive '!nope'"),
-    ("dog @thresh=0.2\n", 1, "unknown attribute '@thresh'"),
-    ("dog @threshold=high\n", 1, "threshold must be a number"),
-    ("dog @threshold=1.5\n", 1, "within [-1, 1]"),
-    ("dog @threshold=nan\n", 1, "within [-1, 1]"),
-    ("dog @threshold=0.2 @threshold=0.3\n", 1, "given twice"),
-    ("cat\ndog @group\n", 2, "@key=value"),
-    ("> a description\ndog\n", 1, "description ('>' line) before any tag"),
-    ("dog\n\n# c\nDog\n", 4, "duplicate keyword 'Dog' (first defined at t.txt:1)"),
-    ("animal||dog\n", 1, "empty name"),
-    ("animal|\n", 1, "missing keyword"),
-    (", dog\n", 1, "missing keyword"),
-    ("a, b|dog\n", 1, "',' cannot be part of a name"),
-    ("dog = a=b\n", 1, "'=' cannot be part of a name"),
-    ("!templates nope\ndog\n", 1, "unknown template set 'nope'"),
-    ("!template a photo\ndog\n", 1, "exactly one '{}'"),
-    ("!template {} and {}\ndog\n", 1, "exactly one '{}'"),
-    ("!threshold\ndog\n", 1, "!threshold needs an argument"),
-    ("!rename a -> b\ndog\n", 1, "'old => new'"),
-    ("!rename a => b\n!rename A => c\ndog\n", 2, "renamed twice"),
-    ("!exclusive nothing\ndog\n", 1, "matches no tag path or @group"),
-    ("dog\x01cat\n", 1, "control or invalid character U+0001"),
-    ("!include no-such-file.txt\ndog\n", 1, "!include: no such vocabulary"),
-    ("# only comments\n\n", 3, "no tags in vocabulary"),
-    ("", 1, "no tags in vocabulary"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("dog\n!nope x\n", 2, "unknown directive '!nope'"),
+        ("dog @thresh=0.2\n", 1, "unknown attribute '@thresh'"),
+        ("dog @threshold=high\n", 1, "threshold must be a number"),
+        ("dog @threshold=1.5\n", 1, "within [-1, 1]"),
+        ("dog @threshold=nan\n", 1, "within [-1, 1]"),
+        ("dog @threshold=0.2 @threshold=0.3\n", 1, "given twice"),
+        ("cat\ndog @group\n", 2, "@key=value"),
+        ("> a description\ndog\n", 1, "description ('>' line) before any tag"),
+        ("dog\n\n# c\nDog\n", 4, "duplicate keyword 'Dog' (first defined at t.txt:1)"),
+        ("animal||dog\n", 1, "empty name"),
+        ("animal|\n", 1, "missing keyword"),
+        (", dog\n", 1, "missing keyword"),
+        ("a, b|dog\n", 1, "',' cannot be part of a name"),
+        ("dog = a=b\n", 1, "'=' cannot be part of a name"),
+        ("!templates nope\ndog\n", 1, "unknown template set 'nope'"),
+        ("!template a photo\ndog\n", 1, "exactly one '{}'"),
+        ("!template {} and {}\ndog\n", 1, "exactly one '{}'"),
+        ("!threshold\ndog\n", 1, "!threshold needs an argument"),
+        ("!rename a -> b\ndog\n", 1, "'old => new'"),
+        ("!rename a => b\n!rename A => c\ndog\n", 2, "renamed twice"),
+        ("!exclusive nothing\ndog\n", 1, "matches no tag path or @group"),
+        ("dog\x01cat\n", 1, "control or invalid character U+0001"),
+        ("!include no-such-file.txt\ndog\n", 1, "!include: no such vocabulary"),
+        ("# only comments\n\n", 3, "no tags in vocabulary"),
+        ("", 1, "no tags in vocabulary"),
+    ],
+)
 def test_errors_name_file_and_line(text: str, line: int, message: str, tmp_path: Path) -> None:
     with pytest.raises(VocabularyError) as err:
         parse_vocabulary(text, "t.txt", base_dir=tmp_path)
@@ -157,7 +189,9 @@ def test_include_merges_tags_and_lists_and_detects_cycles(tmp_path: Path) -> Non
     with pytest.raises(VocabularyError, match="cycle"):
         load_vocabulary(tmp_path / "a.txt")
     (tmp_path / "dup.txt").write_text("!include base.txt\ndog\n")
-    with pytest.raises(VocabularyError, match=r"dup\.txt:2: duplicate keyword 'dog' \(first defined at .*base\.txt:3\)"):
+    with pytest.raises(
+        VocabularyError, match=r"dup\.txt:2: duplicate keyword 'dog' \(first defined at .*base\.txt:3\)"
+    ):
         load_vocabulary(tmp_path / "dup.txt")
 
 
@@ -181,8 +215,8 @@ def test_with_templates() -> None:
 def test_imagenet80_are_open_clip_templates() -> None:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-    assert prompts.IMAGENET80 == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-    assert prompts.SIMPLE7 == tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
+    assert tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES) == prompts.IMAGENET80
+    assert tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES) == prompts.SIMPLE7
     assert len(set(prompts.IMAGENET80)) == 80
     assert all(prompts.check_template(t) is None for s in prompts.TEMPLATE_SETS.values() for t in s)
 
@@ -192,7 +226,13 @@ def test_serialize_round_trip_of_full_example() -> None:
     text = serialize_vocabulary(v, header="made by a test\nsecond line")
     assert text.startswith("# made by a test\n# second line\n")
     w = parse_vocabulary(text, "again.txt")
-    assert (w.tags, w.templates, w.threshold, w.never, w.renames) == (v.tags, v.templates, v.threshold, v.never, v.renames)
+    assert (w.tags, w.templates, w.threshold, w.never, w.renames) == (
+        v.tags,
+        v.templates,
+        v.threshold,
+        v.never,
+        v.renames,
+    )
 
 
 def test_serialize_rejects_unwritable_names() -> None:
@@ -264,8 +304,9 @@ def test_shipped_name_wins_over_a_folder_of_that_name(tmp_path: Path, monkeypatc
 
 
 def test_per_tag_templates_and_descriptions_only() -> None:
-    v = parse_vocabulary("!templates photo\nscreenshot @templates=none\n  > a screenshot of a phone.\n"
-                         "dog @templates=bare\ncat\n")
+    v = parse_vocabulary(
+        "!templates photo\nscreenshot @templates=none\n  > a screenshot of a phone.\ndog @templates=bare\ncat\n"
+    )
     shot, dog, cat = v.tags
     assert v.prompts_for(shot) == ["a screenshot of a phone."]
     assert v.prompts_for(dog) == ["dog"]

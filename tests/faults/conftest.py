@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 import faultlib
+import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -15,7 +14,7 @@ def _needs_exiftool_and_samples() -> None:
     if shutil.which("exiftool") is None:
         pytest.skip("exiftool is needed to read keywords back")
     if not faultlib.SAMPLES.is_dir():
-        pytest.skip(f"camera samples not found at {faultlib.SAMPLES}")
+        pytest.fail(f"camera samples missing at {faultlib.SAMPLES}: they are part of the repository")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ can print them as a table.
 Temporary names rtagx uses (checked as leftovers after every fault):
 
 * ``.<photo name>.<random>.rtagx-tmp`` beside the photo or sidecar being written
-  (``rtagx.metadata._atomic_write`` through ``tempfile.mkstemp``); exiv2 works on that copy.
+  (``rtagx.keywords.metadata._atomic_write`` through ``tempfile.mkstemp``); exiv2 works on that copy.
 * beside the cache: ``<cache>-wal`` and ``<cache>-shm`` (SQLite WAL mode, legitimate between runs)
   and ``<cache>.lock`` (the flock writer lock, legitimate). ``<cache>-journal`` would mean a rollback
   journal left behind.
@@ -17,6 +17,7 @@ Temporary names rtagx uses (checked as leftovers after every fault):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -27,14 +28,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO.parent / "shared" / "fixtures" / "camera-samples"
-if not SAMPLES.is_dir():
-    SAMPLES = Path(os.environ.get("RTAGX_SAMPLES", SAMPLES))
+SAMPLES = Path(os.environ.get("RTAGX_SAMPLES") or REPO / "tests" / "data" / "camera-samples")
 
 RTAGX = [sys.executable, "-m", "rtagx"]
 TMP_SUFFIX = ".rtagx-tmp"
@@ -46,14 +46,32 @@ RUN_TIMEOUT = 120  # seconds: no single rtagx run may take longer (a hang is a f
 
 # Camera samples of the kill library: many makers, orientation flags, GPS, Photoshop XMP, TIFF, HEIF.
 CAMERA_JPEGS = [
-    "Canon_40D.jpg", "Canon_40D_photoshop_import.jpg", "Canon_DIGITAL_IXUS_400.jpg", "Canon_PowerShot_S40.jpg",
-    "Fujifilm_FinePix6900ZOOM.jpg", "Fujifilm_FinePix_E500.jpg", "Kodak_CX7530.jpg", "Konica_Minolta_DiMAGE_Z3.jpg",
-    "Nikon_COOLPIX_P1.jpg", "Nikon_D70.jpg", "Olympus_C8080WZ.jpg", "PaintTool_sample.jpg", "Panasonic_DMC-FZ30.jpg",
-    "Pentax_K10D.jpg", "Ricoh_Caplio_RR330.jpg", "Samsung_Digimax_i50_MP3.jpg", "Sony_HDR-HC3.jpg",
-    "WWL_(Polaroid)_ION230.jpg", "long_description.jpg", "corrupted.jpg",
+    "Canon_40D.jpg",
+    "Canon_40D_photoshop_import.jpg",
+    "Canon_DIGITAL_IXUS_400.jpg",
+    "Canon_PowerShot_S40.jpg",
+    "Fujifilm_FinePix6900ZOOM.jpg",
+    "Fujifilm_FinePix_E500.jpg",
+    "Kodak_CX7530.jpg",
+    "Konica_Minolta_DiMAGE_Z3.jpg",
+    "Nikon_COOLPIX_P1.jpg",
+    "Nikon_D70.jpg",
+    "Olympus_C8080WZ.jpg",
+    "PaintTool_sample.jpg",
+    "Panasonic_DMC-FZ30.jpg",
+    "Pentax_K10D.jpg",
+    "Ricoh_Caplio_RR330.jpg",
+    "Samsung_Digimax_i50_MP3.jpg",
+    "Sony_HDR-HC3.jpg",
+    "WWL_(Polaroid)_ION230.jpg",
+    "long_description.jpg",
+    "corrupted.jpg",
 ]
-CAMERA_SUBDIRS = {"orientation": ["landscape_3.jpg", "landscape_6.jpg", "portrait_5.jpg", "portrait_8.jpg"],
-                  "gps": ["DSCN0010.jpg", "DSCN0021.jpg"], "xmp": ["BlueSquare.jpg", "no_exif.jpg"]}
+CAMERA_SUBDIRS = {
+    "orientation": ["landscape_3.jpg", "landscape_6.jpg", "portrait_5.jpg", "portrait_8.jpg"],
+    "gps": ["DSCN0010.jpg", "DSCN0021.jpg"],
+    "xmp": ["BlueSquare.jpg", "no_exif.jpg"],
+}
 
 
 def fault_count(default: int = DEFAULT_KILLS) -> int:
@@ -70,9 +88,16 @@ def fault_count(default: int = DEFAULT_KILLS) -> int:
 def clean_env(work: Path) -> dict[str, str]:
     """The environment of every rtagx subprocess: no user config, no user cache, no network."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTAGX_")}
-    env.update(RTAGX_OFFLINE="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", RTAGX_NO_PROGRESS="1",
-               XDG_CONFIG_HOME=str(work / "xdg-config"), XDG_DATA_HOME=str(work / "xdg-data"),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update(
+        RTAGX_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        RTAGX_NO_PROGRESS="1",
+        XDG_CONFIG_HOME=str(work / "xdg-config"),
+        XDG_DATA_HOME=str(work / "xdg-data"),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     return env
 
 
@@ -86,12 +111,34 @@ def tiny_model(directory: Path) -> tuple[Path, Path]:
     return build_tiny_clip(directory)
 
 
-def tag_args(paths: Sequence[Path | str | bytes], model: tuple[Path, Path], cache: Path, vocab: Path,
-             *extra: str) -> list[Any]:
+def tag_args(
+    paths: Sequence[Path | str | bytes], model: tuple[Path, Path], cache: Path, vocab: Path, *extra: str
+) -> list[Any]:
     cfg, ckpt = model
-    return [*RTAGX, "tag", *[os.fspath(p) for p in paths], "--model", str(cfg), "--pretrained", str(ckpt),
-            "--cache", str(cache), "--tags", str(vocab), "--threshold", "-1", "--top-k", "3", "--json", "--yes",
-            "--workers", "1", "--threads", "1", *extra]
+    return [
+        *RTAGX,
+        "tag",
+        *[os.fspath(p) for p in paths],
+        "--model",
+        str(cfg),
+        "--pretrained",
+        str(ckpt),
+        "--cache",
+        str(cache),
+        "--tags",
+        str(vocab),
+        "--threshold",
+        "-1",
+        "--top-k",
+        "3",
+        "--json",
+        "--yes",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 @dataclass
@@ -128,12 +175,14 @@ def parse_output(stdout: str) -> tuple[list[dict], dict | None]:
 
 def run_rtagx(args: Sequence[Any], work: Path, *, timeout: float = RUN_TIMEOUT, preexec_fn=None) -> RunResult:
     start = time.perf_counter()
-    proc = subprocess.run(list(args), capture_output=True, env=clean_env(work), timeout=timeout,
-                          preexec_fn=preexec_fn, cwd=work)
+    proc = subprocess.run(
+        list(args), capture_output=True, env=clean_env(work), timeout=timeout, preexec_fn=preexec_fn, cwd=work
+    )
     out = proc.stdout.decode("utf-8", "replace")
     files, summary = parse_output(out)
-    return RunResult(proc.returncode, out, proc.stderr.decode("utf-8", "replace"), time.perf_counter() - start,
-                     files, summary)
+    return RunResult(
+        proc.returncode, out, proc.stderr.decode("utf-8", "replace"), time.perf_counter() - start, files, summary
+    )
 
 
 def fsize_limit(limit: int):
@@ -143,6 +192,7 @@ def fsize_limit(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -205,8 +255,9 @@ def make_generated(dest: Path, rng: random.Random, *, count_per_format: int = 2,
     return out
 
 
-def copy_samples(dest: Path, names: Iterable[str] = CAMERA_JPEGS, *, subdirs: bool = True, tiff: bool = True,
-                 heif: bool = True) -> list[Path]:
+def copy_samples(
+    dest: Path, names: Iterable[str] = CAMERA_JPEGS, *, subdirs: bool = True, tiff: bool = True, heif: bool = True
+) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     pairs = [(SAMPLES / "jpg" / n, dest / n) for n in names]
     if subdirs:
@@ -264,7 +315,7 @@ def pixel_digest(path: Path) -> str | None:
             h = hashlib.blake2b(f"{im.mode}|{im.size}|{getattr(im, 'n_frames', 1)}".encode(), digest_size=16)
             h.update(im.tobytes())
             return h.hexdigest()
-    except Exception:  # noqa: BLE001 - undecodable originals are compared byte for byte
+    except Exception:
         return None
 
 
@@ -316,8 +367,12 @@ class _ExifTool:
     """One ``exiftool -stay_open`` process (perl starts once, not once per check)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(["exiftool", "-stay_open", "True", "-@", "-"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["exiftool", "-stay_open", "True", "-@", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
 
     def run(self, args: Sequence[str]) -> bytes:
         if any("\n" in a for a in args):
@@ -336,10 +391,8 @@ class _ExifTool:
             out += line
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.run(["-stay_open", "False"])
-        except Exception:  # noqa: BLE001
-            pass
         self.proc.kill()
         self.proc.wait()
 
@@ -381,8 +434,11 @@ class KwState:
 
     def key(self) -> tuple:
         """Order-free identity of the keyword state (the order of a Bag carries no meaning)."""
-        return (tuple(sorted(self.iptc)), tuple(sorted(self.xmp)),
-                None if self.sidecar is None else tuple(sorted(self.sidecar)))
+        return (
+            tuple(sorted(self.iptc)),
+            tuple(sorted(self.xmp)),
+            None if self.sidecar is None else tuple(sorted(self.sidecar)),
+        )
 
     def duplicates(self) -> list[str]:
         out = []
@@ -397,15 +453,19 @@ def keyword_states(paths: Sequence[Path]) -> dict[Path, KwState]:
     sidecars = {p: Path(os.fsdecode(p) + ".xmp") for p in paths if uses_sidecar(p)}
     present = [s for s in sidecars.values() if s.exists()]
     rows = exiftool_json([*paths, *present], tags)
-    side_rows = dict(zip(present, rows[len(paths):]))
+    side_rows = dict(zip(present, rows[len(paths) :]))
     out = {}
     for p, row in zip(paths, rows):
         side = None
         s = sidecars.get(p)
         if s is not None and s in side_rows:
             side = tuple(_as_list(side_rows[s].get("XMP-dc:Subject")))
-        out[p] = KwState(tuple(_as_list(row.get("IPTC:Keywords"))), tuple(_as_list(row.get("XMP-dc:Subject"))),
-                         side, row.get("ExifTool:Error"))
+        out[p] = KwState(
+            tuple(_as_list(row.get("IPTC:Keywords"))),
+            tuple(_as_list(row.get("XMP-dc:Subject"))),
+            side,
+            row.get("ExifTool:Error"),
+        )
     return out
 
 
@@ -416,12 +476,12 @@ def cache_integrity(cache: Path) -> str:
     """'ok', 'absent', or what is wrong: the store opened the way rtagx opens it, then integrity_check."""
     if not cache.exists():
         return "absent"
-    from rtagx.store import open_store
+    from rtagx.cache.store import open_store
 
     try:
         with open_store(cache) as store:
             return "ok" if store.integrity_ok() else str(store.conn.execute("PRAGMA integrity_check").fetchall())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"{type(e).__name__}: {e}"
 
 
@@ -504,9 +564,15 @@ def reference_runs(work: Path, model: tuple[Path, Path]) -> tuple[list[dict[Path
     return s0, max(t0, t1)
 
 
-def kill_scenario(work: Path, model: tuple[Path, Path], kills: int, seed: int = 1234,
-                  log=lambda *_: None, mode: str = "uniform",
-                  reference: tuple[list[dict[Path, KwState]], float] | None = None) -> dict[str, Any]:
+def kill_scenario(
+    work: Path,
+    model: tuple[Path, Path],
+    kills: int,
+    seed: int = 1234,
+    log=lambda *_: None,
+    mode: str = "uniform",
+    reference: tuple[list[dict[Path, KwState]], float] | None = None,
+) -> dict[str, Any]:
     """SIGKILL ``rtagx tag`` ``kills`` times at seeded random moments spread over a full run, rerunning
     each time with the other vocabulary (so every run rewrites keywords), then run to completion.
     ``mode="midwrite"`` kills right after a random number of files were reported instead (the write phase
@@ -529,9 +595,21 @@ def kill_scenario(work: Path, model: tuple[Path, Path], kills: int, seed: int = 
     ref_by_rel, full = reference
     ref_states = [{p: states[p.relative_to(lib)] for p in files} for states in ref_by_rel]
 
-    stats: dict[str, Any] = {"kills": 0, "finished_before_kill": 0, "fresh_caches": 0, "phases": {}, "checks": 0, "damaged": [],
-                             "bad_keywords": [], "bad_cache": [], "leftovers_seen": 0, "leftover_names": set(),
-                             "unknown_leftovers": [], "files": len(files), "run_seconds": full}
+    stats: dict[str, Any] = {
+        "kills": 0,
+        "finished_before_kill": 0,
+        "fresh_caches": 0,
+        "phases": {},
+        "checks": 0,
+        "damaged": [],
+        "bad_keywords": [],
+        "bad_cache": [],
+        "leftovers_seen": 0,
+        "leftover_names": set(),
+        "unknown_leftovers": [],
+        "files": len(files),
+        "run_seconds": full,
+    }
     expected_names = set(files)
     for i in range(kills):
         vocab = vocabs[i % 2]
@@ -540,8 +618,13 @@ def kill_scenario(work: Path, model: tuple[Path, Path], kills: int, seed: int = 
                 p.unlink(missing_ok=True)
             stats["fresh_caches"] = stats.get("fresh_caches", 0) + 1
         delay = rng.uniform(0.0, full * 1.05)
-        proc = subprocess.Popen(tag_args([lib], model, cache, vocab), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=clean_env(work), cwd=work)
+        proc = subprocess.Popen(
+            tag_args([lib], model, cache, vocab),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(work),
+            cwd=work,
+        )
         head = b""
         if mode == "midwrite":  # kill right after the k-th file is reported, k random
             k = rng.randint(1, len(files) - 2)
@@ -575,8 +658,10 @@ def kill_scenario(work: Path, model: tuple[Path, Path], kills: int, seed: int = 
             s = states[p]
             allowed = {original[p].key(), ref_states[0][p].key(), ref_states[1][p].key()}
             if s.key() not in allowed:
-                stats["bad_keywords"].append(f"kill {i} ({phase}, {delay:.2f}s): {p.name}: {s} not in "
-                                             f"{{original {original[p]}, A {ref_states[0][p]}, B {ref_states[1][p]}}}")
+                stats["bad_keywords"].append(
+                    f"kill {i} ({phase}, {delay:.2f}s): {p.name}: {s} not in "
+                    f"{{original {original[p]}, A {ref_states[0][p]}, B {ref_states[1][p]}}}"
+                )
             for d in s.duplicates():
                 stats["bad_keywords"].append(f"kill {i}: {p.name}: {d}")
             if s.error and not original[p].error:
@@ -601,9 +686,11 @@ def kill_scenario(work: Path, model: tuple[Path, Path], kills: int, seed: int = 
     stats["final_summaries"] = (r1.summary, r2.summary)
     stats["final_describe"] = r1.describe() + "\n" + r2.describe()
     final_states = keyword_states(files)
-    stats["final_mismatch"] = [f"{p.name}: {final_states[p]} != {ref_states[final_vocab][p]}" for p in files
-                               if final_states[p].key() != ref_states[final_vocab][p].key()
-                               or final_states[p].duplicates()]
+    stats["final_mismatch"] = [
+        f"{p.name}: {final_states[p]} != {ref_states[final_vocab][p]}"
+        for p in files
+        if final_states[p].key() != ref_states[final_vocab][p].key() or final_states[p].duplicates()
+    ]
     for problem in damaged(before):
         stats["damaged"].append(f"after final run: {problem}")
     stats["final_cache"] = [cache_integrity(cache)]
@@ -623,13 +710,24 @@ def targeted_tmp_kill(work: Path, model: tuple[Path, Path], tries: int = 6) -> d
     vocabs[1].write_text(VOCAB_B)
     cache = work / "cache.sqlite3"
     before = snapshot(files)
-    result: dict[str, Any] = {"caught": 0, "tries": 0, "left_after_kill": [], "left_after_rerun": [],
-                              "damaged": [], "cache": None}
+    result: dict[str, Any] = {
+        "caught": 0,
+        "tries": 0,
+        "left_after_kill": [],
+        "left_after_rerun": [],
+        "damaged": [],
+        "cache": None,
+    }
     folders = sorted({p.parent for p in files})
     for t in range(tries):
         result["tries"] += 1
-        proc = subprocess.Popen(tag_args([lib], model, cache, vocabs[t % 2]), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=clean_env(work), cwd=work)
+        proc = subprocess.Popen(
+            tag_args([lib], model, cache, vocabs[t % 2]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(work),
+            cwd=work,
+        )
         caught = None
         deadline = time.monotonic() + RUN_TIMEOUT
         while proc.poll() is None and time.monotonic() < deadline:
@@ -675,9 +773,7 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 out[k] = v if not isinstance(v, (list, set, dict)) else type(v)(v)
             elif isinstance(v, bool) or k == "run_seconds":
                 out[k] = max(out[k], v) if k == "run_seconds" else v
-            elif isinstance(v, (int, float)):
-                out[k] += v
-            elif isinstance(v, list):
+            elif isinstance(v, (int, float, list)):
                 out[k] += v
             elif isinstance(v, set):
                 out[k] |= v
@@ -691,8 +787,16 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def kill_lanes(work: Path, model: tuple[Path, Path], kills: int, *, lanes: int = 2, seed: int = 1234,
-               mode: str = "uniform", log=lambda *_: None) -> dict[str, Any]:
+def kill_lanes(
+    work: Path,
+    model: tuple[Path, Path],
+    kills: int,
+    *,
+    lanes: int = 2,
+    seed: int = 1234,
+    mode: str = "uniform",
+    log=lambda *_: None,
+) -> dict[str, Any]:
     """``kill_scenario`` on ``lanes`` independent libraries and caches at once (the wall time of the
     suite is mostly rtagx importing torch; two lanes keep 50 kills inside the CI budget)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -702,8 +806,10 @@ def kill_lanes(work: Path, model: tuple[Path, Path], kills: int, *, lanes: int =
     log(f"reference runs: a typical run (vectors cached, keywords rewritten) took {reference[1]:.1f}s")
     shares = [kills // lanes + (1 if i < kills % lanes else 0) for i in range(lanes)]
     with ThreadPoolExecutor(lanes) as pool:
-        futures = [pool.submit(kill_scenario, work / f"lane{i}", model, n, seed + i, log, mode, reference)
-                   for i, n in enumerate(shares)]
+        futures = [
+            pool.submit(kill_scenario, work / f"lane{i}", model, n, seed + i, log, mode, reference)
+            for i, n in enumerate(shares)
+        ]
         return merge_stats([f.result() for f in futures])
 
 
@@ -728,9 +834,18 @@ def disk_full_photos(work: Path, model: tuple[Path, Path], limit: int = 2 << 20,
         raise RuntimeError(f"--write none run failed or wrote: {warm.describe()}")
     r = run_rtagx(tag_args([lib], model, cache, vocab), work, preexec_fn=fsize_limit(limit))
     by_path = {Path(f["path"]): f for f in r.files}
-    out: dict[str, Any] = {"rc": r.rc, "run": r, "files": len(files), "faults": 0, "damaged": damaged(before),
-                           "cache_size": cache.stat().st_size, "limit": limit,
-                           "problems": [], "over_limit": [], "leftovers": leftovers(lib, set(files))}
+    out: dict[str, Any] = {
+        "rc": r.rc,
+        "run": r,
+        "files": len(files),
+        "faults": 0,
+        "damaged": damaged(before),
+        "cache_size": cache.stat().st_size,
+        "limit": limit,
+        "problems": [],
+        "over_limit": [],
+        "leftovers": leftovers(lib, set(files)),
+    }
     for p in files:
         f = by_path.get(p)
         if f is None:
@@ -777,10 +892,20 @@ def disk_full_cache(work: Path, model: tuple[Path, Path]) -> dict[str, Any]:
     after_start = damaged(before)
     recover = run_rtagx(tag_args([lib], model, cache, vocab), work)
     again = run_rtagx(tag_args([lib], model, cache, vocab), work)
-    return {"warm": warm_run, "limit": size, "mid": mid, "start": start, "recover": recover, "again": again,
-            "damaged": after_mid + after_start + damaged(before), "cache_mid": integrity_mid,
-            "cache_final": cache_integrity(cache), "files": len(files),
-            "leftovers": leftovers(lib, set(files)), "cache_leftovers": cache_leftovers(cache)}
+    return {
+        "warm": warm_run,
+        "limit": size,
+        "mid": mid,
+        "start": start,
+        "recover": recover,
+        "again": again,
+        "damaged": after_mid + after_start + damaged(before),
+        "cache_mid": integrity_mid,
+        "cache_final": cache_integrity(cache),
+        "files": len(files),
+        "leftovers": leftovers(lib, set(files)),
+        "cache_leftovers": cache_leftovers(cache),
+    }
 
 
 def one_line_error(stderr: str) -> str | None:
@@ -809,9 +934,16 @@ def concurrency_reference(work: Path, model: tuple[Path, Path], seed: int = 11) 
     return {p.relative_to(lib): s for p, s in keyword_states(files).items()}
 
 
-def concurrency_scenario(work: Path, model: tuple[Path, Path], procs: int, *, shared_cache: bool = True,
-                         seed: int = 11, reference: dict[Path, KwState] | None = None,
-                         precreate: bool = False) -> dict[str, Any]:
+def concurrency_scenario(
+    work: Path,
+    model: tuple[Path, Path],
+    procs: int,
+    *,
+    shared_cache: bool = True,
+    seed: int = 11,
+    reference: dict[Path, KwState] | None = None,
+    precreate: bool = False,
+) -> dict[str, Any]:
     """``procs`` ``rtagx tag`` processes started at once on overlapping folders, with one cache (or, with
     ``shared_cache=False``, one cache each: no lock between them, the photo writes themselves race).
     ``precreate`` creates the cache first (a new cache hits the first-open race of rtagx.store)."""
@@ -823,10 +955,14 @@ def concurrency_scenario(work: Path, model: tuple[Path, Path], procs: int, *, sh
     if reference is None:
         reference = concurrency_reference(work / "reference", model, seed)
     expected = {p: reference[p.relative_to(lib)] for p in files}
-    sets = [[lib], [lib / "generated", lib / "orientation", lib / "gps"], [lib / "xmp", lib / "generated", lib / "tiff"],
-            [lib / "orientation", lib / "tiff", lib]]
+    sets = [
+        [lib],
+        [lib / "generated", lib / "orientation", lib / "gps"],
+        [lib / "xmp", lib / "generated", lib / "tiff"],
+        [lib / "orientation", lib / "tiff", lib],
+    ]
     if precreate:  # an existing, migrated, empty cache: what a later day's concurrent runs find
-        from rtagx.store import open_store
+        from rtagx.cache.store import open_store
 
         for i in range(procs if not shared_cache else 1):
             with open_store(work / ("cache.sqlite3" if shared_cache else f"cache{i}.sqlite3")):
@@ -834,8 +970,15 @@ def concurrency_scenario(work: Path, model: tuple[Path, Path], procs: int, *, sh
     launched = []
     for i in range(procs):
         cache = work / ("cache.sqlite3" if shared_cache else f"cache{i}.sqlite3")
-        launched.append(subprocess.Popen(tag_args(sets[i % len(sets)], model, cache, vocab), stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=clean_env(work), cwd=work))
+        launched.append(
+            subprocess.Popen(
+                tag_args(sets[i % len(sets)], model, cache, vocab),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_env(work),
+                cwd=work,
+            )
+        )
     results = []
     for proc in launched:
         try:
@@ -854,17 +997,32 @@ def concurrency_scenario(work: Path, model: tuple[Path, Path], procs: int, *, sh
         if res.rc not in (0, 3) or res.summary is None:
             problems.append(f"process {i}: exit {res.rc}\n{res.describe()}")
         elif res.rc == 3:
-            bad = {f["path"]: f["reason"] for f in res.files if f["action"] == "skipped"
-                   and not (f["reason"] in CORRUPT_REASONS and f["path"].endswith("corrupted.jpg"))}
+            bad = {
+                f["path"]: f["reason"]
+                for f in res.files
+                if f["action"] == "skipped"
+                and not (f["reason"] in CORRUPT_REASONS and f["path"].endswith("corrupted.jpg"))
+            }
             if bad:
                 problems.append(f"process {i}: skipped {bad}")
     states = keyword_states(files)
-    mismatch = [f"{p.name}: {states[p]} != single run {expected[p]}" for p in files
-                if states[p].key() != expected[p].key() or states[p].duplicates()]
+    mismatch = [
+        f"{p.name}: {states[p]} != single run {expected[p]}"
+        for p in files
+        if states[p].key() != expected[p].key() or states[p].duplicates()
+    ]
     caches = [work / "cache.sqlite3"] if shared_cache else [work / f"cache{i}.sqlite3" for i in range(procs)]
-    return {"procs": procs, "rcs": [res.rc for res in results], "results": results, "problems": problems,
-            "mismatch": mismatch, "damaged": damaged(before), "files": len(files),
-            "cache": [cache_integrity(c) for c in caches], "leftovers": leftovers(lib, set(files))}
+    return {
+        "procs": procs,
+        "rcs": [res.rc for res in results],
+        "results": results,
+        "problems": problems,
+        "mismatch": mismatch,
+        "damaged": damaged(before),
+        "files": len(files),
+        "cache": [cache_integrity(c) for c in caches],
+        "leftovers": leftovers(lib, set(files)),
+    }
 
 
 # ----------------------------------------------------------------------------- scenario 4: hostile inputs
@@ -882,8 +1040,12 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     rows = zlib.compress(b"\x00" + b"\x00" * width, 9) if width <= 100_000 else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def make_hostile(dest: Path, seed: int = 99) -> dict[Path, set[str] | str]:
@@ -895,8 +1057,29 @@ def make_hostile(dest: Path, seed: int = 99) -> dict[Path, set[str] | str]:
     for name in ("Canon_40D.jpg", "Nikon_D70.jpg"):
         data = (SAMPLES / "jpg" / name).read_bytes()
         n = len(data)
-        cuts = sorted({1, 2, 3, 4, 6, 20, 200, 600, n // 8, n // 4, n // 3, n // 2, 2 * n // 3, 3 * n // 4,
-                       7 * n // 8, n - 200, n - 20, n - 3, *(rng.randrange(1, n - 2) for _ in range(6))})
+        cuts = sorted(
+            {
+                1,
+                2,
+                3,
+                4,
+                6,
+                20,
+                200,
+                600,
+                n // 8,
+                n // 4,
+                n // 3,
+                n // 2,
+                2 * n // 3,
+                3 * n // 4,
+                7 * n // 8,
+                n - 200,
+                n - 20,
+                n - 3,
+                *(rng.randrange(1, n - 2) for _ in range(6)),
+            }
+        )
         for cut in cuts:
             p = dest / "truncated" / f"{Path(name).stem}_cut{cut:06d}.jpg"
             p.parent.mkdir(exist_ok=True)
@@ -910,8 +1093,12 @@ def make_hostile(dest: Path, seed: int = 99) -> dict[Path, set[str] | str]:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(rng.randbytes(rng.randint(10, 5000)))
         expect[p] = set(GARBAGE_OK)
-    for magic, ext in ((b"\xff\xd8\xff\xe0", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"II*\x00", ".tif"),
-                       (b"RIFF\x00\x10\x00\x00WEBPVP8 ", ".webp")):
+    for magic, ext in (
+        (b"\xff\xd8\xff\xe0", ".jpg"),
+        (b"\x89PNG\r\n\x1a\n", ".png"),
+        (b"II*\x00", ".tif"),
+        (b"RIFF\x00\x10\x00\x00WEBPVP8 ", ".webp"),
+    ):
         p = dest / "garbage" / f"magic_then_noise{ext}"
         p.write_bytes(magic + rng.randbytes(3000))
         expect[p] = set(GARBAGE_OK)
@@ -941,8 +1128,9 @@ def skip_problems(result: RunResult, expect: dict[Path, set[str] | str]) -> list
             continue
         f = got[0]
         if allowed in ("written", "written-or-skip"):
-            if f["action"] == "written" or (allowed == "written-or-skip" and f["action"] == "skipped"
-                                            and f["reason"] in TRUNCATED_OK):
+            if f["action"] == "written" or (
+                allowed == "written-or-skip" and f["action"] == "skipped" and f["reason"] in TRUNCATED_OK
+            ):
                 continue
             problems.append(f"{p.name}: expected written, got {f}")
         elif f["action"] != "skipped" or f.get("reason") not in allowed or not f.get("detail"):
@@ -954,9 +1142,38 @@ def skip_problems(result: RunResult, expect: dict[Path, set[str] | str]) -> list
 
 IPTC_MAX = 64
 EDGE_KEYWORDS = [
-    "é" * 32, "é" * 31 + "a", "a" + "é" * 32, "x" * 63 + "é", "x" * 62 + "€", "x" * 61 + "😀", "x" * 60 + "😀",
-    "a|b", "a/b", "a,b", "a;b", "a\\b", "<tag>", "&amp;", "]]>", "'\"", "a\tb", "a\nb", "\x00", "\x7f", "\u0085",
-    "\ufeffbom", "\u200b", "\u2028", " padded ", "\u00a0", "1", "007", "1.50", "1e5", "TRUE", "null",
+    "é" * 32,
+    "é" * 31 + "a",
+    "a" + "é" * 32,
+    "x" * 63 + "é",
+    "x" * 62 + "€",
+    "x" * 61 + "😀",
+    "x" * 60 + "😀",
+    "a|b",
+    "a/b",
+    "a,b",
+    "a;b",
+    "a\\b",
+    "<tag>",
+    "&amp;",
+    "]]>",
+    "'\"",
+    "a\tb",
+    "a\nb",
+    "\x00",
+    "\x7f",
+    "\u0085",
+    "\ufeffbom",
+    "\u200b",
+    "\u2028",
+    " padded ",
+    "\u00a0",
+    "1",
+    "007",
+    "1.50",
+    "1e5",
+    "TRUE",
+    "null",
 ]
 
 
@@ -968,8 +1185,9 @@ def _bad_keyword(k: str) -> bool:
     s = k.strip()
     if not s or "|" in s:
         return True
-    return any(unicodedata.category(c) in ("Cc", "Cs") or (ord(c) & 0xFFFE) == 0xFFFE
-               or 0xFDD0 <= ord(c) <= 0xFDEF for c in s)
+    return any(
+        unicodedata.category(c) in ("Cc", "Cs") or (ord(c) & 0xFFFE) == 0xFFFE or 0xFDD0 <= ord(c) <= 0xFDEF for c in s
+    )
 
 
 def _exif_text(value: str) -> str:
@@ -978,10 +1196,10 @@ def _exif_text(value: str) -> str:
 
 
 def keyword_roundtrip(path: Path, keywords: Sequence[str]) -> tuple[str, list[str]]:
-    """Write ``keywords`` with rtagx.metadata.write_keywords, read back with exiftool.
+    """Write ``keywords`` with rtagx.keywords.metadata.write_keywords, read back with exiftool.
     Returns ("written" | "rejected", problems)."""
     from rtagx.errors import FileSkip
-    from rtagx.metadata import write_keywords
+    from rtagx.keywords.metadata import write_keywords
 
     raw = path.read_bytes()
     pixels = pixel_digest(path)
@@ -1025,8 +1243,10 @@ def fuzz_keywords(work: Path, examples: int, seed: int = 5) -> dict[str, Any]:
     pools = [
         lambda: "".join(chr(rng.randint(0x20, 0x7E)) for _ in range(rng.randint(1, 70))),
         lambda: "".join(chr(rng.randint(0xA0, 0x2FFF)) for _ in range(rng.randint(1, 40))),
-        lambda: "".join(chr(rng.choice([rng.randint(0x1F300, 0x1FAFF), rng.randint(0x4E00, 0x9FFF)]))
-                        for _ in range(rng.randint(1, 30))),
+        lambda: "".join(
+            chr(rng.choice([rng.randint(0x1F300, 0x1FAFF), rng.randint(0x4E00, 0x9FFF)]))
+            for _ in range(rng.randint(1, 30))
+        ),
         lambda: rng.choice(EDGE_KEYWORDS),
         lambda: rng.choice(["x" * n + "é" for n in range(60, 66)] + ["é" * n for n in range(30, 34)]),
         lambda: rng.choice(["a", "b"]) + rng.choice("|/,;\t\n\x01\x1f ") + rng.choice(["c", "d"]),
@@ -1048,7 +1268,7 @@ def fuzz_keywords(work: Path, examples: int, seed: int = 5) -> dict[str, Any]:
 _OPEN_STORE = """
 import sys, time
 from rtagx.errors import CacheError
-from rtagx.store import open_store
+from rtagx.cache.store import open_store
 go = float(sys.argv[2])
 while time.time() < go:
     time.sleep(0.0005)
@@ -1061,15 +1281,23 @@ except CacheError as e:
 
 
 def first_open_race(work: Path, procs: int = 6, reps: int = 3) -> list[str]:
-    """``procs`` processes open the same new cache at the same instant (rtagx.store.open_store, what
+    """``procs`` processes open the same new cache at the same instant (rtagx.cache.store.open_store, what
     every command does before taking the writer lock). Returns what went wrong."""
     work.mkdir(parents=True, exist_ok=True)
     problems = []
     for rep in range(reps):
         cache = work / f"race{rep}.sqlite3"
         go = time.time() + 1.0 + 0.1 * procs
-        launched = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, str(cache), repr(go)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=clean_env(work), cwd=REPO) for _ in range(procs)]
+        launched = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_STORE, str(cache), repr(go)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_env(work),
+                cwd=REPO,
+            )
+            for _ in range(procs)
+        ]
         for proc in launched:
             out, err = proc.communicate(timeout=RUN_TIMEOUT)
             text = out.decode(errors="replace").strip()

@@ -15,9 +15,8 @@ import stat
 import threading
 from pathlib import Path
 
-import pytest
-
 import faultlib
+import pytest
 from faultlib import SAMPLES
 
 LONG_NAME = "L" * 251 + ".jpg"  # 255 bytes, the longest name ext4 allows
@@ -78,12 +77,14 @@ def hostile(tiny_clip, tmp_path_factory):
     expect[rodir / "in_ro_folder.jpg"] = {"read-only"}
     all_files = [*expect, names / LONG_NAME]
     before = {p: _digest(p) for p in all_files}
-    pixels = faultlib.snapshot([p for p in all_files if expect.get(p) in ("written", "written-or-skip")
-                                or p == names / LONG_NAME])
+    pixels = faultlib.snapshot(
+        [p for p in all_files if expect.get(p) in ("written", "written-or-skip") or p == names / LONG_NAME]
+    )
     vocab = work / "vocab.txt"
     vocab.write_text(faultlib.VOCAB_A)
-    result = faultlib.run_rtagx(faultlib.tag_args([lib], tiny_clip, work / "cache.sqlite3", vocab,
-                                                  "--follow-symlinks"), work)
+    result = faultlib.run_rtagx(
+        faultlib.tag_args([lib], tiny_clip, work / "cache.sqlite3", vocab, "--follow-symlinks"), work
+    )
     yield {"work": work, "lib": lib, "expect": expect, "before": before, "pixels": pixels, "result": result}
     os.chmod(rodir, 0o755)
 
@@ -112,17 +113,29 @@ def test_skipped_files_keep_their_bytes_and_written_ones_their_pixels(hostile) -
 def test_truncated_jpegs_are_reported_as_truncated_not_corrupt(hostile) -> None:
     """Cuts past the JPEG header must say 'truncated' (the user can re-copy the file), not 'corrupt'."""
     r = hostile["result"]
-    wrong = [(Path(f["path"]).name, f["reason"], f["detail"]) for f in r.files
-             if "/truncated/" in f["path"] and "_cut" in f["path"] and f["action"] == "skipped"
-             and int(Path(f["path"]).stem.rsplit("cut", 1)[1]) >= 200 and f["reason"] != "truncated"]
+    wrong = [
+        (Path(f["path"]).name, f["reason"], f["detail"])
+        for f in r.files
+        if "/truncated/" in f["path"]
+        and "_cut" in f["path"]
+        and f["action"] == "skipped"
+        and int(Path(f["path"]).stem.rsplit("cut", 1)[1]) >= 200
+        and f["reason"] != "truncated"
+    ]
     assert wrong == []
 
 
 def test_jpegs_cut_in_their_first_bytes_are_truncated(hostile) -> None:
     r = hostile["result"]
-    wrong = [(Path(f["path"]).name, f["reason"], f["detail"]) for f in r.files
-             if "/truncated/" in f["path"] and "_cut" in f["path"] and f["action"] == "skipped"
-             and 2 <= int(Path(f["path"]).stem.rsplit("cut", 1)[1]) < 200 and f["reason"] != "truncated"]
+    wrong = [
+        (Path(f["path"]).name, f["reason"], f["detail"])
+        for f in r.files
+        if "/truncated/" in f["path"]
+        and "_cut" in f["path"]
+        and f["action"] == "skipped"
+        and 2 <= int(Path(f["path"]).stem.rsplit("cut", 1)[1]) < 200
+        and f["reason"] != "truncated"
+    ]
     assert wrong == []
 
 
@@ -198,8 +211,12 @@ def guard_run(tiny_clip, tmp_path_factory):
     before = {p: _digest(p) for p in lib.iterdir()}
     vocab = tmp_path / "v.txt"
     vocab.write_text(faultlib.VOCAB_A)
-    r = faultlib.run_rtagx(faultlib.tag_args([lib], tiny_clip, tmp_path / "c.sqlite3", vocab, "--max-megapixels", "1",
-                                             "--write", "sidecar"), tmp_path)
+    r = faultlib.run_rtagx(
+        faultlib.tag_args(
+            [lib], tiny_clip, tmp_path / "c.sqlite3", vocab, "--max-megapixels", "1", "--write", "sidecar"
+        ),
+        tmp_path,
+    )
     return lib, before, r
 
 
@@ -261,11 +278,12 @@ def test_vocabulary_with_a_10000_character_line(model, tmp_path) -> None:
 
 
 def test_files_deleted_or_replaced_mid_run(tiny_clip, tmp_path) -> None:
-    """Library level (rtagx.pipeline.run_tag in this process, real files): once the scan is done and
+    """Library level (rtagx.run.tag.run_tag in this process, real files): once the scan is done and
     embedding starts, some files are deleted, one replaced by random bytes, one by another photo, one
     by a folder; as the first batch is stored (before its keywords are written) another is deleted.
     Each must end as a precise skip, or written with intact pixels; the run must finish."""
-    from rtagx.pipeline import RunEvents, run_tag
+    from rtagx.run.events import RunEvents
+    from rtagx.run.tag import run_tag
     from rtagx.settings import load_settings
 
     lib = tmp_path / "lib"
@@ -276,9 +294,20 @@ def test_files_deleted_or_replaced_mid_run(tiny_clip, tmp_path) -> None:
     cfg, ckpt = tiny_clip
     config = tmp_path / "config.toml"
     config.write_text("")  # an explicit empty config: the user's own never leaks in
-    settings = load_settings({"model": str(cfg), "pretrained": str(ckpt), "cache": str(tmp_path / "c.sqlite3"),
-                              "tags": str(vocab), "threshold": -1.0, "top_k": 3, "batch_size": 4, "workers": 1},
-                             config_path=config, environ={})
+    settings = load_settings(
+        {
+            "model": str(cfg),
+            "pretrained": str(ckpt),
+            "cache": str(tmp_path / "c.sqlite3"),
+            "tags": str(vocab),
+            "threshold": -1.0,
+            "top_k": 3,
+            "batch_size": 4,
+            "workers": 1,
+        },
+        config_path=config,
+        environ={},
+    )
     deleted = [lib / "Canon_40D.jpg", lib / "gen" / "gen_0_rgb.png"]
     garbage = lib / "Nikon_D70.jpg"
     swapped = lib / "Kodak_CX7530.jpg"
@@ -304,8 +333,9 @@ def test_files_deleted_or_replaced_mid_run(tiny_clip, tmp_path) -> None:
     swapped_pixels = faultlib.snapshot([SAMPLES / "jpg" / "Sony_HDR-HC3.jpg"])[SAMPLES / "jpg" / "Sony_HDR-HC3.jpg"]
     others = [p for p in files if p not in (*deleted, garbage, swapped, folder, late)]
     before = faultlib.snapshot(others)
-    summary = run_tag([lib], settings, events=RunEvents(on_file=outcomes.append, on_stage=on_stage,
-                                                        on_progress=on_progress))
+    summary = run_tag(
+        [lib], settings, events=RunEvents(on_file=outcomes.append, on_stage=on_stage, on_progress=on_progress)
+    )
     assert stage_seen.is_set() and not summary.interrupted
     by = {o.path: o for o in outcomes}
     for p in deleted:

@@ -6,17 +6,18 @@ N (default 50) scales with ``RTAGX_FAULT_KILLS``; ``bench/faults.py --kills`` ru
 
 from __future__ import annotations
 
-import pytest
-
 import faultlib
+import pytest
 
 
 def test_kill9_at_random_moments_damages_nothing(model, tmp_path) -> None:
     kills = faultlib.fault_count()
     stats = faultlib.kill_lanes(tmp_path, model, kills, lanes=2, seed=20261123)
-    print(f"\nkill -9: {stats['kills']} kills, {stats['finished_before_kill']} runs finished first, "
-          f"phases {stats['phases']}, {stats['checks']} checks x {stats['files'] // 2} files, "
-          f"temp leftovers seen after kills: {sorted(stats['leftover_names'])}")
+    print(
+        f"\nkill -9: {stats['kills']} kills, {stats['finished_before_kill']} runs finished first, "
+        f"phases {stats['phases']}, {stats['checks']} checks x {stats['files'] // 2} files, "
+        f"temp leftovers seen after kills: {sorted(stats['leftover_names'])}"
+    )
     assert stats["kills"] + stats["finished_before_kill"] == kills
     assert stats["damaged"] == []
     assert stats["bad_keywords"] == []

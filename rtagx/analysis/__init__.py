@@ -1,0 +1,1 @@
+"""Looking at results without writing: explain, eval, calibrate, show, doctor."""

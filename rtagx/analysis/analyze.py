@@ -1,0 +1,158 @@
+"""Scores for chosen images without writing anything: what ``explain``, ``eval`` and ``calibrate`` use.
+
+Vectors come from the cache; images the cache lacks are embedded first through the normal ``tag``
+pipeline in dry-run mode with ``--write none`` (so the cache learns them and no file is touched,
+and the folder is not remembered as a tagged root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtagx.cache.store import Store, fingerprint_file, open_store
+from rtagx.errors import CacheError
+from rtagx.model.encoder import resolve_model
+from rtagx.model.memo import remembered_identity
+from rtagx.run.events import RunEvents, RunSummary
+from rtagx.run.tag import run_tag
+from rtagx.run.tagger import scoring_options
+from rtagx.settings import Settings
+from rtagx.tags import scoring
+from rtagx.tags import vocab as vocab_mod
+
+
+@dataclass
+class ScoredImages:
+    """Rows of ``scores`` follow ``paths``; images that could not be embedded are in ``missing``."""
+
+    paths: list[Path]
+    scores: np.ndarray  # (images, tags): cosines, or probabilities for sigmoid models
+    vocabulary: vocab_mod.Vocabulary
+    options: scoring.ScoringOptions
+    model_name: str
+    probabilities: bool
+    missing: list[Path]
+    summary: RunSummary
+
+
+def score_images_at(
+    roots: Sequence[Path], settings: Settings, images: Sequence[Path] | None = None, events: RunEvents | None = None
+) -> ScoredImages:
+    """Embed what the cache lacks under ``roots`` (writing nothing), then score ``images``
+    (default: every image the run saw) against the settings' vocabulary."""
+    quiet = dataclasses.replace(settings, write="none")
+    seen: list[Path] = []
+    base_events = events or RunEvents()
+
+    def on_file(outcome) -> None:  # type: ignore[no-untyped-def]
+        seen.append(Path(outcome.path))
+        if base_events.on_file:
+            base_events.on_file(outcome)
+
+    tracking = dataclasses.replace(base_events, on_file=on_file)
+    summary = run_tag(list(roots), quiet, dry_run=True, events=tracking)
+    wanted = [Path(os.path.abspath(p)) for p in (images if images is not None else seen)]
+    vocabulary = vocab_mod.load_vocabulary(settings.tags)
+    if settings.templates:
+        vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
+    with open_store(settings.cache_path(), readonly=True) as store:
+        # run_tag above recorded what the model options resolve to: no second resolution (which
+        # imports open_clip and hashes the checkpoint) unless that record is stale
+        identity = (
+            remembered_identity(store, settings.model, settings.pretrained)
+            or resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None).identity
+        )
+        row = store.conn.execute("SELECT id FROM models WHERE key = ?", (identity.key,)).fetchone()
+        if row is None:
+            raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
+        model_id = int(row[0])
+        info = store.model_info(model_id)
+        texts = store.text_vectors(model_id, vocabulary.all_prompts())
+        matrix = scoring.build_tag_matrix(vocabulary, texts)
+        records: dict[Path, int | None] = {path: _content_of(store, path) for path in wanted}
+        have = store.contents_with_vectors(model_id, [c for c in records.values() if c is not None])
+        found: list[tuple[Path, int]] = []
+        missing: list[Path] = []
+        for path, cid in records.items():
+            if cid is None or cid not in have:
+                missing.append(path)
+            else:
+                found.append((path, cid))
+        dim = matrix.shape[1]
+        vectors = store.vectors(model_id, [c for _, c in found], dim) if found else np.zeros((0, dim), np.float32)
+    scores = (
+        scoring.score_images(vectors, matrix, logit_scale=info.get("logit_scale"), logit_bias=info.get("logit_bias"))
+        if found
+        else np.zeros((0, len(vocabulary.tags)))
+    )
+    probabilities = info.get("logit_bias") is not None or scoring.is_probability_model(info.get("name") or "")
+    return ScoredImages(
+        [p for p, _ in found],
+        scores,
+        vocabulary,
+        scoring_options(settings),
+        info.get("name") or settings.model,
+        probabilities,
+        missing,
+        summary,
+    )
+
+
+def score_labelled(
+    directory: Path, labels_csv: Path | None, settings: Settings, events: RunEvents | None = None
+) -> tuple[ScoredImages, list[list[int]], dict[str, int]]:
+    """Scores of the labelled images under ``directory`` (labels from a CSV, else one folder per
+    label), their tag indices, and the labels that match no tag (with counts)."""
+    from rtagx.analysis.evaluate import load_labels_csv, load_labels_folders, match_labels
+    from rtagx.errors import UsageError
+
+    raw = load_labels_csv(labels_csv) if labels_csv else load_labels_folders(directory)
+    if not raw:
+        raise UsageError(f"no labelled images found ({labels_csv or directory})")
+    data = {Path(os.path.abspath(p)): v for p, v in raw.items()}
+    scored = score_images_at([directory], settings, images=list(data), events=events)
+    truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
+    return scored, [truth_by_path.get(p, []) for p in scored.paths], unknown
+
+
+def _content_of(store: Store, path: Path) -> int | None:
+    """The cached content id of a file: by path when the cache knows it unchanged, else by fingerprint
+    (a dry run does not record copies and renames of known contents under their new paths)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    rec = store.file(path)
+    if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
+        return rec.content_id
+    try:
+        return store.content_for_fingerprint(fingerprint_file(path, st.st_size))
+    except OSError:
+        return None
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small text file through a temporary file in the same folder: never half-written."""
+    import tempfile
+
+    from rtagx.errors import RtagxError
+
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rtagx-tmp", dir=path.parent or ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError, NameError):
+            os.unlink(tmp)  # type: ignore[possibly-undefined]
+        raise RtagxError(f"cannot write {path}: {e.strerror or e}") from None

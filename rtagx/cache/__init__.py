@@ -1,0 +1,1 @@
+"""The vector cache: the only package that runs SQL (schema, migrations, lock, fingerprints, vectors)."""

@@ -1,0 +1,1011 @@
+"""The ``rtagx`` command line: parse options, call the library, render results. No logic here.
+
+Exit codes: 0 all good; 1 fatal error; 2 usage error; 3 finished but some files were skipped or
+failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rtagx import __version__
+from rtagx.errors import RtagxError, UsageError
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SKIPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+log = logging.getLogger("rtagx")
+
+
+class Context:
+    def __init__(self, config: Path | None, debug: bool, quiet: bool, verbose: int) -> None:
+        self.config = config
+        self.debug = debug
+        self.quiet = quiet
+        self.verbose = verbose
+
+
+def _fail(ctx: Context | None, error: BaseException) -> None:
+    """Print a one-line error (or the traceback with --debug) and exit with the documented code."""
+    if ctx is not None and ctx.debug:
+        traceback.print_exc()
+    if isinstance(error, RtagxError):
+        click.echo(f"rtagx: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    first = str(error).splitlines()[0] if str(error) else ""
+    click.echo(f"rtagx: internal error: {type(error).__name__}: {first} (run with --debug for the traceback)", err=True)
+    sys.exit(EXIT_FATAL)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("rtagx: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # output piped into `head` and closed early
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
+        except Exception as e:
+            _fail(ctx, e)
+
+    return wrapper
+
+
+def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not -1.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value} is not within the cosine range [-1, 1]")
+    return value
+
+
+def _set_logging(verbose: int) -> None:
+    """-v: rtagx's own info messages; -vv: debug messages from rtagx and the libraries (open_clip
+    logs on the root logger)."""
+    log.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
+
+def _verbosity(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        obj = ctx.find_object(Context)
+        if obj is None or not value:
+            return
+        if attr == "verbose":
+            obj.verbose += int(value)
+            _set_logging(obj.verbose)
+        else:
+            setattr(obj, attr, True)
+
+    return callback
+
+
+def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-q/-v/--debug work after the command name too: `rtagx tag -v DIR` as well as `rtagx -v tag DIR`."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--quiet",
+                "-q",
+                is_flag=True,
+                expose_value=False,
+                callback=_verbosity("quiet"),
+                help="Only errors and the final summary; no progress bars.",
+            ),
+            click.option(
+                "--verbose",
+                "-v",
+                count=True,
+                expose_value=False,
+                callback=_verbosity("verbose"),
+                help="List every file with its tags or skip reason (-vv: debug log).",
+            ),
+            click.option(
+                "--debug",
+                is_flag=True,
+                expose_value=False,
+                callback=_verbosity("debug"),
+                help="Show tracebacks for errors.",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--model",
+                "-m",
+                default=None,
+                help="open_clip model name, or path to an open_clip model config JSON. [default: ViT-B-16]",
+            ),
+            click.option(
+                "--pretrained",
+                "-p",
+                default=None,
+                help="open_clip pretrained tag, or path to a local checkpoint file. [default: dfn2b]",
+            ),
+            click.option(
+                "--device",
+                type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                default=None,
+                help="Where to run the model; auto picks cuda, then mps, then cpu. [default: auto]",
+            ),
+            click.option(
+                "--precision",
+                type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
+                default=None,
+                help="Inference precision. auto: fp16 autocast on GPUs; on the CPU bf16 weights where the CPU has bf16 instructions (AVX512-BF16/AMX; 2-4x fp32, cosine >= 0.9999), else fp32. int8: opt-in dynamic int8 image tower on the CPU (faster than fp32, cosine >= 0.99, a few tags change). [default: auto]",
+            ),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Images per encoder batch (0: 16 on CPU, 128 on GPU).",
+            ),
+            click.option(
+                "--workers", type=click.IntRange(min=0), default=None, help="Decode threads (0: from the CPU count)."
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Torch CPU threads (0: torch's default, one per core).",
+            ),
+            click.option(
+                "--max-megapixels",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="Skip images larger than this (decompression-bomb guard).",
+            ),
+            click.option("--offline", is_flag=True, default=None, help="Never try to download model weights."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--tags",
+                "-t",
+                default=None,
+                help="Vocabulary: a file, or a shipped name (imagenet, coco, places365, openimages, photos). [default: imagenet]",
+            ),
+            click.option(
+                "--templates",
+                default=None,
+                help="Prompt template ensemble: a name (default, imagenet80) overriding the vocabulary's choice.",
+            ),
+            click.option(
+                "--threshold",
+                type=float,
+                default=None,
+                callback=_threshold,
+                help="Keep tags scoring at least this, in [-1, 1]: a cosine for CLIP models, a probability for SigLIP models (-1 keeps every tag). [default: per model: 0.25 cosine, 0.05 SigLIP]",
+            ),
+            click.option(
+                "--top-k",
+                type=click.IntRange(min=0),
+                default=None,
+                help="At most this many tags per image (0: no cap). [default: 10]",
+            ),
+            click.option(
+                "--min-tags",
+                type=click.IntRange(min=0),
+                default=None,
+                help="At least this many tags per image, best first, even below the threshold.",
+            ),
+            click.option(
+                "--margin",
+                type=click.FloatRange(0, 2),
+                default=None,
+                help="Relative cut: keep only tags scoring within this of the image's best tag (e.g. 0.05).",
+            ),
+            click.option(
+                "--min-share",
+                type=click.FloatRange(0, 1),
+                default=None,
+                help="Relative cut: keep only tags with at least this softmax share of the vocabulary (e.g. 0.02); for vocabularies of exclusive classes.",
+            ),
+            click.option(
+                "--temperature",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="Softmax temperature for --min-share, in cosine units. [default: 0.01, CLIP's own]",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def write_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--write",
+                "write",
+                type=click.Choice(["auto", "embed", "sidecar", "txt", "none"]),
+                default=None,
+                help="Where keywords go: auto embeds into JPEG/TIFF/PNG/WebP and uses XMP sidecars for RAW/HEIC/others. [default: auto]",
+            ),
+            click.option(
+                "--mode",
+                type=click.Choice(["merge", "replace-own", "replace-all"]),
+                default=None,
+                help="merge only adds; replace-own replaces rtagx's earlier keywords; replace-all replaces every keyword. [default: replace-own]",
+            ),
+            click.option(
+                "--sidecar-style",
+                type=click.Choice(["ext", "stem"]),
+                default=None,
+                help="Sidecar name: IMG.CR2.xmp (ext) or IMG.xmp (stem). [default: ext]",
+            ),
+            click.option("--caption-ext", default=None, help="Extension of --write txt caption files. [default: .txt]"),
+            click.option(
+                "--keyword-root",
+                default=None,
+                help="Put rtagx's keywords under this parent in the keyword hierarchy (e.g. auto).",
+            ),
+            click.option(
+                "--with-ancestors",
+                is_flag=True,
+                default=None,
+                help="Also write each tag's ancestors (animal, dog for animal|dog|beagle) as keywords.",
+            ),
+            click.option(
+                "--preserve-mtime",
+                is_flag=True,
+                default=None,
+                help="Keep files' modification times after writing keywords.",
+            ),
+            click.option(
+                "--dry-run",
+                "-n",
+                is_flag=True,
+                help="Show what would change; write nothing (the cache still learns new vectors).",
+            ),
+            click.option(
+                "--yes", "-y", is_flag=True, help="Do not ask before the first write into a folder's original files."
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print JSON lines: one object per file, then a summary object."
+            ),
+            click.option("--csv", "as_csv", is_flag=True, help="Print path,tag,score,action CSV rows."),
+            click.option(
+                "--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]"
+            ),
+            click.option(
+                "--no-wait",
+                is_flag=True,
+                default=None,
+                help="Exit with code 4 instead of waiting when another rtagx holds the cache.",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", "-V", prog_name="rtagx")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (TOML). [default: the platform's config folder, rtagx/config.toml]",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary; no progress bars.")
+@click.option(
+    "--verbose", "-v", count=True, help="More detail: -v lists every file and its reason, -vv logs debug messages."
+)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, debug: bool, quiet: bool, verbose: int) -> None:
+    """rtagx: tag photo libraries with CLIP and write the tags as keywords photo software reads.
+
+    \b
+    rtagx tag ~/Photos                      embed what is new, tag, write keywords
+    rtagx retag --threshold 0.3             re-score from the cache; no image is decoded again
+    """
+    logging.basicConfig(level=logging.WARNING, format="rtagx: %(message)s")
+    _set_logging(verbose)
+    # Library warnings (Pillow's "Corrupt EXIF data", ...) are log messages, shown with -vv only:
+    # the file's own skip reason already says what matters.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    for noisy in ("huggingface_hub", "urllib3", "httpx", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    ctx.obj = Context(config, debug, quiet, verbose)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Builds the RunEvents for a command: progress bars on a terminal, text or JSON lines."""
+
+    def __init__(self, ctx: Context, *, as_json: bool, as_csv: bool, list_files: bool) -> None:
+        from rtagx.run.events import RunEvents
+
+        self.ctx = ctx
+        self.as_json = as_json
+        self.as_csv = as_csv
+        self.list_files = list_files or ctx.verbose >= 1
+        self.bars: dict[str, Any] = {}
+        self.progress_enabled = (not ctx.quiet) and sys.stderr.isatty() and not os.environ.get("RTAGX_NO_PROGRESS")
+        self.csv_writer = csv.writer(sys.stdout) if as_csv else None
+        if self.csv_writer:
+            self.csv_writer.writerow(["path", "tag", "score", "action"])
+        self.events = RunEvents(
+            on_file=self.file,
+            on_stage=self.stage,
+            on_progress=self.progress,
+            on_wait_lock=self.wait_lock,
+            on_message=self.message,
+        )
+
+    def stage(self, name: str, total: int) -> None:
+        if not self.progress_enabled:
+            return
+        from tqdm import tqdm
+
+        labels = {"scan": "scanning", "prompts": "encoding prompts", "embed": "embedding", "write": "tagging"}
+        self.close()  # one bar at a time: the stage that started last
+        try:  # a terminal that reports no size (a bare pty, some CI consoles) would hide the bars
+            size = os.get_terminal_size(sys.stderr.fileno())
+            sized = size.columns > 0 and size.lines > 0
+        except OSError:
+            sized = False
+        self.bars[name] = tqdm(
+            total=total or None,
+            desc=labels.get(name, name),
+            unit="file" if name != "prompts" else "prompt",
+            file=sys.stderr,
+            dynamic_ncols=sized,
+            ncols=None if sized else 80,
+            nrows=None if sized else 24,
+            leave=False,
+        )
+
+    def progress(self, name: str, n: int) -> None:
+        bar = self.bars.get(name)
+        if bar is not None:
+            bar.update(n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+    def wait_lock(self) -> None:
+        if not self.ctx.quiet:
+            click.echo(
+                "rtagx: another rtagx is using the cache; waiting for it (Ctrl-C to stop, --no-wait to exit)", err=True
+            )
+
+    def message(self, text: str) -> None:
+        if not self.ctx.quiet:
+            click.echo(f"rtagx: {text}", err=True)
+
+    def _echo(self, text: str) -> None:
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        else:
+            click.echo(text)
+
+    def file(self, outcome: Any) -> None:
+        from rtagx.cli.render import display_path, json_line, outcome_line
+
+        if self.as_json:
+            self._echo(json_line(outcome.as_json()))
+        elif self.csv_writer is not None:
+            if outcome.action == "skipped":
+                self.csv_writer.writerow([display_path(outcome.path), "", "", f"skipped:{outcome.reason}"])
+            for tag, score in outcome.tags if outcome.action != "skipped" else []:
+                self.csv_writer.writerow([display_path(outcome.path), tag, f"{score:.4f}", outcome.action])
+        elif self.list_files or outcome.action == "skipped":
+            if outcome.action == "skipped" and self.ctx.quiet:
+                return
+            self._echo(outcome_line(outcome))
+
+    def finish(self, summary: Any) -> int:
+        from rtagx.cli.render import json_line, summary_lines
+
+        self.close()
+        if self.as_json:
+            click.echo(json_line(summary.as_json()))
+        elif not self.as_csv:
+            for line in summary_lines(summary):
+                click.echo(line, err=self.as_csv)
+        if summary.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _overrides(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _on_terminal() -> bool:
+    """A person is there to answer: stdin and stdout are both terminals (never true under cron)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, yes: bool) -> None:
+    """Ask once before writing into a folder's originals for the first time, on a terminal only."""
+    if yes or dry_run or settings.write not in ("auto", "embed"):
+        return
+    if not _on_terminal():
+        return
+    from rtagx.run.retag import known_roots
+
+    new = [p for p in paths if Path(p).resolve() not in known_roots(settings)]
+    if not new:
+        return
+    names = ", ".join(str(p) for p in new[:3]) + (" ..." if len(new) > 3 else "")
+    click.confirm(f"rtagx will write keywords into the original files under {names}. Go on?", abort=True)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@model_options
+@scoring_options
+@write_options
+@output_options
+@click.option(
+    "--ext",
+    "extensions",
+    default=None,
+    help="Comma-separated extensions to scan (e.g. .jpg,.png). [default: every supported format]",
+)
+@click.option("--exclude", multiple=True, help="Skip files or folders matching this glob (repeatable).")
+@click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also scan hidden files and folders.")
+@click.option("--follow-symlinks", is_flag=True, default=None, help="Follow symlinked folders (loops are detected).")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def tag(
+    ctx: Context,
+    paths: tuple[Path, ...],
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    as_csv: bool,
+    exclude: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Embed new images under PATHS, score them against a vocabulary and write keywords.
+
+    Unchanged files are not decoded again: their vectors come from the cache.
+    """
+    from rtagx.run.tag import run_tag
+    from rtagx.settings import load_settings
+
+    if not paths:
+        raise click.UsageError("give at least one PATH (a folder or image files)")
+    overrides = _overrides(**options)
+    if exclude:
+        overrides["exclude"] = exclude
+    settings = load_settings(overrides, config_path=ctx.config)
+    _confirm_first_write(settings, paths, dry_run, yes)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    try:
+        summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events)
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@scoring_options
+@write_options
+@output_options
+@click.option(
+    "--offline", is_flag=True, default=None, help="Never try to download model weights (only needed for new prompts)."
+)
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def retag(
+    ctx: Context, paths: tuple[Path, ...], dry_run: bool, yes: bool, as_json: bool, as_csv: bool, **options: Any
+) -> None:
+    """Re-score cached vectors with new options and rewrite keywords where the tags changed.
+
+    No image is decoded and no image model is loaded. With no PATHS, every folder `tag` has
+    processed is covered, each with the settings it was last tagged with unless options say else.
+    """
+    from rtagx.run.retag import run_retag
+
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    try:
+        summary = run_retag(
+            list(paths), _overrides(**options), dry_run=dry_run, events=renderer.events, config_path=ctx.config
+        )
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+def _analysis_settings(ctx: Context, options: dict[str, Any]) -> Any:
+    from rtagx.settings import load_settings
+
+    return load_settings(_overrides(**options), config_path=ctx.config)
+
+
+def _analysis_renderer(ctx: Context) -> Renderer:
+    """Progress bars while images are embedded; no per-file lines (the command prints its own)."""
+    renderer = Renderer(ctx, as_json=False, as_csv=False, list_files=False)
+    renderer.list_files = False
+    renderer.file = lambda outcome: None  # type: ignore[method-assign]
+    from rtagx.run.events import RunEvents
+
+    renderer.events = RunEvents(
+        on_stage=renderer.stage,
+        on_progress=renderer.progress,
+        on_wait_lock=renderer.wait_lock,
+        on_message=renderer.message,
+    )
+    return renderer
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@click.option(
+    "--top", default=20, show_default=True, type=click.IntRange(min=1), help="How many of the best tags to show."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **options: Any) -> None:
+    """Show an image's best tags, their scores and which threshold each passed or failed.
+
+    The tool for choosing thresholds: nothing is written (the cache learns the image's vector).
+    """
+    from rtagx.analysis.analyze import score_images_at
+    from rtagx.analysis.evaluate import explain_scores
+    from rtagx.cli.render import display_path
+
+    settings = _analysis_settings(ctx, options)
+    renderer = _analysis_renderer(ctx)
+    try:
+        scored = score_images_at(list(images), settings, events=renderer.events)
+    finally:
+        renderer.close()
+    for path in scored.missing:
+        click.echo(
+            f"rtagx: {display_path(path)}: no vector (not an image rtagx can read; see `rtagx tag -v`)", err=True
+        )
+    for path, row in zip(scored.paths, scored.scores):
+        ex = explain_scores(
+            row,
+            scored.vocabulary,
+            scored.options,
+            model_name=scored.model_name,
+            probabilities=scored.probabilities,
+            top=top,
+        )
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "path": display_path(path),
+                        "chosen": ex.chosen,
+                        "threshold": ex.global_threshold,
+                        "threshold_source": ex.threshold_source,
+                        "probabilities": ex.probabilities,
+                        "tags": [
+                            {
+                                "tag": v.keyword,
+                                "rank": v.rank,
+                                "score": round(v.score, 4),
+                                "threshold": round(v.threshold, 4) if v.threshold > -1e9 else None,
+                                "chosen": v.chosen,
+                                "reason": v.reason,
+                            }
+                            for v in ex.verdicts
+                        ],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            continue
+        kind = "probability" if ex.probabilities else "cosine"
+        click.echo(
+            f"{display_path(path)}  ({scored.model_name}, {scored.vocabulary.source}; "
+            f"threshold {ex.global_threshold:.4f} {kind} from {ex.threshold_source})"
+        )
+        click.echo(f"  {'rank':>4}  {'score':>7}  {'':1}  {'tag':<32} why")
+        for v in ex.verdicts:
+            mark = "*" if v.chosen else " "
+            click.echo(f"  {v.rank:>4}  {v.score:7.4f}  {mark}  {v.keyword[:32]:<32} {v.reason}")
+        click.echo(f"  chosen: {', '.join(ex.chosen) if ex.chosen else '(none)'}")
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+def _score_labelled(ctx: Context, directory: Path, labels: Path | None, options: dict[str, Any]) -> Any:
+    """What eval and calibrate share: settings, progress bars, and the labelled images' scores."""
+    from rtagx.analysis.analyze import score_labelled
+
+    renderer = _analysis_renderer(ctx)
+    try:
+        return score_labelled(directory, labels, _analysis_settings(ctx, options), events=renderer.events)
+    finally:
+        renderer.close()
+
+
+@cli.command("eval")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV of path,label[;label...] rows (paths relative to the CSV). Without it DIRECTORY holds one folder per label.",
+)
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@click.option("--per-tag", is_flag=True, help="Also print precision, recall and F1 for every tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, as_json: bool, **options: Any) -> None:
+    """Measure the current settings on labelled photos: top-1/top-5, precision, recall, F1.
+
+    Nothing is written into the images; their vectors are cached for the next run.
+    """
+    import dataclasses
+
+    from rtagx.analysis.evaluate import evaluate
+
+    scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
+    report = evaluate(
+        scored.scores,
+        truth,
+        scored.vocabulary,
+        scored.options,
+        model_name=scored.model_name,
+        probabilities=scored.probabilities,
+        unknown_labels=unknown,
+    )
+    if as_json:
+        out = dataclasses.asdict(report)
+        out["missing"] = [str(p) for p in scored.missing]
+        click.echo(json.dumps(out, ensure_ascii=False))
+    else:
+        click.echo(
+            f"{report.images} labelled images ({'single' if report.single_label else 'multi'}-label), "
+            f"vocabulary {scored.vocabulary.source}, model {scored.model_name}"
+        )
+        if report.top1 is not None:
+            click.echo(f"top-1 {report.top1:.3f}   top-5 {report.top5:.3f}")
+        click.echo(
+            f"precision {report.precision:.3f}   recall {report.recall:.3f}   F1 {report.f1:.3f}   "
+            f"macro-F1 {report.macro_f1:.3f}"
+        )
+        if per_tag:
+            click.echo(f"  {'tag':<32} {'support':>7} {'chosen':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
+            for t in sorted(report.per_tag, key=lambda t: (-t.support, t.keyword)):
+                click.echo(
+                    f"  {t.keyword[:32]:<32} {t.support:>7} {t.predicted:>6} {t.precision:6.3f} {t.recall:6.3f} {t.f1:6.3f}"
+                )
+        if unknown:
+            names = ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items())[:10])
+            click.echo(f"rtagx: labels that match no tag of the vocabulary: {names}", err=True)
+        if scored.missing:
+            click.echo(f"rtagx: {len(scored.missing)} labelled images could not be read", err=True)
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV of path,label[;label...] rows. Without it DIRECTORY holds one folder per label.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the calibrated vocabulary (use it with --tags).",
+)
+@click.option(
+    "--min-support",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tags with fewer labelled images keep their threshold.",
+)
+@model_options
+@scoring_options
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def calibrate(
+    ctx: Context, directory: Path, labels: Path | None, output: Path, min_support: int, **options: Any
+) -> None:
+    """Fit per-tag thresholds that maximize F1 on labelled photos; write them as a vocabulary file."""
+    from rtagx.analysis.evaluate import calibrate as fit
+
+    scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
+    result = fit(
+        scored.scores,
+        truth,
+        scored.vocabulary,
+        min_support=min_support,
+        options=scored.options,
+        model_name=scored.model_name,
+        probabilities=scored.probabilities,
+    )
+    from rtagx.analysis.analyze import write_text_atomically
+
+    write_text_atomically(output, result.to_text())
+    click.echo(
+        f"{len(result.tags)} tags calibrated on {result.images} images, {len(result.skipped)} kept their "
+        f"threshold (fewer than {min_support} examples); wrote {output}"
+    )
+    for t in sorted(result.tags, key=lambda t: -t.support)[:15]:
+        click.echo(
+            f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
+            f"F1 {t.previous_f1:.3f} -> {t.f1:.3f}  ({t.support} images)"
+        )
+    if unknown:
+        click.echo(f"rtagx: {sum(unknown.values())} labels match no tag of the vocabulary", err=True)
+    sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and maintain the vector cache."""
+
+
+@cache.command("path")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.pass_obj
+@handle_errors
+def cache_path(ctx: Context, cache: str | None) -> None:
+    """Print where the cache file is."""
+    from rtagx.settings import load_settings
+
+    click.echo(str(load_settings(_overrides(cache=cache), config_path=ctx.config).cache_path()))
+
+
+@cache.command("stats")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+@handle_errors
+def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
+    """Files, models, roots and size on disk."""
+    from rtagx.cache.store import open_store
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
+    with open_store(settings.cache_path(), readonly=True) as store:
+        stats = store.stats()
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+        return
+    click.echo(f"cache      {stats['path']} ({stats['size_bytes'] / 1e6:.1f} MB, schema {stats['schema_version']})")
+    click.echo(f"files      {stats['files']} ({stats['contents']} distinct contents)")
+    click.echo(f"vectors    {stats['vectors']} image, {stats['text_vectors']} prompt")
+    for m in stats["models"]:
+        click.echo(f"model      {m['name']}: {m['vectors']} vectors  [{m['key']}]")
+    for r in stats["roots"]:
+        click.echo(f"root       {r}")
+
+
+@cache.command("prune")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option(
+    "--keep-model",
+    "keep_models",
+    multiple=True,
+    help="Keep vectors of this model (name); others are dropped. Without it, every model's vectors are kept.",
+)
+@click.option("--dry-run", "-n", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--no-wait", is_flag=True, default=None, help="Exit with code 4 instead of waiting for the cache lock.")
+@click.pass_obj
+@handle_errors
+def cache_prune(
+    ctx: Context, cache: str | None, keep_models: tuple[str, ...], dry_run: bool, no_wait: bool | None
+) -> None:
+    """Forget deleted files, vectors no file uses, and (with --keep-model) other models."""
+    from rtagx.cache.store import open_store
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(cache=cache, no_wait=no_wait), config_path=ctx.config)
+    with open_store(settings.cache_path()) as store:
+        store.lock.acquire(wait=not settings.no_wait)
+        keep = None
+        if keep_models:
+            keep = [m["id"] for m in store.models() if m.get("name") in keep_models or m["key"] in keep_models]
+            if not keep:
+                raise UsageError(f"no model named {', '.join(keep_models)} in the cache (see `rtagx cache stats`)")
+        counts = store.prune(keep_models=keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--write",
+    "write",
+    type=click.Choice(["auto", "embed", "sidecar", "txt"]),
+    default=None,
+    help="Where rtagx wrote keywords. [default: auto]",
+)
+@click.option(
+    "--sidecar-style", type=click.Choice(["ext", "stem"]), default=None, help="Sidecar naming used when writing."
+)
+@click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
+@output_options
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, as_csv: bool, **options: Any) -> None:
+    """Remove exactly the keywords rtagx wrote (and its private record); a person's keywords stay."""
+    from rtagx.run.untag import run_untag
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(**options), config_path=ctx.config)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=True)
+    try:
+        summary = run_untag(list(paths), settings, dry_run=dry_run, events=renderer.events)
+    finally:
+        renderer.close()
+    sys.exit(renderer.finish(summary))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE).")
+@click.option(
+    "--top", default=10, show_default=True, type=click.IntRange(min=1), help="How many cached scores to show."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_json: bool) -> None:
+    """Show the keywords a file carries now, which ones rtagx owns, and its cached scores."""
+    from rtagx.analysis.show import describe_file
+    from rtagx.cli.render import display_path
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
+    failed = 0
+    for path in paths:
+        info = describe_file(path, settings, top=top)
+        failed += "error" in info
+        if as_json:
+            click.echo(json.dumps(info, ensure_ascii=False, default=str))
+            continue
+        owned = set(info.get("owned", []))
+        click.echo(display_path(info["path"]))
+        if "error" in info:
+            click.echo(f"  error:    {info['error']}")
+        kws = [f"{k} (rtagx)" if k in owned else k for k in info.get("keywords", [])]
+        click.echo(f"  keywords: {', '.join(kws) if kws else '(none)'}")
+        if info.get("scores"):
+            click.echo(f"  scores ({info.get('model')}, {info.get('vocabulary')}):")
+            for name, score in info["scores"]:
+                click.echo(f"    {score:7.4f}  {name}")
+        elif not info.get("cached"):
+            click.echo("  not in the cache (run `rtagx tag` on it)")
+    sys.exit(EXIT_SKIPPED if failed else EXIT_OK)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show the effective settings."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+@handle_errors
+def config_show(ctx: Context, as_json: bool) -> None:
+    """Print every setting, its value and where it came from (default, config file, env, option)."""
+    from rtagx.settings import default_config_path, load_settings
+
+    settings = load_settings(config_path=ctx.config)
+    values = settings.as_dict()
+    values["cache"] = str(settings.cache_path())
+    if as_json:
+        click.echo(
+            json.dumps({k: {"value": v, "from": settings.sources.get(k)} for k, v in values.items()}, default=str)
+        )
+        return
+    click.echo(f"# config file: {ctx.config or os.environ.get('RTAGX_CONFIG') or default_config_path()}")
+    for key, value in values.items():
+        shown = "" if value is None else ",".join(value) if isinstance(value, tuple) else value
+        click.echo(f"{key.replace('_', '-'):<16} = {shown!s:<28} # {settings.sources.get(key)}")
+
+
+@cli.command()
+@click.option("--model", "-m", default=None, help="Model to check (default: the configured one).")
+@click.option("--pretrained", "-p", default=None, help="Weights to check (default: the configured ones).")
+@click.option("--download", is_flag=True, help="Download the model weights now if they are missing (needs a network).")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bool) -> None:
+    """Check Python, torch and the device, the model weights, metadata libraries, extras and the cache."""
+    from rtagx.analysis.doctor import run_checks
+    from rtagx.model.encoder import resolve_model
+    from rtagx.settings import load_settings
+
+    settings = load_settings(_overrides(model=model, pretrained=pretrained), config_path=ctx.config)
+    if download:
+        resolve_model(settings.model, settings.pretrained, offline=False)
+    checks = run_checks(settings)
+    for c in checks:
+        line = f"{c.status:<5} {c.name:<12} {c.finding}"
+        if c.fix:
+            line += f"\n{'':<19}fix: {c.fix}"
+        click.echo(line)
+    sys.exit(EXIT_FATAL if any(c.status == "FAIL" for c in checks) else EXIT_OK)
+
+
+def main() -> None:
+    code: int | str | None = 0
+    try:
+        cli(prog_name="rtagx")
+    except KeyboardInterrupt:  # pragma: no cover - between commands
+        click.echo("rtagx: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except SystemExit as e:
+        code = e.code
+    from rtagx.run.local import STUCK_DECODERS
+
+    if STUCK_DECODERS:  # a decoder thread that never returns must not keep the process alive
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(code)

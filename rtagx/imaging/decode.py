@@ -1,0 +1,900 @@
+"""Open any supported image as an RGB array at the model's input size, fast, with clear errors.
+
+One call, :func:`decode_for_model`, turns a file into the ``(size, size, 3)`` uint8 array the image
+tower wants, matching open_clip's own eval preprocessing (resize the shorter side with antialiased
+bicubic, centre crop) of the fully decoded, EXIF-oriented image to within a grey level or so, while
+doing far less work:
+
+* Files are identified by their first bytes, not their extension: a PNG named ``.jpg`` works, a text
+  file named ``.jpg`` is skipped as ``not-an-image``.
+* JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, to the smallest
+  scale that still leaves ``DRAFT_MARGIN`` (1.5) times the resized target, so the final bicubic pass
+  stays close to a full-resolution resize. HEIF uses an embedded thumbnail the same way when one is
+  large enough (``decode_heif``); RAW files use their embedded preview JPEG (``decode_raw``).
+* Only the pixels that survive the centre crop are resampled (``resize(box=...)``), and the EXIF
+  orientation is applied to the small result, not the full image.
+* The megapixel guard is checked from the header, before any pixel is decoded. Pillow's own global
+  decompression-bomb limit is bypassed on open (we open through the plugin we sniffed) so that
+  ``max_megapixels`` is the one knob; a ``DecompressionBombError`` raised anyway maps to ``too-large``.
+* Pillow decodes with the GIL released; this module keeps no per-call global state (only two small
+  lock-guarded caches), so :func:`decode_for_model` is safe to call from a thread pool.
+
+Colour: ICC profiles are **respected**. An image whose embedded profile is not sRGB (Adobe RGB,
+Display P3, ProPhoto, Apple Generic RGB, grey gamma, CMYK press profiles) is converted to sRGB with a
+perceptual-intent littleCMS transform, applied to the small, already-resized image (cheap; transforms
+are cached per profile). Tools that save with a profile have converted the pixels into that space, so
+ignoring it shifts colours: the orientation samples 2..8 carry Apple's Generic RGB profile and only
+match sample 1 (untagged, sRGB) once it is honoured. ``respect_icc=False`` feeds the stored values as
+they are, like open_clip's plain ``convert("RGB")``; CMYK is converted through its profile either
+way (Pillow's naive CMYK formula is far from what any viewer shows), and without one by that formula.
+HEIF ``nclx`` colour descriptions (no ICC) are treated as sRGB.
+Transparency is composited over a neutral grey (``ALPHA_BACKGROUND``), not dropped
+(dropping alpha exposes whatever colour the transparent pixels happen to hold). 16-bit and float
+images are scaled to 8 bits, palette and 1-bit images are expanded before resampling.
+
+Errors are :class:`rtagx.errors.DecodeError` with one of these reasons: ``missing``,
+``broken-symlink``, ``permission-denied``, ``not-a-file``, ``empty``, ``not-an-image``,
+``unsupported-format``, ``needs-extra``, ``too-large``, ``truncated``, ``corrupt``, ``read-error``.
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set, so a truncated file raises instead of being padded.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from struct import error as struct_error
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile
+
+from rtagx.errors import DecodeError
+from rtagx.imaging.formats import (
+    HEIF_EXTENSIONS,
+    RAW_EXTENSIONS,
+    SNIFF_BYTES,
+    SUPPORTED_EXTENSIONS,
+    identify,
+)
+
+if TYPE_CHECKING:  # torch is heavy: imported only where a batch is built
+    import torch
+
+__all__ = [
+    "ALPHA_BACKGROUND",
+    "DEFAULT_MAX_MEGAPIXELS",
+    "HEIF_EXTENSIONS",
+    "RAW_EXTENSIONS",
+    "SUPPORTED_EXTENSIONS",
+    "PreprocessSpec",
+    "decode_for_model",
+    "identify",
+    "open_rgb",
+    "to_model_batch",
+]
+
+#: Larger images are skipped as ``too-large`` before decoding. 200 MP admits every current camera
+#: (the biggest phone sensors are 200 MP, medium format 150 MP) and stops decompression bombs.
+DEFAULT_MAX_MEGAPIXELS: float = 200.0
+
+#: Transparent pixels are composited over this neutral mid grey.
+ALPHA_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
+
+#: JPEG draft / HEIF thumbnail headroom: decode at the smallest DCT scale (1/2, 1/4, 1/8) that
+#: leaves at least this many times the resized target, so that the final bicubic pass still does a
+#: real reduction. 1.0 would be ``draft("RGB", (size, size))`` as is: fastest, but a leftover ratio
+#: near 1 (a 640x480 photo for a 224 model decoded at 1/2) turns the DCT's box filter into visible
+#: aliasing (about 30 dB against the reference). 1.5 keeps every camera sample >= 38 dB and a
+#: 12-MP photo for a 224 model at 1/8 (5-6x faster); 2.0 (Pillow's thumbnail default) gives >= 44 dB
+#: but decodes such a photo at 1/4. See bench/decode.py.
+DRAFT_MARGIN: float = 1.5
+
+#: For formats without DCT scaling: Pillow's ``reducing_gap`` (box-reduce by an integer factor first,
+#: then bicubic over at least this gap). None means an exact, slower, full-resolution resize.
+REDUCING_GAP: float | None = 3.0
+
+# --------------------------------------------------------------------------------------------------
+# The preprocessing contract
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What the image tower expects: open_clip's ``preprocess_cfg`` in a hashable value."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0  # padding colour of resize_mode "longest" (open_clip's fill_color)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if self.interpolation not in ("bicubic", "bilinear", "random"):
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.resize_mode not in ("shortest", "longest", "squash"):
+            raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
+
+    @classmethod
+    def from_model(cls, model: Any) -> PreprocessSpec:
+        """Read ``model.visual.preprocess_cfg`` (open_clip), with OpenAI defaults for missing keys."""
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        visual = getattr(model, "visual", model)
+        cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+        size = cfg.get("size", getattr(visual, "image_size", 224))
+        if isinstance(size, (tuple, list)):
+            if len(set(size)) != 1:
+                raise ValueError(f"non-square model input {tuple(size)} is not supported")
+            size = size[0]
+        fill = cfg.get("fill_color", 0)
+        return cls(
+            size=int(size),
+            mean=_triple(cfg.get("mean") or OPENAI_DATASET_MEAN),
+            std=_triple(cfg.get("std") or OPENAI_DATASET_STD),
+            interpolation=cfg.get("interpolation") or "bicubic",
+            resize_mode=cfg.get("resize_mode") or "shortest",
+            fill_color=int(fill[0] if isinstance(fill, (tuple, list)) else fill),
+        )
+
+    @property
+    def resample(self) -> Image.Resampling:
+        # open_clip maps everything but "bilinear" (including "random" at eval) to bicubic.
+        return Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
+
+
+def _triple(value: Any) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    a, b, c = (float(v) for v in value)
+    return (a, b, c)
+
+
+def to_model_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
+    """Stack ``(size, size, 3)`` uint8 arrays into the normalized float32 NCHW tensor the tower takes.
+
+    Same arithmetic as torchvision's ``ToTensor`` + ``Normalize``: x / 255, minus mean, over std.
+    """
+    import torch
+
+    if len(images) == 0:
+        return torch.empty((0, 3, spec.size, spec.size), dtype=torch.float32)
+    for a in images:
+        if a.shape != (spec.size, spec.size, 3) or a.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {(spec.size, spec.size, 3)}, got {a.dtype} {a.shape}")
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return batch.sub_(mean).div_(std).contiguous()
+
+
+def _describe_non_image(head: bytes) -> str:
+    """A helpful detail for a file that is not an image: markup, text, or unknown bytes."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith(b"<") and (b"html" in stripped or b"<?xml" in stripped or b"<svg" in stripped):
+        return "the file is markup (HTML/XML/SVG), not a raster image"
+    text = head[:-4] if len(head) == SNIFF_BYTES else head  # do not judge a cut multi-byte character
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = ""
+    if decoded and all(c.isprintable() or c in "\t\r\n" for c in decoded):
+        return "the file is text, not an image"
+    return f"content is not a known image format (starts with {head[:8].hex(' ')})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Opening files: every OS-level problem becomes a precise reason
+# --------------------------------------------------------------------------------------------------
+
+
+def _open_file(path: Path) -> IO[bytes]:
+    """Open for reading, mapping OS errors to reasons. Directories, FIFOs and devices are refused.
+
+    Opened non-blocking first, so that a FIFO named like a photo cannot hang a run waiting for a
+    writer; blocking mode is restored once fstat says it is a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DecodeError("broken-symlink", f"symlink points to a missing file ({os.readlink(path)})") from None
+        raise DecodeError("missing", "the file vanished before it could be read") from None
+    except PermissionError as e:
+        raise DecodeError("permission-denied", f"cannot open for reading: {e.strerror}") from None
+    except IsADirectoryError:
+        raise DecodeError("not-a-file", "a directory, not an image file") from None
+    except NotADirectoryError:
+        raise DecodeError("missing", "a parent folder is no longer a folder") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DecodeError("broken-symlink", "symlink loop") from None
+        raise DecodeError("read-error", f"cannot open: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise DecodeError("not-a-file", "a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not-a-file", "not a regular file (device, pipe or socket)")
+        if st.st_size == 0:
+            raise DecodeError("empty", "the file is zero bytes long")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_head(f: IO[bytes]) -> bytes:
+    try:
+        return f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise DecodeError("read-error", f"cannot read: {e.strerror or e}") from None
+
+
+_plugins_lock = threading.Lock()
+_plugins_ready = False
+
+
+def _pil_factory(fmt: str) -> Callable[..., ImageFile.ImageFile]:
+    global _plugins_ready
+    if not _plugins_ready:
+        with _plugins_lock:
+            Image.init()
+            _plugins_ready = True
+    try:
+        return Image.OPEN[fmt][0]
+    except KeyError:
+        raise DecodeError("unsupported-format", f"this Pillow build cannot read {fmt}") from None
+
+
+def _pil_open(f: IO[bytes], fmt: str) -> ImageFile.ImageFile:
+    """Open with the plugin the magic bytes named (no guessing, no global bomb limit)."""
+    factory = _pil_factory(fmt)
+    f.seek(0)
+    try:
+        return factory(f, "")
+    except Image.DecompressionBombError as e:
+        raise DecodeError("too-large", str(e)) from None
+    except (
+        SyntaxError,
+        IndexError,
+        TypeError,
+        ValueError,
+        KeyError,
+        struct_error,
+        EOFError,
+        OSError,
+        MemoryError,
+    ) as e:
+        raise _truncated_or(_map_load_error(e, fmt, "header"), f, fmt) from None
+
+
+def _truncated_or(error: DecodeError, f: IO[bytes], fmt: str) -> DecodeError:
+    """A generic "corrupt" becomes "truncated" when the container shows the file was cut short."""
+    if error.reason == "corrupt" and _container_truncated(f, fmt):
+        return DecodeError("truncated", f"{fmt} file is shorter than its container says ({error.detail})")
+    return error
+
+
+def _map_load_error(e: BaseException, fmt: str, part: str = "data") -> DecodeError:
+    """Pillow reports damage as OSError/ValueError text; turn it into truncated / corrupt / too-large."""
+    if isinstance(e, DecodeError):
+        return e
+    if isinstance(e, Image.DecompressionBombError):
+        return DecodeError("too-large", str(e))
+    if isinstance(e, MemoryError):
+        return DecodeError("too-large", f"not enough memory to decode this {fmt}")
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    if (
+        isinstance(e, EOFError)
+        or "truncated" in low
+        or "premature end" in low
+        or "not enough data" in low
+        or "buffer is not large enough" in low
+        or "end of file" in low
+    ):
+        return DecodeError("truncated", f"{fmt} {part} ends early: {text}")
+    if "too large" in low or "exceeds limit" in low:  # e.g. a PNG text-chunk bomb
+        return DecodeError("too-large", f"{fmt} {part}: {text}")
+    if isinstance(e, OSError) and e.errno is not None:
+        return DecodeError("read-error", f"I/O error while reading: {e.strerror or text}")
+    return DecodeError("corrupt", f"{fmt} {part} is damaged: {text}")
+
+
+def _check_megapixels(size: tuple[int, int], max_megapixels: float, what: str = "image") -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise DecodeError("corrupt", f"{what} header gives an empty size {w}x{h}")
+    mp = w * h / 1e6
+    if max_megapixels and mp > max_megapixels:
+        raise DecodeError(
+            "too-large", f"{w}x{h} = {_mp_text(mp)} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: the exact resize + crop open_clip would do, expressed as one source box
+# --------------------------------------------------------------------------------------------------
+
+# EXIF orientation -> Pillow transpose that makes the image upright (as ImageOps.exif_transpose).
+_ORIENT_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Resample ``box`` (upright full-resolution coordinates) to ``out`` pixels, paste at ``offset``."""
+
+    out: tuple[int, int]  # (w, h) of the resampled region, upright
+    box: tuple[float, float, float, float]  # source region, upright full-res coordinates
+    offset: tuple[int, int]  # where it lands on the size x size canvas
+    resized: tuple[int, int]  # (w, h) open_clip resizes the whole image to
+
+
+def _plan(width: int, height: int, spec: PreprocessSpec) -> _Plan:
+    """Mirror open_clip's eval transform for an upright image of ``width`` x ``height``."""
+    s = spec.size
+    if spec.resize_mode == "squash":
+        return _Plan((s, s), (0.0, 0.0, float(width), float(height)), (0, 0), (s, s))
+    if spec.resize_mode == "longest":  # ResizeKeepRatio(longest=1) + CenterCropOrPad
+        ratio = max(height / s, width / s)
+        rw, rh = round(width / ratio), round(height / ratio)
+        if rw > s or rh > s:  # rounding can overshoot by one: crop like CenterCropOrPad does
+            return _crop_plan(width, height, rw, rh, s, spec)
+        return _Plan((rw, rh), (0.0, 0.0, float(width), float(height)), ((s - rw) // 2, (s - rh) // 2), (rw, rh))
+    # "shortest": torchvision Resize(int) keeps the aspect ratio, truncating the long side.
+    if width <= height:
+        rw, rh = s, int(s * height / width)
+    else:
+        rw, rh = int(s * width / height), s
+    return _crop_plan(width, height, rw, rh, s, spec)
+
+
+def _crop_plan(width: int, height: int, rw: int, rh: int, s: int, spec: PreprocessSpec) -> _Plan:
+    cw, ch = min(s, rw), min(s, rh)
+    left = round((rw - cw) / 2.0)  # torchvision's CenterCrop rounding (banker's round)
+    top = round((rh - ch) / 2.0)
+    sx, sy = width / rw, height / rh
+    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+    return _Plan((cw, ch), box, ((s - cw) // 2, (s - ch) // 2), (rw, rh))
+
+
+def _box_to_source(
+    box: tuple[float, float, float, float], orientation: int, sw: float, sh: float
+) -> tuple[float, float, float, float]:
+    """Map a box in upright coordinates back to the stored (un-rotated) frame of size sw x sh."""
+    x0, y0, x1, y1 = box
+
+    def point(u: float, v: float) -> tuple[float, float]:
+        if orientation == 2:
+            return sw - u, v
+        if orientation == 3:
+            return sw - u, sh - v
+        if orientation == 4:
+            return u, sh - v
+        if orientation == 5:
+            return v, u
+        if orientation == 6:
+            return v, sh - u
+        if orientation == 7:
+            return sw - v, sh - u
+        if orientation == 8:
+            return sw - v, u
+        return u, v
+
+    (a, b), (c, d) = point(x0, y0), point(x1, y1)
+    return min(a, c), min(b, d), max(a, c), max(b, d)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(0x0112, 1)
+        value = int(value)
+    except Exception:  # a damaged EXIF block must not lose the picture
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _swapped(orientation: int) -> bool:
+    return orientation in (5, 6, 7, 8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour: modes to something resample() handles, ICC to sRGB, alpha over grey
+# --------------------------------------------------------------------------------------------------
+
+
+def _to_resample_mode(im: Image.Image) -> Image.Image:
+    """Bring any decoded mode to one of L, LA, RGB, RGBA, CMYK (resampling palettes would be nearest)."""
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info or (im.palette is not None and im.palette.mode == "RGBA")
+        return im.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("RGBa", "La"):
+        return im.convert(mode[:-1] + "A")
+    if mode in ("RGBX", "YCbCr", "HSV"):
+        return im.convert("RGB")
+    if mode == "LAB":
+        return _lab_to_rgb(im)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _high_depth_to_l(im)
+    return im.convert("RGB")
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit grey to 8 bits by scaling (Pillow's convert("L") would clip at 255)."""
+    a = np.asarray(im)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a.astype(np.float32))
+        top = float(a.max()) if a.size else 1.0
+        scale = 255.0 if top <= 1.0 else 255.0 / top
+        out = np.clip(a * scale + 0.5, 0, 255).astype(np.uint8)
+    else:
+        a = a.astype(np.int64)
+        top = int(a.max()) if a.size else 0
+        if top <= 255 and im.mode == "I":  # 8-bit data stored in a 32-bit container
+            out = np.clip(a, 0, 255).astype(np.uint8)
+        elif top <= 65535:
+            out = ((np.clip(a, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        else:
+            out = (np.clip(a, 0, None) * 255 // max(top, 1)).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
+def _lab_to_rgb(im: Image.Image) -> Image.Image:
+    try:
+        lab = ImageCms.createProfile("LAB")
+        srgb = ImageCms.createProfile("sRGB")
+        transform = ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
+        return ImageCms.applyTransform(im, transform)  # type: ignore[return-value]
+    except Exception as e:
+        raise DecodeError("unsupported-format", f"cannot convert a CIELAB image: {e}") from None
+
+
+_SRGB_PROFILE = None
+_icc_lock = threading.Lock()
+_icc_cache: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
+_ICC_CACHE_SIZE = 32
+
+
+def _icc_transform(icc: bytes, mode: str) -> Any:
+    """A cached littleCMS transform from the embedded profile to sRGB, or None when not needed."""
+    global _SRGB_PROFILE
+    key = (icc, mode)
+    with _icc_lock:
+        if key in _icc_cache:
+            _icc_cache.move_to_end(key)
+            return _icc_cache[key]
+    transform = None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = (ImageCms.getProfileDescription(profile) or "").strip().lower()
+        is_srgb = "srgb" in description or "iec61966-2" in description.replace(" ", "").replace(".", "")
+        if not (is_srgb and mode == "RGB"):
+            if _SRGB_PROFILE is None:
+                _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+            transform = ImageCms.buildTransform(
+                profile, _SRGB_PROFILE, mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
+            )
+    except Exception:  # a broken profile: fall back to treating the pixels as sRGB
+        transform = None
+    with _icc_lock:
+        _icc_cache[key] = transform
+        while len(_icc_cache) > _ICC_CACHE_SIZE:
+            _icc_cache.popitem(last=False)
+    return transform
+
+
+def _finish_rgb(im: Image.Image, icc: bytes | None, respect_icc: bool = True) -> Image.Image:
+    """L/LA/RGB/RGBA/CMYK at the final size -> RGB, alpha composited over grey, ICC as documented."""
+    if im.mode in ("RGBA", "LA"):
+        base_mode = im.mode[:-1]
+        background = Image.new(base_mode, im.size, ALPHA_BACKGROUND if base_mode == "RGB" else ALPHA_BACKGROUND[0])
+        background.paste(im.convert(base_mode), (0, 0), im.getchannel("A"))
+        im = background
+    if icc and (im.mode == "CMYK" or (respect_icc and im.mode in ("RGB", "L"))):
+        transform = _icc_transform(icc, im.mode)
+        if transform is not None:
+            try:
+                return ImageCms.applyTransform(im, transform)  # type: ignore[return-value]
+            except Exception:
+                pass
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """A decoded (possibly reduced) image plus what is needed to place it: full size and orientation."""
+
+    image: Image.Image  # stored frame, not yet oriented; may be draft-reduced
+    full_size: tuple[int, int]  # stored frame size before any reduction
+    content: tuple[float, float]  # extent of the full image in ``image``'s pixels (draft: W/scale)
+    orientation: int  # EXIF orientation still to apply
+    icc: bytes | None
+    reduced: bool = False  # already reduced by the decoder: no reducing_gap on top
+
+
+def decode_for_model(
+    path: Path, spec: PreprocessSpec, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, respect_icc: bool = True
+) -> np.ndarray:
+    """Decode ``path`` to a ``(spec.size, spec.size, 3)`` uint8 RGB array, ready for :func:`to_model_batch`.
+
+    EXIF orientation applied, resized and cropped like open_clip's preprocess, colours converted
+    to sRGB from an embedded profile (``respect_icc=False``: only for CMYK). Raises
+    DecodeError(reason, detail) for any file that cannot be used.
+    """
+    src = _decode_source(Path(path), spec, max_megapixels)
+    return _render(src, spec, respect_icc)
+
+
+def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, respect_icc: bool = True) -> Image.Image:
+    """The whole image at full resolution: upright, sRGB, alpha over grey. Slow; the reference path.
+
+    For previews, tests and benchmarks; :func:`decode_for_model` is what a run uses.
+    """
+    src = _decode_source(Path(path), None, max_megapixels)
+    im = _to_resample_mode(src.image)
+    if src.orientation in _ORIENT_TRANSPOSE:
+        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    return _finish_rgb(im, src.icc, respect_icc)
+
+
+def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.ndarray:
+    """Resize + crop exactly as planned in upright coordinates, working in the stored frame."""
+    s = spec.size
+    fw, fh = src.full_size
+    upright_w, upright_h = (fh, fw) if _swapped(src.orientation) else (fw, fh)
+    plan = _plan(upright_w, upright_h, spec)
+    # full-res upright box -> full-res stored box -> reduced stored box
+    box = _box_to_source(plan.box, src.orientation, fw, fh)
+    kx, ky = src.content[0] / fw, src.content[1] / fh
+    iw, ih = src.image.size
+    box = (_clamp(box[0] * kx, iw), _clamp(box[1] * ky, ih), _clamp(box[2] * kx, iw), _clamp(box[3] * ky, ih))
+    out = (plan.out[1], plan.out[0]) if _swapped(src.orientation) else plan.out
+
+    im = _to_resample_mode(src.image)
+    gap = None if src.reduced else REDUCING_GAP
+    try:
+        im = im.resize(out, spec.resample, box=box, reducing_gap=gap)
+    except ValueError as e:  # a box outside the image would be our bug; say so clearly
+        raise DecodeError("corrupt", f"cannot resample {im.size} with box {box}: {e}") from None
+    if src.orientation in _ORIENT_TRANSPOSE:
+        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    im = _finish_rgb(im, src.icc, respect_icc)
+    if im.size != (s, s):
+        canvas = Image.new("RGB", (s, s), (spec.fill_color,) * 3)
+        canvas.paste(im, plan.offset)
+        im = canvas
+    return np.array(im, dtype=np.uint8)
+
+
+def _mp_text(mp: float) -> str:
+    """3600 -> '3600', 1.5 -> '1.5': exact enough to see why a file exceeds the limit."""
+    return f"{mp:.1f}".rstrip("0").rstrip(".")
+
+
+def _clamp(value: float, limit: int) -> float:
+    """Keep float noise (-1e-14) from pushing a resample box outside the image."""
+    return min(max(value, 0.0), float(limit))
+
+
+def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: float) -> _Source:
+    """Open, identify, guard and decode (reduced when ``spec`` allows it)."""
+    f = _open_file(path)
+    try:
+        head = _read_head(f)
+        ext = path.suffix.lower()
+        fmt = identify(head, ext)
+        if fmt is None:
+            if head[:1] == b"\xff" and len(head) < 4 and head == b"\xff\xd8\xff"[: len(head)]:
+                raise DecodeError("truncated", f"JPEG cut after {len(head)} bytes (only the start marker is there)")
+            raise DecodeError("not-an-image", _describe_non_image(head))
+        if fmt == "RAW":
+            from rtagx.imaging import raw as decode_raw
+
+            return decode_raw.decode_raw(path, f, spec, max_megapixels)
+        if fmt == "HEIF":
+            from rtagx.imaging import heif as decode_heif
+
+            try:
+                im = decode_heif.open_heif(f)
+            except DecodeError as e:
+                raise _truncated_or(e, f, "HEIF") from None
+        elif fmt == "AVIF" and not _pillow_reads("AVIF"):
+            raise DecodeError("needs-extra", "AVIF needs a Pillow built with libavif: pip install -U 'pillow>=11.3'")
+        elif fmt in ("JPEG", "PNG"):
+            # read once: Pillow decodes from memory and the stream check reuses the bytes
+            data = _read_all(f)
+            f = io.BytesIO(data)  # type: ignore[assignment]
+            try:
+                im = _pil_open(f, fmt)
+            except DecodeError as e:
+                if fmt == "JPEG" and len(data) < 1024 and e.reason == "corrupt":
+                    raise DecodeError("truncated", f"JPEG cut after {len(data)} bytes, inside its headers") from None
+                raise
+        else:
+            im = _pil_open(f, fmt)
+        return _load(im, fmt, f, spec, max_megapixels)
+    finally:
+        f.close()
+
+
+def _read_all(f: IO[bytes]) -> bytes:
+    try:
+        f.seek(0)
+        return f.read()
+    except OSError as e:
+        raise DecodeError("read-error", f"cannot read: {e.strerror or e}") from None
+
+
+def _pillow_reads(fmt: str) -> bool:
+    try:
+        _pil_factory(fmt)
+    except DecodeError:
+        return False
+    return True
+
+
+def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int) -> tuple[int, int]:
+    """Smallest stored-frame size that still leaves DRAFT_MARGIN headroom over the resized target."""
+    fw, fh = im.size
+    upright = (fh, fw) if _swapped(orientation) else (fw, fh)
+    plan = _plan(upright[0], upright[1], spec)
+    rw, rh = plan.resized
+    if _swapped(orientation):
+        rw, rh = rh, rw
+    return max(1, int(rw * DRAFT_MARGIN + 0.999)), max(1, int(rh * DRAFT_MARGIN + 0.999))
+
+
+def _load(
+    im: ImageFile.ImageFile,
+    fmt: str,
+    f: IO[bytes],
+    spec: PreprocessSpec | None,
+    max_megapixels: float,
+    *,
+    orientation: int | None = None,
+) -> _Source:
+    """Guard, draft (JPEG/HEIF), decode the first frame, and verify JPEG entropy data.
+
+    ``orientation`` overrides the image's own EXIF (a RAW preview takes the RAW file's).
+    """
+    full_size = im.size
+    _check_megapixels(full_size, max_megapixels, fmt)
+    if orientation is None:
+        orientation = _orientation(im)
+    icc = im.info.get("icc_profile") or None
+    content: tuple[float, float] = (float(full_size[0]), float(full_size[1]))
+    reduced = False
+    if spec is not None and fmt in ("JPEG", "HEIF"):
+        want = _target_draft_size(im, spec, orientation)
+        try:
+            drafted = im.draft("RGB", want)
+        except Exception:
+            drafted = None
+        if drafted is not None:
+            _, dbox = drafted
+            content = (float(dbox[2]), float(dbox[3]))
+            reduced = im.size != full_size
+    try:
+        im.load()
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise _truncated_or(_map_load_error(e, fmt), f, fmt) from None
+    if fmt in ("JPEG", "PNG"):
+        _check_stream(f, fmt)
+    return _Source(im, full_size, content, orientation, icc, reduced)
+
+
+# --------------------------------------------------------------------------------------------------
+# Damage the decoders hide: JPEG restart markers, PNG checksums, container sizes
+# --------------------------------------------------------------------------------------------------
+
+
+def _png_stream_problem(data: bytes) -> tuple[str, str] | None:
+    view = memoryview(data)
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        ctype = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > n:
+            return ("truncated", f"PNG chunk {ctype!r} runs past the end of the file")
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return ("corrupt", f"PNG chunk {ctype.decode('latin-1')!r} at byte {pos} fails its checksum")
+        if ctype == b"IEND":
+            return None
+        pos = end
+    return ("truncated", "PNG ends without an IEND chunk")
+
+
+def _container_truncated(f: IO[bytes], fmt: str) -> bool:
+    """Whether a RIFF (WebP) or box-structured (AVIF, HEIF, JPEG 2000) file ends before its boxes do.
+
+    Their decoders report a cut-off file as a generic failure; the container sizes tell the truth.
+    """
+    try:
+        size = os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else len(f.getvalue())  # type: ignore[attr-defined]
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        try:
+            size = len(f.getvalue())  # type: ignore[attr-defined]
+        except AttributeError:
+            return False
+    try:
+        f.seek(0)
+        if fmt == "WEBP":
+            head = f.read(8)
+            return len(head) == 8 and int.from_bytes(head[4:8], "little") + 8 > size
+        if fmt not in ("AVIF", "HEIF", "JPEG2000"):
+            return False
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            box = f.read(16)
+            length = int.from_bytes(box[:4], "big")
+            if length == 1 and len(box) >= 16:
+                length = int.from_bytes(box[8:16], "big")
+            elif length == 0:
+                return False  # box runs to the end of the file by definition
+            if length < 8:
+                return False  # a codestream or garbage: not a box structure we can judge
+            if pos + length > size:
+                return True
+            pos += length
+        return False
+    except OSError:
+        return False
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
+
+
+def _check_stream(f: IO[bytes], fmt: str) -> None:
+    """After a successful decode, look for damage the decoder hid (JPEG restarts, PNG checksums).
+
+    PNG: Pillow does not verify IDAT checksums, so flipped bytes in image data can decode into a
+    picture with a smeared band; every chunk's CRC-32 is checked (zlib, about 1 ms per MB).
+    JPEG: libjpeg resynchronises on restart markers and fills lost data with grey, printing a warning that
+    Pillow swallows, so a file with a damaged or shifted scan "decodes". Camera JPEGs almost always
+    use restart intervals, which makes damage visible cheaply: restart markers must come in cyclic
+    order (RST0..RST7) and in exactly the number the image geometry implies. Costs one vectorised
+    pass over the file (about 1 ms per MB), skipped for JPEGs without a restart interval.
+    """
+    data = f.getvalue() if isinstance(f, io.BytesIO) else _read_all(f)
+    problem = _jpeg_stream_problem(data) if fmt == "JPEG" else _png_stream_problem(data)
+    if problem is not None:
+        raise DecodeError(*problem)
+
+
+def _jpeg_stream_problem(data: bytes) -> tuple[str, str] | None:
+    """Walk the markers; in each scan, check restart markers' order and count. None when sound."""
+    markers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    n = len(data)
+    pos = 2
+    frame: dict[int, tuple[int, int]] = {}  # component id -> (h, v) sampling
+    width = height = 0
+    interval = 0
+    scans = 0
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 1 >= n:
+            return ("truncated", "JPEG ends before its end-of-image marker")
+        if data[pos] != 0xFF:
+            return ("corrupt", f"JPEG marker expected at byte {pos}, found {data[pos]:#04x}")
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return None if scans else ("corrupt", "JPEG has no image scan")
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return ("truncated", "JPEG ends inside a marker segment")
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        seg = data[pos + 4 : pos + 2 + length]
+        if length < 2 or pos + 2 + length > n:
+            return ("truncated", f"JPEG segment {marker:#04x} at byte {pos} runs past the end of the file")
+        if marker in _SOF_MARKERS and len(seg) >= 6:
+            height = int.from_bytes(seg[1:3], "big")
+            width = int.from_bytes(seg[3:5], "big")
+            for i in range(seg[5]):
+                c = seg[6 + 3 * i : 9 + 3 * i]
+                if len(c) == 3:
+                    frame[c[0]] = (c[1] >> 4, c[1] & 15)
+        elif marker == 0xDD and len(seg) >= 2:
+            interval = int.from_bytes(seg[:2], "big")
+        pos += 2 + length
+        if marker != 0xDA:
+            continue
+        # an entropy-coded scan starts here and runs to the next real marker
+        scans += 1
+        if not interval:
+            return None  # no restart markers to check (and Pillow reports truncation itself)
+        if markers is None:
+            markers = _marker_index(data)
+        marker_pos, rst_pos, rst_code = markers
+        k = int(np.searchsorted(marker_pos, pos))
+        if k >= len(marker_pos):
+            return ("truncated", "JPEG image data ends without an end-of-image marker")
+        end = int(marker_pos[k])
+        a, b = np.searchsorted(rst_pos, [pos, end])
+        codes = rst_code[a:b]
+        if len(codes) and (codes[0] != 0 or np.any(np.diff(codes) % 8 != 1)):
+            bad = int(np.flatnonzero(np.diff(codes) % 8 != 1)[0]) + 1 if codes[0] == 0 else 0
+            return (
+                "corrupt",
+                f"JPEG restart markers out of order at byte {int(rst_pos[a + bad])} (damaged or spliced image data)",
+            )
+        expected = _expected_restarts(seg, frame, width, height, interval)
+        if expected is not None and len(codes) != expected:
+            return (
+                "corrupt",
+                f"JPEG scan has {len(codes)} restart markers where its size implies "
+                f"{expected} (lost or extra image data)",
+            )
+        pos = end
+
+
+def _marker_index(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of real markers, of restart markers, and the restart numbers (one numpy pass)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    ff = np.flatnonzero(arr[:-1] == 0xFF)
+    nxt = arr[ff + 1]
+    is_rst = (nxt >= 0xD0) & (nxt <= 0xD7)
+    marker_pos = ff[(nxt != 0) & (nxt != 0xFF) & ~is_rst]
+    return marker_pos, ff[is_rst], (nxt[is_rst] - 0xD0).astype(np.int64)
+
+
+def _expected_restarts(
+    sos: bytes, frame: dict[int, tuple[int, int]], width: int, height: int, interval: int
+) -> int | None:
+    """How many RST markers a scan of these components must hold, or None when it cannot be known."""
+    if not interval or not frame or not width or not height or not sos:
+        return None
+    ids = [sos[1 + 2 * i] for i in range(sos[0]) if 1 + 2 * i < len(sos)]
+    if not ids or any(c not in frame for c in ids):
+        return None
+    hmax = max(h for h, _ in frame.values())
+    vmax = max(v for _, v in frame.values())
+    if len(ids) == 1:  # non-interleaved: one block per MCU, over the component's own size
+        h, v = frame[ids[0]]
+        mcus = _ceil_div(_ceil_div(width * h, hmax), 8) * _ceil_div(_ceil_div(height * v, vmax), 8)
+    else:
+        mcus = _ceil_div(width, 8 * hmax) * _ceil_div(height, 8 * vmax)
+    return max(0, -(-mcus // interval) - 1)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

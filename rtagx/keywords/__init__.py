@@ -1,0 +1,1 @@
+"""Read and write keywords: IPTC, XMP, sidecars, captions, ownership, atomic replacement."""

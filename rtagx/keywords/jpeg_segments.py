@@ -1,0 +1,161 @@
+"""Split a JPEG into its header segments and the untouched rest, and splice new XMP/IPTC in.
+
+Every segment we do not own (EXIF with its maker notes, ICC, JFIF, quantization and Huffman tables,
+...) is kept as the exact bytes it was, and everything from the start-of-scan marker on (the scan
+data, later tables, trailers) is copied untouched. Only the main XMP APP1 and the Photoshop APP13
+are rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+XMP_EXT_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
+EXIF_HEADER = b"Exif\x00\x00"
+PS_HEADER = b"Photoshop 3.0\x00"
+MAX_PAYLOAD = 65533  # segment length field counts itself: 65535 - 2
+MAX_XMP_PACKET = MAX_PAYLOAD - len(XMP_HEADER)
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+class JpegFormatError(ValueError):
+    """Not a JPEG, or its header segments are cut short."""
+
+
+@dataclass
+class Segment:
+    marker: int
+    raw: bytes  # exact bytes: fill bytes, marker, length and payload
+
+    @property
+    def payload(self) -> bytes:
+        start = self.raw.index(bytes((0xFF, self.marker)), 0) + 2
+        return self.raw[start + 2 :] if self.marker not in _STANDALONE else b""
+
+    def is_xmp(self) -> bool:
+        return self.marker == 0xE1 and self.payload.startswith(XMP_HEADER)
+
+    def is_exif(self) -> bool:
+        return self.marker == 0xE1 and self.payload.startswith(EXIF_HEADER)
+
+    def is_photoshop(self) -> bool:
+        return self.marker == 0xED and self.payload.startswith(PS_HEADER)
+
+
+@dataclass
+class JpegParts:
+    segments: list[Segment]
+    tail: bytes  # from the SOS marker to the end of the file, never touched
+
+    def to_bytes(self) -> bytes:
+        return b"\xff\xd8" + b"".join(s.raw for s in self.segments) + self.tail
+
+    def xmp_packet(self) -> bytes | None:
+        seg = next((s for s in self.segments if s.is_xmp()), None)
+        return seg.payload[len(XMP_HEADER) :] if seg else None
+
+    def photoshop_irb(self) -> bytes | None:
+        """The Photoshop resource block, joined across APP13 segments (large blocks are split)."""
+        segs = [s for s in self.segments if s.is_photoshop()]
+        if not segs:
+            return None
+        return b"".join(s.payload[len(PS_HEADER) :] for s in segs)
+
+    def exif_payloads(self) -> list[bytes]:
+        return [s.payload for s in self.segments if s.is_exif()]
+
+
+def parse(data: bytes) -> JpegParts:
+    if not data.startswith(b"\xff\xd8"):
+        raise JpegFormatError("no JPEG start-of-image marker")
+    segments: list[Segment] = []
+    i, n = 2, len(data)
+    while True:
+        start = i
+        if i >= n:
+            raise JpegFormatError("file ends before the image data")
+        if data[i] != 0xFF:
+            raise JpegFormatError(f"marker expected at offset {i}")
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            raise JpegFormatError("file ends inside a marker")
+        marker = data[i]
+        i += 1
+        if marker == 0xDA:
+            return JpegParts(segments, data[start:])
+        if marker == 0xD9:
+            raise JpegFormatError("end-of-image before any image data")
+        if marker in _STANDALONE:
+            segments.append(Segment(marker, data[start:i]))
+            continue
+        if i + 2 > n:
+            raise JpegFormatError("segment length cut short")
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2 or i + length > n:
+            raise JpegFormatError(f"segment 0x{marker:02X} at offset {start} runs past the end of the file")
+        i += length
+        segments.append(Segment(marker, data[start:i]))
+
+
+def make_segment(marker: int, payload: bytes) -> Segment:
+    if len(payload) > MAX_PAYLOAD:
+        raise JpegFormatError(f"segment payload of {len(payload)} bytes is too large")
+    return Segment(marker, bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload)
+
+
+def photoshop_segments(irb: bytes) -> list[Segment]:
+    room = MAX_PAYLOAD - len(PS_HEADER)
+    chunks = [irb[i : i + room] for i in range(0, len(irb), room)] or [b""]
+    return [make_segment(0xED, PS_HEADER + c) for c in chunks]
+
+
+def splice(parts: JpegParts, *, xmp_packet: bytes | None = None, irb: bytes | None = None) -> JpegParts:
+    """A copy with the main XMP and/or the Photoshop block replaced (or inserted); None keeps it."""
+    segs = list(parts.segments)
+    if xmp_packet is not None:
+        new = make_segment(0xE1, XMP_HEADER + xmp_packet)
+        idx = next((k for k, s in enumerate(segs) if s.is_xmp()), None)
+        if idx is not None:
+            segs[idx] = new
+        else:
+            segs.insert(_after_leading(segs, {0xE0, 0xE1}), new)
+    if irb is not None:
+        new_segs = photoshop_segments(irb)
+        idxs = [k for k, s in enumerate(segs) if s.is_photoshop()]
+        if idxs:
+            first = idxs[0]
+            segs = [s for k, s in enumerate(segs) if k not in idxs[1:]]
+            segs[first : first + 1] = new_segs
+        else:
+            pos = _after_leading(segs, set(range(0xE0, 0xF0)))
+            segs[pos:pos] = new_segs
+    return JpegParts(segs, parts.tail)
+
+
+def _after_leading(segs: list[Segment], markers: set[int]) -> int:
+    """Index just after the leading run of segments with these markers (where writers put APPn)."""
+    k = 0
+    while k < len(segs) and segs[k].marker in markers:
+        k += 1
+    return k
+
+
+def exif_has_tag(payload: bytes, tag: int) -> bool:
+    """Whether IFD0 of an EXIF APP1 payload holds ``tag`` (used to notice EXIF XPKeywords)."""
+    tiff = payload[len(EXIF_HEADER) :]
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return False
+    order = "little" if tiff[:2] == b"II" else "big"
+    off = int.from_bytes(tiff[4:8], order)
+    if off + 2 > len(tiff):
+        return False
+    count = int.from_bytes(tiff[off : off + 2], order)
+    for k in range(count):
+        e = off + 2 + 12 * k
+        if e + 12 > len(tiff):
+            return False
+        if int.from_bytes(tiff[e : e + 2], order) == tag:
+            return True
+    return False

@@ -1,0 +1,355 @@
+"""Edit keyword arrays in an XMP packet with a real XML parser, keeping everything else.
+
+The packet is parsed with ``xml.dom.minidom`` (namespace aware, keeps prefixes, attribute order,
+comments and whitespace), only the properties we own or keep in step are replaced, and the result is
+wrapped in a fresh ``<?xpacket?>`` header/trailer with padding, reusing the original header's
+attributes when there was one.
+"""
+
+from __future__ import annotations
+
+import re
+from xml.dom import Node, minidom
+from xml.parsers.expat import ExpatError
+
+NS_X = "adobe:ns:meta/"
+NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+NS_XMLNS = "http://www.w3.org/2000/xmlns/"
+NS_DC = "http://purl.org/dc/elements/1.1/"
+NS_LR = "http://ns.adobe.com/lightroom/1.0/"
+NS_DIGIKAM = "http://www.digikam.org/ns/1.0/"
+NS_MSPHOTO = "http://ns.microsoft.com/photo/1.0/"
+NS_MSPHOTO_ALT = "http://ns.microsoft.com/photo/1.0"  # seen in the wild without the slash
+NS_MEDIAPRO = "http://ns.iview-multimedia.com/mediapro/1.0/"
+NS_RTAGX = "http://ns.rtagx.dev/1.0/"
+
+PREFERRED_PREFIX = {
+    NS_DC: "dc",
+    NS_LR: "lr",
+    NS_DIGIKAM: "digiKam",
+    NS_MSPHOTO: "MicrosoftPhoto",
+    NS_MEDIAPRO: "mediapro",
+    NS_RTAGX: "rtagx",
+}
+
+PACKET_ID = "W5M0MpCehiHzreSzNTczkc9d"
+DEFAULT_PADDING = 2048
+_XPACKET_BEGIN = re.compile(rb"<\?xpacket\s+begin=")
+_TOOLKIT = "rtagx"
+
+
+class XmpError(ValueError):
+    """The packet is not well-formed XML / RDF that we can edit safely."""
+
+
+def _names(ns: str) -> tuple[str, ...]:
+    return (NS_MSPHOTO, NS_MSPHOTO_ALT) if ns == NS_MSPHOTO else (ns,)
+
+
+class XmpDoc:
+    """One XMP packet (embedded or sidecar) as an editable DOM."""
+
+    def __init__(self, doc: minidom.Document, header: str | None, trailer: str | None, prolog: str) -> None:
+        self.doc = doc
+        self.header = header  # the original <?xpacket begin=...?> PI data, or None
+        self.trailer = trailer
+        self.prolog = prolog  # an <?xml ...?> declaration that preceded the packet, kept for sidecars
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def new(cls) -> XmpDoc:
+        text = (
+            f'<x:xmpmeta xmlns:x="{NS_X}" x:xmptk="{_TOOLKIT}">\n'
+            f' <rdf:RDF xmlns:rdf="{NS_RDF}">\n'
+            f'  <rdf:Description rdf:about=""/>\n'
+            f" </rdf:RDF>\n</x:xmpmeta>"
+        )
+        return cls(minidom.parseString(text), None, None, "")
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> XmpDoc:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        data = data.rstrip(b"\x00 \t\r\n")
+        if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+            raise XmpError("XMP must not carry a DOCTYPE or entity declarations")
+        if not data.strip():
+            return cls.new()
+        try:
+            doc = minidom.parseString(data)
+        except ExpatError as e:
+            raise XmpError(f"not well-formed XML: {e}") from None
+        header = trailer = None
+        for node in doc.childNodes:
+            if node.nodeType == Node.PROCESSING_INSTRUCTION_NODE and node.target == "xpacket":
+                if _XPACKET_BEGIN.match(f"<?xpacket {node.data}?>".encode()):
+                    header = node.data
+                else:
+                    trailer = node.data
+        head = data[:200].lstrip(b"\xef\xbb\xbf")
+        prolog = ""
+        if head.startswith(b"<?xml"):
+            end = head.find(b"?>")
+            prolog = head[: end + 2].decode("utf-8", "replace") if end > 0 else ""
+        self = cls(doc, header, trailer, prolog)
+        if self._rdf() is None:
+            raise XmpError("no rdf:RDF element")
+        return self
+
+    # ---------------------------------------------------------------- queries
+
+    def _rdf(self) -> minidom.Element | None:
+        root = self.doc.documentElement
+        if root is None:
+            return None
+        if (root.namespaceURI, root.localName) == (NS_RDF, "RDF"):
+            return root
+        for el in root.getElementsByTagNameNS(NS_RDF, "RDF"):
+            return el
+        return None
+
+    def descriptions(self) -> list[minidom.Element]:
+        rdf = self._rdf()
+        return [
+            c
+            for c in rdf.childNodes
+            if c.nodeType == Node.ELEMENT_NODE and (c.namespaceURI, c.localName) == (NS_RDF, "Description")
+        ]
+
+    def _props(self, ns: str, name: str) -> list[minidom.Element]:
+        out = []
+        for desc in self.descriptions():
+            for c in desc.childNodes:
+                if c.nodeType == Node.ELEMENT_NODE and c.localName == name and c.namespaceURI in _names(ns):
+                    out.append(c)
+        return out
+
+    def has(self, ns: str, name: str) -> bool:
+        return bool(self._props(ns, name))
+
+    def get_array(self, ns: str, name: str) -> list[str] | None:
+        """Items of an array property (Bag/Seq/Alt), or None when the property is absent."""
+        props = self._props(ns, name)
+        if not props:
+            return None
+        out: list[str] = []
+        for prop in props:
+            container = _first_child(prop, NS_RDF, ("Bag", "Seq", "Alt"))
+            if container is None:
+                text = _text(prop).strip()
+                if text:
+                    out.append(text)
+                continue
+            for li in container.childNodes:
+                if li.nodeType == Node.ELEMENT_NODE and (li.namespaceURI, li.localName) == (NS_RDF, "li"):
+                    value = _li_value(li)
+                    if value is not None:
+                        out.append(value)
+        return out
+
+    def array_kind(self, ns: str, name: str) -> str | None:
+        props = self._props(ns, name)
+        if not props:
+            return None
+        container = _first_child(props[0], NS_RDF, ("Bag", "Seq", "Alt"))
+        return container.localName if container is not None else "text"
+
+    # ---------------------------------------------------------------- editing
+
+    def set_array(self, ns: str, name: str, values: list[str], kind: str = "Bag") -> None:
+        """Replace (or create, or with no values remove) an array property, in place."""
+        props = self._props(ns, name)
+        if not values:
+            for p in props:
+                _remove_with_indent(p)
+            return
+        if props:
+            first = props[0]
+            for p in props[1:]:
+                _remove_with_indent(p)
+            desc = first.parentNode
+            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first))
+            desc.replaceChild(new, first)
+            return
+        desc = self._description_for(ns)
+        prefix = self._prefix_for(desc, ns)
+        indent = _child_indent(desc)
+        new = self._build_array(desc, ns, f"{prefix}:{name}", values, kind, indent)
+        _append_with_indent(desc, new, indent)
+
+    def _build_array(
+        self, desc: minidom.Element, ns: str, qname: str, values: list[str], kind: str, indent: str
+    ) -> minidom.Element:
+        doc = self.doc
+        rdf = self._rdf_prefix(desc)
+        prop = doc.createElementNS(ns, qname)
+        container = doc.createElementNS(NS_RDF, f"{rdf}:{kind}")
+        prop.appendChild(doc.createTextNode(indent + " "))
+        prop.appendChild(container)
+        prop.appendChild(doc.createTextNode(indent))
+        for v in values:
+            li = doc.createElementNS(NS_RDF, f"{rdf}:li")
+            li.appendChild(doc.createTextNode(v))
+            container.appendChild(doc.createTextNode(indent + "  "))
+            container.appendChild(li)
+        container.appendChild(doc.createTextNode(indent + " "))
+        return prop
+
+    def _rdf_prefix(self, el: minidom.Element) -> str:
+        return _lookup_prefix(el, NS_RDF) or "rdf"
+
+    def _description_for(self, ns: str) -> minidom.Element:
+        descs = self.descriptions()
+        for d in descs:
+            if any(a.value in _names(ns) for a in _xmlns_attrs(d)):
+                return d
+        if descs:
+            return descs[0]
+        rdf = self._rdf()
+        prefix = self._rdf_prefix(rdf)
+        d = self.doc.createElementNS(NS_RDF, f"{prefix}:Description")
+        d.setAttributeNS(NS_RDF, f"{prefix}:about", "")
+        _append_with_indent(rdf, d, _child_indent(rdf))
+        return d
+
+    def _prefix_for(self, desc: minidom.Element, ns: str) -> str:
+        """A prefix bound to ``ns`` in scope of ``desc``; declares one on ``desc`` when needed."""
+        for uri in _names(ns):
+            found = _lookup_prefix(desc, uri)
+            if found:
+                return found
+        base = PREFERRED_PREFIX.get(ns, "ns")
+        prefix, k = base, 1
+        while _lookup_ns(desc, prefix) not in (None, ns):
+            k += 1
+            prefix = f"{base}{k}"
+        desc.setAttributeNS(NS_XMLNS, f"xmlns:{prefix}", ns)
+        return prefix
+
+    def drop_unused_namespace(self, ns: str) -> None:
+        """Remove our own namespace declaration once nothing uses it any more."""
+        for d in self.descriptions():
+            for a in list(_xmlns_attrs(d)):
+                if a.value == ns and not _uses_ns(d, ns):
+                    d.removeAttributeNode(a)
+
+    # ----------------------------------------------------------- serializing
+
+    def body(self) -> str:
+        return self.doc.documentElement.toxml()
+
+    def packet(self, padding: int = DEFAULT_PADDING) -> bytes:
+        """A full XMP packet: xpacket header, the XML, whitespace padding, writable trailer."""
+        header = self.header or f'begin="\ufeff" id="{PACKET_ID}"'
+        trailer = 'end="w"'  # we rewrite the whole file: the packet is writable again
+        pad = ""
+        if padding > 0:
+            line = " " * 99 + "\n"
+            pad = line * (padding // 100) + " " * (padding % 100)
+        text = f"<?xpacket {header}?>\n{self.body()}\n{pad}<?xpacket {trailer}?>"
+        return text.encode("utf-8")
+
+    def sidecar_bytes(self) -> bytes:
+        """A sidecar file: keeps an original <?xml?> declaration; always carries the xpacket wrapper."""
+        out = self.packet(padding=0)
+        if self.prolog:
+            out = self.prolog.encode("utf-8") + b"\n" + out
+        return out + b"\n"
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _first_child(el: minidom.Element, ns: str, names: tuple[str, ...]) -> minidom.Element | None:
+    for c in el.childNodes:
+        if c.nodeType == Node.ELEMENT_NODE and c.namespaceURI == ns and c.localName in names:
+            return c
+    return None
+
+
+def _text(el: minidom.Node) -> str:
+    return "".join(c.data for c in el.childNodes if c.nodeType in (Node.TEXT_NODE, Node.CDATA_SECTION_NODE))
+
+
+def _li_value(li: minidom.Element) -> str | None:
+    if li.hasAttributeNS(NS_RDF, "value"):
+        return li.getAttributeNS(NS_RDF, "value")
+    value_el = _first_child(li, NS_RDF, ("value",))
+    if value_el is not None:
+        return _text(value_el)
+    if any(c.nodeType == Node.ELEMENT_NODE for c in li.childNodes):
+        return None  # a struct, not a text item
+    return _text(li)
+
+
+def _xmlns_attrs(el: minidom.Element) -> list[minidom.Attr]:
+    return [
+        el.attributes.item(i) for i in range(el.attributes.length) if el.attributes.item(i).name.startswith("xmlns:")
+    ]
+
+
+def _lookup_prefix(el: minidom.Node, uri: str) -> str | None:
+    node = el
+    while node is not None and node.nodeType == Node.ELEMENT_NODE:
+        for a in _xmlns_attrs(node):
+            if a.value == uri:
+                prefix = a.name.split(":", 1)[1]
+                if _lookup_ns(el, prefix) == uri:  # not shadowed lower down
+                    return prefix
+        node = node.parentNode
+    return None
+
+
+def _lookup_ns(el: minidom.Node, prefix: str) -> str | None:
+    node = el
+    while node is not None and node.nodeType == Node.ELEMENT_NODE:
+        if node.hasAttribute(f"xmlns:{prefix}"):
+            return node.getAttribute(f"xmlns:{prefix}")
+        node = node.parentNode
+    return None
+
+
+def _uses_ns(el: minidom.Element, ns: str) -> bool:
+    for c in el.getElementsByTagName("*"):
+        if c.namespaceURI == ns:
+            return True
+    for i in range(el.attributes.length):
+        a = el.attributes.item(i)
+        if a.namespaceURI == ns:
+            return True
+    return False
+
+
+def _indent_of(el: minidom.Node) -> str:
+    prev = el.previousSibling
+    if prev is not None and prev.nodeType == Node.TEXT_NODE and "\n" in prev.data and not prev.data.strip():
+        return "\n" + prev.data.rsplit("\n", 1)[1]
+    return "\n   "
+
+
+def _child_indent(parent: minidom.Element) -> str:
+    for c in parent.childNodes:
+        if c.nodeType == Node.ELEMENT_NODE:
+            return _indent_of(c)
+    base = _indent_of(parent)
+    return base + " "
+
+
+def _append_with_indent(parent: minidom.Element, el: minidom.Element, indent: str) -> None:
+    last = parent.lastChild
+    if last is not None and last.nodeType == Node.TEXT_NODE and not last.data.strip():
+        parent.insertBefore(parent.ownerDocument.createTextNode(indent), last)
+        parent.insertBefore(el, last)
+    else:
+        parent.appendChild(parent.ownerDocument.createTextNode(indent))
+        parent.appendChild(el)
+        parent.appendChild(parent.ownerDocument.createTextNode(_indent_of(parent) if parent.parentNode else "\n"))
+
+
+def _remove_with_indent(el: minidom.Element) -> None:
+    parent = el.parentNode
+    prev = el.previousSibling
+    if prev is not None and prev.nodeType == Node.TEXT_NODE and not prev.data.strip():
+        parent.removeChild(prev)
+    parent.removeChild(el)

@@ -1,0 +1,521 @@
+"""Load a CLIP model from open_clip and turn images and texts into normalized vectors.
+
+Model choice is split in two steps so that a run can fail before it touches any file:
+
+* :func:`resolve_model` works out *which* model is meant (an open_clip name or a config JSON file;
+  a pretrained tag or a checkpoint file), where its weights are on disk, and the identity the
+  vector cache keys vectors by. It never builds the network and never waits on the network when
+  offline, so a missing download is reported in a second, not after minutes of retries.
+* :func:`load_encoder` builds the network from a resolved model, on the chosen device and precision.
+  ``text_only=True`` builds only the text tower, which is all ``retag`` needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtagx.errors import ModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-16"
+# Best published ImageNet-1k zero-shot top-1 among open_clip's ViT-B-16 weights: Apple's DFN-2B
+# (76.2%; datacomp_xl_s13b_b90k 73.5%, laion2b_s34b_b88k 70.2%, openai 68.3%).
+DEFAULT_PRETRAINED = "dfn2b"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the cache keys vectors by: two identities with the same ``key`` give the same vectors."""
+
+    key: str
+    name: str  # open_clip model name, or the config file's stem
+    pretrained: str  # tag, or checkpoint file path
+    config_path: str | None = None
+    checkpoint_path: str | None = None
+    checkpoint_hash: str | None = None
+    image_size: int = 224
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "config_path": self.config_path,
+            "checkpoint_path": self.checkpoint_path,
+            "checkpoint_hash": self.checkpoint_hash,
+            "image_size": self.image_size,
+        }
+
+
+@dataclass
+class ResolvedModel:
+    """A model we know how to build: its open_clip name, weights file and construction options."""
+
+    identity: ModelIdentity
+    open_clip_name: str
+    model_cfg: dict[str, Any]
+    checkpoint_file: str
+    force_quick_gelu: bool = False
+    preprocess_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def is_offline() -> bool:
+    """True when downloads must not be tried: asked for, or no route to the model hub."""
+    for var in ("RTAGX_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return True
+    return False
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.endswith(".json") or text.endswith(CHECKPOINT_SUFFIXES)
+
+
+def digest_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a checkpoint or config file (same bytes, same identity, wherever it lives)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _register_config(config_path: Path) -> tuple[str, dict[str, Any]]:
+    import open_clip
+
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"model config {config_path} cannot be read: {e}") from None
+    if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        raise ModelError(f"model config {config_path} is not an open_clip model config (needs vision_cfg and text_cfg)")
+    open_clip.add_model_config(config_path)
+    return config_path.stem, cfg
+
+
+def _image_size(model_cfg: dict[str, Any]) -> int:
+    size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _cached_hub_file(repo_id: str, filename: str) -> str | None:
+    """The weights file if it is already in the Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import _get_safe_alternatives  # type: ignore[attr-defined]
+
+    for candidate in [*_get_safe_alternatives(filename), filename]:
+        found = try_to_load_from_cache(repo_id, candidate)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _weights_help(name: str, tag: str, where: str) -> str:
+    return (
+        f"weights for model {name} (pretrained '{tag}') are not on this machine and cannot be downloaded{where}: "
+        f"run `rtagx doctor --download` once on a connected machine (then copy ~/.cache/huggingface here), "
+        f"or pass a checkpoint file with --pretrained /path/to/open_clip_pytorch_model.bin"
+    )
+
+
+def _fetch_tag_weights(name: str, tag: str, tag_cfg: dict[str, Any], offline: bool) -> str:
+    """Path of the weights for an open_clip pretrained tag: cache first, then a download if allowed."""
+    hub = tag_cfg.get("hf_hub") or ""
+    if hub:
+        repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        from open_clip.pretrained import HF_WEIGHTS_NAME  # type: ignore[attr-defined]
+
+        filename = filename or HF_WEIGHTS_NAME
+        found = _cached_hub_file(repo_id, filename)
+        if found:
+            return found
+        if offline:
+            raise ModelError(_weights_help(name, tag, f" (offline; looked for {repo_id} in the Hugging Face cache)"))
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        try:
+            return download_pretrained_from_hf(repo_id, filename=filename)
+        except Exception as e:  # network errors come in many types
+            raise ModelError(_weights_help(name, tag, f" ({type(e).__name__})")) from None
+    url = tag_cfg.get("url") or ""
+    if url:
+        cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if cache.is_file():
+            return str(cache)
+        if offline:
+            raise ModelError(_weights_help(name, tag, " (offline)"))
+        from open_clip.pretrained import download_pretrained_from_url
+
+        try:
+            return download_pretrained_from_url(url)
+        except Exception as e:
+            raise ModelError(_weights_help(name, tag, f" ({type(e).__name__})")) from None
+    raise ModelError(f"pretrained tag '{tag}' of model {name} has no download location")
+
+
+def resolve_model(
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    *,
+    offline: bool | None = None,
+    digest: Callable[[Path], str] = digest_file,
+) -> ResolvedModel:
+    """Work out which model is meant and where its weights are, without building it.
+
+    Raises :class:`ModelError` with a one-line, actionable message for an unknown name, a missing
+    config or checkpoint file, an unknown tag, or weights that are neither cached nor downloadable.
+    """
+    import open_clip
+
+    config_path: Path | None = None
+    if model.endswith(".json") or (_looks_like_path(model) and not model.startswith(("hf-hub:", "local-dir:"))):
+        config_path = Path(model).expanduser().resolve()
+        if not config_path.is_file():
+            raise ModelError(f"model config file not found: {model}")
+        name, model_cfg = _register_config(config_path)
+        config_id = f"config:{digest(config_path)}"
+    else:
+        name = model
+        model_cfg = open_clip.get_model_config(name)
+        if model_cfg is None:
+            known = ", ".join(m for m in open_clip.list_models() if m.startswith(("ViT-B", "ViT-L")))[:300]
+            raise ModelError(f"unknown model '{model}': not an open_clip model name or config file (e.g. {known}, ...)")
+        config_id = name
+
+    if not pretrained:
+        raise ModelError(f"model {name} needs weights: pass --pretrained TAG or --pretrained /path/to/checkpoint")
+
+    pre_overrides: dict[str, Any] = {}
+    quick_gelu = False
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if config_path is None else {}
+    if tag_cfg:
+        if offline is None:
+            offline = is_offline()
+        checkpoint = _fetch_tag_weights(name, pretrained, tag_cfg, offline)
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+        pre_overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+        weights_id = pretrained
+        checkpoint_path = None
+        checkpoint_hash = None
+    else:
+        candidate = Path(pretrained).expanduser()
+        if not candidate.is_file():
+            if _looks_like_path(pretrained):
+                raise ModelError(f"checkpoint file not found: {pretrained}")
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+            raise ModelError(
+                f"unknown pretrained tag '{pretrained}' for model {name} (known tags: {tags}); "
+                f"or pass a checkpoint file path"
+            )
+        checkpoint = str(candidate.resolve())
+        checkpoint_path = checkpoint
+        checkpoint_hash = digest(Path(checkpoint))
+        weights_id = f"sha:{checkpoint_hash}"
+
+    image_size = _image_size(model_cfg)
+    identity = ModelIdentity(
+        key=f"{config_id}|{weights_id}|{image_size}",
+        name=name,
+        pretrained=pretrained,
+        config_path=str(config_path) if config_path else None,
+        checkpoint_path=checkpoint_path,
+        checkpoint_hash=checkpoint_hash,
+        image_size=image_size,
+    )
+    return ResolvedModel(identity, name, model_cfg, checkpoint, quick_gelu, pre_overrides)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """auto picks cuda, then mps, then cpu; an explicit device that is not there is a usage error."""
+    import torch
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if device == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if device == "cuda" and not cuda:
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU (try --device auto)")
+    if device == "mps" and not mps:
+        raise UsageError("--device mps was asked for, but Apple MPS is not available (try --device auto)")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX-BF16).
+
+    Without it oneDNN emulates bf16 and a bf16 model is slower than fp32, so ``auto`` stays fp32.
+    ``RTAGX_CPU_BF16=0/1`` overrides the detection.
+    """
+    forced = os.environ.get("RTAGX_CPU_BF16", "").strip().lower()
+    if forced in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        return forced in ("1", "true", "yes", "on")
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: str, *, cpu_bf16: bool | None = None) -> str:
+    """What ``auto`` means here, and what each choice becomes on this device.
+
+    * GPUs: ``auto`` is fp16 autocast (fidelity >= 0.999 against fp32).
+    * CPU: ``auto`` is bf16 *weights* (the whole model cast to bfloat16, not autocast) when the CPU
+      has bf16 instructions (``cpu_bf16``; detected by :func:`cpu_has_native_bf16` when None): about
+      2-4x the fp32 rate with cosine >= 0.9999 to the fp32 vectors (bench/cpu_options.py); exact fp32
+      otherwise. ``fp16`` on the CPU means bf16 (fp16 matmuls on CPU are slow or missing).
+    * ``int8`` (CPU only, opt-in): dynamic int8 quantization of the image tower's linear layers;
+      cosine >= 0.99 to fp32, a few tag decisions change.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        if device in ("cuda", "mps"):
+            return "fp16"
+        if cpu_bf16 is None:
+            cpu_bf16 = cpu_has_native_bf16()
+        return "bf16" if cpu_bf16 else "fp32"
+    if precision == "fp16" and device == "cpu":
+        return "bf16"  # CPU autocast supports bf16; fp16 matmuls on CPU are slow or missing
+    if precision == "int8" and device != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU only (device is {device}); use fp16 on GPUs")
+    return precision
+
+
+class Encoder:
+    """A loaded model: encodes image batches and prompt texts into L2-normalized float32 vectors."""
+
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        model: Any,
+        text_model: Any,
+        tokenizer: Any,
+        device: str,
+        precision: str,
+        logit_scale: float | None,
+        logit_bias: float | None,
+    ) -> None:
+        self.resolved = resolved
+        self.identity = resolved.identity
+        self.model = model  # full CLIP, or None when text_only
+        self.text_model = text_model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = precision
+        self.logit_scale = logit_scale
+        self.logit_bias = logit_bias
+        self.input_dtype: Any = None  # torch dtype the image batch is cast to (bf16 CPU models)
+        self.channels_last = False
+
+    @property
+    def has_image_tower(self) -> bool:
+        return self.model is not None
+
+    def preprocess_cfg(self) -> dict[str, Any]:
+        if self.model is None:
+            raise ModelError("this encoder was loaded without its image tower")
+        return dict(self.model.visual.preprocess_cfg)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device == "cpu":  # CPU models are cast (bf16) or quantized (int8) at load: no autocast
+            return contextlib.nullcontext()
+        if self.precision in ("fp16", "bf16"):
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast(device_type=self.device if self.device != "mps" else "mps", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def encode_images(self, batch: Any) -> np.ndarray:
+        """Encode a normalized NCHW float batch; returns [N, D] unit vectors as float32."""
+        import torch
+
+        if self.model is None:
+            raise ModelError("this encoder was loaded without its image tower")
+        with torch.inference_mode(), self._autocast():
+            if self.device == "cuda":
+                # page-locked host memory lets the copy run asynchronously; only worth it on CUDA
+                x = batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                x = batch.to(self.device, non_blocking=True)
+            if self.input_dtype is not None:
+                x = x.to(self.input_dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            features = self.model.encode_image(x)
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            return features.cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode prompt texts; returns [N, D] unit vectors as float32."""
+        import torch
+
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                features = self.text_model(tokens)
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            out.append(features.cpu().numpy())
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(out, axis=0)
+
+
+def _scalar(state: dict[str, Any], key: str) -> float | None:
+    value = state.get(key)
+    if value is None:
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def _load_text_tower(resolved: ResolvedModel) -> tuple[Any, float | None, float | None] | None:
+    """Build only the text tower and fill it from the checkpoint; None when the layout is unfamiliar."""
+    from open_clip.factory import load_state_dict
+    from open_clip.model import _build_text_tower
+
+    cfg = resolved.model_cfg
+    if cfg.get("text_cfg", {}).get("hf_model_name") or "multimodal_cfg" in cfg:
+        return None
+    if resolved.checkpoint_file.endswith(".npz"):
+        return None
+    state = load_state_dict(resolved.checkpoint_file, device="cpu", weights_only=True)
+    quick_gelu = bool(cfg.get("quick_gelu", False) or resolved.force_quick_gelu)
+    tower = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=quick_gelu, cast_dtype=None)
+    if "positional_embedding" in state:  # CLIP layout: text weights at the top level
+        text_state = {
+            k: v for k, v in state.items() if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")
+        }
+    else:
+        text_state = {k[len("text.") :]: v for k, v in state.items() if k.startswith("text.")}
+    expected = set(tower.state_dict().keys())
+    text_state = {k: v for k, v in text_state.items() if k in expected}
+    if set(text_state) != expected:
+        return None
+    try:
+        tower.load_state_dict(text_state, strict=True)
+    except RuntimeError:
+        return None
+    tower.eval()
+    scale = _scalar(state, "logit_scale")
+    return tower, (float(np.exp(scale)) if scale is not None else None), _scalar(state, "logit_bias")
+
+
+def _cpu_cast(module: Any, precision: str) -> Any:
+    """bf16 on the CPU: cast the weights once (autocast re-casts every weight on every call and
+    routes attention through a slow path: about 3x slower than fp32 here, bench/cpu_options.py)."""
+    import torch
+
+    if precision == "bf16":
+        return module.to(torch.bfloat16)
+    return module
+
+
+def _quantize_int8(visual: Any) -> Any:
+    """Dynamic int8 quantization of the image tower's ``nn.Linear`` layers (weights int8, activations
+    quantized per batch). Attention's packed in-projection stays fp32."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+        if quantize is None:
+            raise UsageError(
+                f"--precision int8 needs torch.ao.quantization.quantize_dynamic, which torch "
+                f"{torch.__version__} no longer has; use --precision bf16 or fp32"
+            )
+        return quantize(visual, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_encoder(
+    resolved: ResolvedModel,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    text_only: bool = False,
+    threads: int | None = None,
+    channels_last: bool = False,
+) -> Encoder:
+    """Build the network for a resolved model. Errors become one-line :class:`ModelError`s.
+
+    ``threads``: torch intra-op threads (None/0: torch's default, one per core). ``channels_last``:
+    NHWC memory format for the image tower's convolutions (helps convolutional towers; a ViT has
+    only its patch embedding, see bench/cpu_options.py).
+    """
+    import open_clip
+    import torch
+
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = open_clip.get_tokenizer(resolved.open_clip_name)
+    if text_only:
+        try:
+            built = _load_text_tower(resolved)
+        except Exception as e:  # a damaged checkpoint
+            raise ModelError(
+                f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {e}"
+            ) from None
+        if built is not None:
+            tower, scale, bias = built
+            tower.to(device)
+            if device == "cpu":
+                tower = _cpu_cast(tower, precision)
+            return Encoder(resolved, None, tower, tokenizer, device, precision, scale, bias)
+    try:
+        model = open_clip.create_model(
+            resolved.open_clip_name,
+            pretrained=resolved.checkpoint_file,
+            device=device,
+            force_quick_gelu=resolved.force_quick_gelu,
+            force_preprocess_cfg=resolved.preprocess_overrides or None,
+        )
+    except Exception as e:
+        raise ModelError(
+            f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {str(e).splitlines()[0][:300]}"
+        ) from None
+    model.eval()
+    scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
+    bias = float(model.logit_bias.item()) if getattr(model, "logit_bias", None) is not None else None
+    input_dtype = None
+    if device == "cpu" and precision == "bf16":
+        model = _cpu_cast(model, precision)
+        input_dtype = torch.bfloat16
+    elif device == "cpu" and precision == "int8":
+        model.visual = _quantize_int8(model.visual)
+    if channels_last:
+        model.visual = model.visual.to(memory_format=torch.channels_last)
+    encoder = Encoder(resolved, model, model.encode_text, tokenizer, device, precision, scale, bias)
+    encoder.input_dtype = input_dtype
+    encoder.channels_last = channels_last
+    return encoder

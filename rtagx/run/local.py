@@ -1,0 +1,220 @@
+"""The local executor of the embed stages: a thread pool decodes ahead (bounded window), the calling
+thread builds batches and runs the image tower, and a background thread stores vectors and writes
+keywords behind it. A distributed executor runs the same stage functions (see ``run/stages.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtagx.cache.store import Store, open_store
+from rtagx.errors import CacheError, FileSkip
+from rtagx.imaging import decode
+from rtagx.model.encoder import Encoder
+from rtagx.run.events import RunEvents, RunSummary, Timer, add_time, report_skip
+from rtagx.run.stages import FileWork, decode_file, encode_batch, ensure_fingerprints, store_batch
+from rtagx.run.tagger import Tagger
+from rtagx.settings import Settings
+
+#: Files whose decoder thread never returned (see :func:`decode_timeout`); the CLI exits without
+#: waiting for those threads.
+STUCK_DECODERS: list[Path] = []
+
+
+def decode_timeout() -> float:
+    """Seconds one image may take to decode before it is skipped (``RTAGX_DECODE_TIMEOUT``, 120)."""
+    try:
+        return max(0.1, float(os.environ.get("RTAGX_DECODE_TIMEOUT", "120")))
+    except ValueError:
+        return 120.0
+
+
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], window: int
+) -> Iterator[tuple[Any, Future]]:
+    """Like ``pool.map`` but with at most ``window`` items in flight: memory stays flat on any run."""
+    pending: deque[tuple[Any, Future]] = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            yield pending.popleft()
+    while pending:
+        yield pending.popleft()
+
+
+def default_workers(device: str = "cpu") -> int:
+    """Decode threads. On the CPU the image tower needs the cores, and decoding is a small share of
+    the work (draft-mode JPEG): one thread per core, at most 8. A GPU encodes hundreds of images per
+    second and decoding becomes the limit: every core, at most 32."""
+    cores = os.cpu_count() or 2
+    if device in ("cuda", "mps"):
+        return max(2, min(32, cores))
+    return max(1, min(8, cores))
+
+
+class BatchWriter:
+    """Stores encoded batches and writes their keywords on one background thread, so that the encoder
+    never waits for SQLite or file writes.
+
+    A bounded queue (``depth`` batches) keeps memory flat: when writing falls behind, the encoder
+    blocks on :meth:`put` instead of piling up vectors. Everything that reports a file (skips,
+    outcomes, progress) goes through the same queue, so events stay in order and come from one thread.
+    The thread opens its own connection to the cache (a sqlite3 connection belongs to the thread that
+    made it) and uses a shallow copy of the tagger bound to it; it is the only thread that touches the
+    cache while embedding. The metadata writers are not shared with any other thread.
+    """
+
+    def __init__(self, tagger: Tagger, summary: RunSummary, events: RunEvents, depth: int = 3) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=max(1, depth))
+        self._tagger = tagger
+        self._summary = summary
+        self._events = events
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rtagx-write", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Queue ("batch", works, vectors) or ("skip", path, reason, detail); blocks while full."""
+        import queue
+
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise CacheError("the cache writer stopped unexpectedly") from None
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread, and raise what it failed with."""
+        if self._thread.is_alive():
+            self.put(("stop",))
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        import copy
+
+        store: Store | None = None
+        try:
+            store = open_store(self._tagger.store.path)
+            tagger = copy.copy(self._tagger)
+            tagger.store = store
+            summary, events = self._summary, self._events
+            while True:
+                item = self._queue.get()
+                if item[0] == "stop":
+                    return
+                if self.error is not None:
+                    continue
+                if item[0] == "skip":
+                    report_skip(item[1], item[2], item[3], summary, events)
+                    continue
+                _, works_b, vectors = item
+                with Timer(summary.timings, "store"):
+                    store_batch(store, tagger.model_id, works_b, vectors)
+                summary.embedded += len(works_b)
+                events.progress("embed", len(works_b))
+                tagger.handle(works_b, vectors, embedded=True)
+        except BaseException as e:  # handed to the main thread on its next put/close
+            self.error = e
+            while True:  # keep draining so that a blocked put() wakes up
+                try:
+                    if self._queue.get(timeout=0.5)[0] == "stop":
+                        break
+                except Exception:  # queue.Empty: nobody is putting any more
+                    break
+        finally:
+            if store is not None:
+                store.close()
+
+
+def embed(
+    tagger: Tagger,
+    encoder: Encoder,
+    works: list[FileWork],
+    settings: Settings,
+    summary: RunSummary,
+    events: RunEvents,
+    dry_run: bool,
+) -> None:
+    """Decode, encode, store and write, overlapped: a thread pool decodes ahead (bounded window), the
+    calling thread only builds batches and runs the image tower, and :class:`BatchWriter` stores
+    vectors and writes keywords behind it. On Ctrl-C every batch already encoded is still stored."""
+    spec = decode.PreprocessSpec.from_model(encoder.model)
+    max_mp = settings.max_megapixels or decode.DEFAULT_MAX_MEGAPIXELS
+    batch_size = settings.batch_size or (16 if encoder.device == "cpu" else 128)
+    workers = settings.workers or default_workers(encoder.device)
+
+    def load(work: FileWork) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return decode_file(work, spec, max_mp)
+        finally:  # decode threads add under a lock: no second is lost
+            add_time(summary.timings, "decode", time.perf_counter() - t)
+
+    ensure_fingerprints(works)
+    events.stage("embed", len(works))
+    writer = BatchWriter(tagger, summary, events)
+    batch: list[tuple[FileWork, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        with Timer(summary.timings, "encode"):
+            vectors = encode_batch(encoder, [a for _, a in batch], spec)
+        writer.put(("batch", [w for w, _ in batch], vectors))
+        batch.clear()
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode")
+    timed_out = 0
+    try:
+        for work, future in bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
+            try:
+                array = future.result(timeout=decode_timeout())
+            except FutureTimeout:
+                # A decoder that loops must not stop the run: skip the file; its thread is
+                # abandoned (Python cannot kill it) and the process exits without waiting for it.
+                timed_out += 1
+                STUCK_DECODERS.append(work.file.path)
+                writer.put(
+                    (
+                        "skip",
+                        work.file.path,
+                        "decode-timeout",
+                        f"decoding took longer than {decode_timeout():g} s (RTAGX_DECODE_TIMEOUT)",
+                    )
+                )
+                continue
+            except FileSkip as e:
+                writer.put(("skip", work.file.path, e.reason, e.detail))
+                continue
+            except Exception as e:  # a decoder bug must not stop the run
+                writer.put(("skip", work.file.path, "decode-failed", f"{type(e).__name__}: {e}"))
+                continue
+            batch.append((work, array))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(BaseException):  # the first error is the one to report
+            writer.close()  # keep every batch already encoded
+        raise
+    pool.shutdown(wait=not timed_out, cancel_futures=bool(timed_out))
+    writer.close()

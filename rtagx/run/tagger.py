@@ -1,0 +1,309 @@
+"""The score and write stages of a run: :class:`Tagger` holds what a run shares (cache, vocabulary,
+tag matrix, options), turns a batch of vectors into chosen tags and writes each file's keywords.
+
+Also here: the settings hash that lets a later run settle a file without reading it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtagx.cache.store import Store, WrittenRecord, fingerprint_file, path_key
+from rtagx.errors import FileSkip
+from rtagx.keywords import metadata
+from rtagx.model.encoder import Encoder
+from rtagx.run.events import FileOutcome, RunEvents, RunSummary, Timer
+from rtagx.run.stages import FileWork
+from rtagx.settings import Settings
+from rtagx.tags import scoring
+from rtagx.tags import vocab as vocab_mod
+
+
+def scoring_options(settings: Settings) -> scoring.ScoringOptions:
+    return scoring.ScoringOptions(
+        threshold=settings.threshold,
+        top_k=settings.top_k or None,
+        min_tags=settings.min_tags,
+        margin=settings.margin,
+        min_share=settings.min_share,
+        temperature=settings.temperature,
+    )
+
+
+def settings_hash(model_key: str, vocabulary: vocab_mod.Vocabulary, settings: Settings) -> str:
+    """Everything that decides which keywords a file gets, and where they are written."""
+    parts = {
+        "model": model_key,
+        "vocab": vocabulary.fingerprint(),
+        "scoring": asdict(scoring_options(settings)),
+    }
+    return f"{_digest(parts, 12)}.{write_settings_hash(settings)}"
+
+
+def write_settings_hash(settings: Settings) -> str:
+    """The options that decide how and where chosen keywords are written (the part after the dot of
+    :func:`settings_hash`): a retag whose new scoring picks the same keywords need not touch the file."""
+    return _digest(
+        [
+            settings.write,
+            settings.mode,
+            settings.sidecar_style,
+            settings.caption_ext,
+            settings.keyword_root,
+            settings.with_ancestors,
+        ],
+        6,
+    )
+
+
+def _digest(value: Any, size: int) -> str:
+    return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=size).hexdigest()
+
+
+def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
+    """What a root remembers for ``retag``: the scoring and writing options, and the model."""
+    keep = (
+        "model",
+        "pretrained",
+        "tags",
+        "templates",
+        "threshold",
+        "top_k",
+        "min_tags",
+        "margin",
+        "min_share",
+        "temperature",
+        "write",
+        "mode",
+        "sidecar_style",
+        "caption_ext",
+        "keyword_root",
+        "with_ancestors",
+        "preserve_mtime",
+    )
+    out = {k: getattr(settings, k) for k in keep}
+    out["model_key"] = identity_key
+    return out
+
+
+class Tagger:
+    """Shared state of a run: cache, model, vocabulary, tag matrix, options; scores and writes."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        vocabulary: vocab_mod.Vocabulary,
+        model_id: int,
+        model_key: str,
+        events: RunEvents,
+        summary: RunSummary,
+        dry_run: bool,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.vocab = vocabulary
+        self.model_id = model_id
+        self.model_key = model_key
+        self.events = events
+        self.summary = summary
+        self.dry_run = dry_run
+        self.options = scoring_options(settings)
+        self.hash = settings_hash(model_key, vocabulary, settings)
+        self.tag_matrix: np.ndarray | None = None
+        self.model_name = store.model_info(model_id).get("name") or ""
+        self.logit_scale: float | None = None
+        self.logit_bias: float | None = None
+
+    def prepare_text(self, get_encoder: Callable[[], Encoder]) -> None:
+        """Tag matrix from cached prompt vectors; encode only prompts the cache lacks."""
+        prompts = self.vocab.all_prompts()
+        with Timer(self.summary.timings, "text"):
+            cached = self.store.text_vectors(self.model_id, prompts)
+            missing = [p for p in prompts if p not in cached]
+            if missing:
+                encoder = get_encoder()
+                self.events.stage("prompts", len(missing))
+                step = 256
+                for start in range(0, len(missing), step):
+                    chunk = missing[start : start + step]
+                    vecs = encoder.encode_texts(chunk)
+                    self.store.put_text_vectors(self.model_id, chunk, vecs)
+                    cached.update(zip(chunk, vecs))
+                    self.events.progress("prompts", len(chunk))
+            self.tag_matrix = scoring.build_tag_matrix(self.vocab, cached)
+        info = self.store.model_info(self.model_id)
+        self.logit_scale, self.logit_bias = info.get("logit_scale"), info.get("logit_bias")
+
+    def _choose(self, vectors: np.ndarray) -> list[list[scoring.ChosenTag]]:
+        assert self.tag_matrix is not None
+        # Score exactly what the cache keeps (float16): a fresh vector and the same vector read back
+        # by `retag` or a sibling then give identical scores, so no tag flips at the threshold.
+        vectors = np.asarray(vectors, dtype=np.float16).astype(np.float32)
+        with Timer(self.summary.timings, "score"):
+            scores = scoring.score_images(
+                vectors, self.tag_matrix, logit_scale=self.logit_scale, logit_bias=self.logit_bias
+            )
+            return scoring.choose_tags(
+                scores,
+                self.vocab,
+                self.options,
+                model_name=self.model_name,
+                probabilities=self.logit_bias is not None or None,
+            )
+
+    def handle(self, works: Sequence[FileWork], vectors: np.ndarray, embedded: bool) -> None:
+        """Score a batch of files whose vectors are known, write their keywords, report each."""
+        chosen_all = self._choose(vectors)
+        keys = [path_key(w.file.path) for w in works]
+        previous = self.store.written(keys)
+        records: list[WrittenRecord] = []
+        aliases: list[tuple[Path, int, int, str]] = []
+        alias_ids: list[int] = []
+        with Timer(self.summary.timings, "write"):
+            for work, key, chosen in zip(works, keys, chosen_all):
+                outcome = self._write_one(work, key, chosen, previous.get(key), embedded, records, aliases, alias_ids)
+                self.summary.add(outcome)
+                self.events.file(outcome)
+                self.events.progress("write", 1)
+        if records:
+            self.store.put_written(records)
+        if aliases:
+            self.store.put_files(aliases, alias_ids)
+
+    def _write_one(
+        self,
+        work: FileWork,
+        key: bytes,
+        chosen: list[scoring.ChosenTag],
+        prev: WrittenRecord | None,
+        embedded: bool,
+        records: list[WrittenRecord],
+        aliases: list[tuple[Path, int, int, str]],
+        alias_ids: list[int],
+    ) -> FileOutcome:
+        s = self.settings
+        flat, hier = scoring.keywords_for(chosen, self.vocab, with_ancestors=s.with_ancestors)
+        tags = [(c.tag.keyword, c.score) for c in chosen]
+        path = work.file.path
+        base = FileOutcome(path, "unchanged", tags, embedded=embedded, reused=work.reused)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return FileOutcome(path, "skipped", tags, reason="missing", detail="file vanished during the run")
+        except OSError as e:
+            return FileOutcome(path, "skipped", tags, reason="permission-denied", detail=e.strerror or str(e))
+        if (
+            prev is not None
+            and prev.keywords == flat
+            and prev.hierarchical == hier
+            and prev.size == st.st_size
+            and prev.mtime_ns == st.st_mtime_ns
+            and prev.settings_hash.rpartition(".")[2] == self.hash.rpartition(".")[2]
+        ):
+            # The file is as rtagx left it and would get the same keywords the same way: no need to
+            # read it (a retag with a new threshold over 100k files mostly lands here).
+            base.target = prev.target
+            if prev.settings_hash != self.hash and not self.dry_run:
+                records.append(prev._replace(settings_hash=self.hash, model_id=self.model_id, tags=tags))
+            return base
+        if s.write == "none":
+            base.target = "none"
+            return base
+        try:
+            result = metadata.write_keywords(
+                path,
+                flat,
+                hierarchical=hier,
+                mode=s.mode,
+                target=s.write,
+                sidecar_style=s.sidecar_style,
+                caption_ext=s.caption_ext,
+                keyword_root=s.keyword_root or None,
+                preserve_mtime=s.preserve_mtime,
+                dry_run=self.dry_run,
+            )
+        except FileSkip as e:
+            return FileOutcome(
+                path, "skipped", tags, embedded=embedded, reused=work.reused, reason=e.reason, detail=e.detail
+            )
+        base.target = result.target
+        base.written_to = result.written_to
+        base.added, base.removed = list(result.added), list(result.removed)
+        if self.dry_run:
+            base.action = "would-write" if result.changed else "unchanged"
+            return base
+        base.action = "written" if result.changed else "unchanged"
+        try:
+            st2 = os.stat(path)
+        except OSError:
+            return base
+        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) and work.content_id is not None:
+            # Our own write changed the file's bytes, not its pixels: alias the new identity.
+            try:
+                fp = fingerprint_file(path, st2.st_size)
+                aliases.append((path, st2.st_size, st2.st_mtime_ns, fp))
+                alias_ids.append(work.content_id)
+            except OSError:
+                pass
+        records.append(
+            WrittenRecord(
+                key,
+                self.model_id,
+                self.hash,
+                flat,
+                hier,
+                result.target,
+                path_key(result.written_to) if result.written_to else None,
+                st2.st_size,
+                st2.st_mtime_ns,
+                tags,
+            )
+        )
+        return base
+
+
+def settle_unchanged(tagger: Tagger, works: list[FileWork]) -> list[FileWork]:
+    if tagger.dry_run and not works:
+        return works
+    rest: list[FileWork] = []
+    summary, events, settings_hash_ = tagger.summary, tagger.events, tagger.hash
+    for start in range(0, len(works), 4096):  # chunks: memory stays flat on a 100k-file no-op run
+        part = works[start : start + 4096]
+        keys = [path_key(w.file.path) for w in part]
+        written = tagger.store.written(k for k, w in zip(keys, part) if not w.reused)
+        for w, key in zip(part, keys):
+            rec = written.get(key)
+            if (
+                rec is not None
+                and rec.settings_hash == settings_hash_
+                and rec.size == w.file.size
+                and rec.mtime_ns == w.file.mtime_ns
+            ):
+                written_to = None
+                if rec.written_to:
+                    written_to = w.file.path if rec.written_to == key else Path(os.fsdecode(rec.written_to))
+                outcome = FileOutcome(
+                    w.file.path, "unchanged", list(rec.tags), target=rec.target, written_to=written_to
+                )
+                summary.add(outcome)
+                events.file(outcome)
+                events.progress("write", 1)
+            else:
+                rest.append(w)
+    return rest
+
+
+def handle_cached(tagger: Tagger, works: list[FileWork], dim: int, chunk: int = 2048) -> None:
+    for start in range(0, len(works), chunk):
+        part = works[start : start + chunk]
+        with Timer(tagger.summary.timings, "load-vectors"):
+            vectors = tagger.store.vectors(tagger.model_id, [w.content_id for w in part], dim)  # type: ignore[misc]
+        tagger.handle(part, vectors, embedded=False)

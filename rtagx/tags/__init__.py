@@ -1,0 +1,1 @@
+"""Vocabularies, prompts and scoring: vectors in, chosen tags out."""
