@@ -781,3 +781,100 @@ def test_keyword_text_round_trips_through_exiftool_or_is_rejected(jpg, words):
     m = exiftool_text(work, "-XMP-dc:Subject", "-IPTC:Keywords")
     assert m["XMP-dc:Subject"] == expected
     assert m["IPTC:Keywords"] == iptc.iptc_keyword_values(expected)
+
+
+# ------------------------------------------------------------------ other writers
+
+
+class ExiftoolWriter:
+    """A real exiftool (``-stay_open``) adding keywords to XMP and IPTC, as a photo manager would."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [EXIFTOOL, "-stay_open", "True", "-@", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def add_keyword(self, path: Path, keyword: str) -> bool:
+        """True when exiftool reports the file updated."""
+        args = [f"-XMP-dc:Subject+={keyword}", f"-IPTC:Keywords+={keyword}", "-overwrite_original", str(path)]
+        self.proc.stdin.write("\n".join([*args, "-execute"]) + "\n")
+        self.proc.stdin.flush()
+        lines = []
+        while (line := self.proc.stdout.readline()) and not line.startswith("{ready"):
+            lines.append(line)
+        return any("1 image files updated" in x for x in lines)
+
+    def close(self) -> None:
+        self.proc.stdin.write("-stay_open\nFalse\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+
+@needs_exiftool
+def test_another_programs_keywords_are_never_lost_while_rtagx_writes(tmp_path, samples_dir):
+    """A real exiftool loop adds keywords to the same files rtagx keeps rewriting: every keyword
+    exiftool reported written is still there at the end (the write path re-checks the file just
+    before its rename and redoes the edit on the new content)."""
+    import threading
+
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
+    files = [copy_writable(samples_dir / "jpg" / n, tmp_path) for n in names]
+    tiff = copy_writable(samples_dir / "tiff" / "BSG1.tiff", tmp_path)
+    files.append(tiff)
+    stop = threading.Event()
+    problems: list[str] = []
+    rtagx_writes = [0]
+
+    def rtagx_loop() -> None:
+        k = 0
+        while not stop.is_set():
+            for f in files:
+                try:
+                    write_keywords(f, ["dog", "beach"] if k % 2 else ["cat", "snow"])
+                    rtagx_writes[0] += 1
+                except MetadataError as e:
+                    if e.reason != "changed-during-write":
+                        problems.append(f"{f.name}: {e}")
+            k += 1
+
+    writer = ExiftoolWriter()
+    thread = threading.Thread(target=rtagx_loop)
+    thread.start()
+    written: dict[Path, list[str]] = {f: [] for f in files}
+    try:
+        for i in range(240):
+            f = files[i % len(files)]
+            word = f"person-{i}"
+            if writer.add_keyword(f, word):
+                written[f].append(word)
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert not problems
+    assert rtagx_writes[0] > 20 and sum(map(len, written.values())) > 200
+    found = exiftool_json(*files, tags=("-XMP-dc:Subject",))
+    lost = {
+        f.name: [w for w in words if w not in as_list(found[str(f)].get("XMP-dc:Subject"))]
+        for f, words in written.items()
+    }
+    assert not any(lost.values()), lost
+    for f in files:  # and rtagx's own keywords stay consistent: one current set, its record intact
+        back = read_keywords(f)
+        assert set(back.owned) in ({"dog", "beach"}, {"cat", "snow"}), (f.name, back)
+
+
+def test_reports_are_replaced_by_the_same_atomic_write_as_photos(tmp_path):
+    """analysis.write_text_atomically is the keywords' atomic replace: permissions kept, no temp left."""
+    from rtagx.analysis.analyze import write_text_atomically
+
+    out = tmp_path / "report.txt"
+    out.write_text("old\n")
+    os.chmod(out, 0o640)
+    write_text_atomically(out, "new\n")
+    assert out.read_text() == "new\n" and stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]

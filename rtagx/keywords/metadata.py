@@ -26,11 +26,8 @@ with its permissions kept. When nothing would change, nothing is written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import stat
-import tempfile
 import threading
 import time
 import unicodedata
@@ -42,6 +39,8 @@ from rtagx.errors import DecodeError, MetadataError, UsageError
 from rtagx.imaging.formats import EMBED_EXTENSIONS, RAW_EXTENSIONS, identify
 from rtagx.keywords import iptc, sidecar, xmp
 from rtagx.keywords import jpeg_segments as jpeg
+from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
+from rtagx.keywords.atomic import clean_stale_temps as clean_stale_temps  # the scanner's entry point
 from rtagx.keywords.xmp import NS_DC, NS_DIGIKAM, NS_LR, NS_MEDIAPRO, NS_MSPHOTO, NS_RTAGX, XmpDoc
 from rtagx.settings import CHOICES
 
@@ -191,9 +190,10 @@ class _Container:
     kind = "embedded"
     has_iptc = False
 
-    def __init__(self, path: Path, doc: XmpDoc) -> None:
+    def __init__(self, path: Path, doc: XmpDoc, state: FileState | None) -> None:
         self.path = path
         self.doc = doc
+        self.state = state  # the file as read: a write only replaces this very file
         self.warnings: list[str] = []
 
     def current_keywords(self) -> list[str]:
@@ -209,13 +209,13 @@ class _Container:
 class _JpegContainer(_Container):
     has_iptc = True
 
-    def __init__(self, path: Path, data: bytes) -> None:
+    def __init__(self, path: Path, data: bytes, state: FileState) -> None:
         try:
             self.parts = jpeg.parse(data)
         except jpeg.JpegFormatError as e:
             raise MetadataError("corrupt", f"JPEG header cannot be parsed: {e}") from None
         packet = self.parts.xmp_packet()
-        super().__init__(path, _parse_embedded_xmp(packet, path))
+        super().__init__(path, _parse_embedded_xmp(packet, path), state)
         self.resources: list[iptc.Resource] = []
         self.irb_tail = b""
         self.datasets: list[iptc.Dataset] | None = None
@@ -270,7 +270,7 @@ class _JpegContainer(_Container):
             data = jpeg.splice(self.parts, xmp_packet=packet, irb=irb).to_bytes()
         except jpeg.JpegFormatError as e:
             raise MetadataError("write-failed", str(e)) from None
-        _atomic_write(self.path, lambda f, _tmp: f.write(data), preserve_mtime=preserve_mtime)
+        atomic_write(self.path, data, preserve_mtime=preserve_mtime, expect=self.state)
 
 
 class _Exiv2Container(_Container):
@@ -279,8 +279,9 @@ class _Exiv2Container(_Container):
     def __init__(self, path: Path, fmt: str) -> None:
         self.fmt = fmt
         self.has_iptc = fmt == "tiff"
+        state = FileState.at(path)
         raw_xmp, iptc_data = _exiv2_read(path, want_iptc=self.has_iptc)
-        super().__init__(path, _parse_embedded_xmp(raw_xmp.encode("utf-8") if raw_xmp else None, path))
+        super().__init__(path, _parse_embedded_xmp(raw_xmp.encode("utf-8") if raw_xmp else None, path), state)
         self.iptc_kw: list[str] | None = None
         self.iptc_utf8 = False
         if iptc_data:
@@ -309,6 +310,8 @@ class _Exiv2Container(_Container):
 
         def fill(f, tmp: str) -> None:
             with open(source, "rb") as src:
+                if FileState.of(os.fstat(src.fileno())) != self.state:
+                    raise ChangedDuringWrite(source)
                 shutil.copyfileobj(src, f)
             f.flush()
             with _EXIV2_LOCK:
@@ -325,14 +328,15 @@ class _Exiv2Container(_Container):
                 finally:
                     img.close()
 
-        _atomic_write(self.path, fill, preserve_mtime=preserve_mtime)
+        atomic_write(self.path, fill, preserve_mtime=preserve_mtime, expect=self.state)
 
 
 class _SidecarContainer(_Container):
     kind = "sidecar"
 
     def __init__(self, path: Path, photo: Path) -> None:
-        self.exists = path.is_file()
+        state = FileState.at(path)
+        self.exists = state is not None
         self.photo = photo
         doc = XmpDoc.new()
         if self.exists:
@@ -344,15 +348,16 @@ class _SidecarContainer(_Container):
                 doc = XmpDoc.parse(data)
             except xmp.XmpError as e:
                 raise MetadataError("bad-sidecar", f"sidecar {path} is not valid XMP ({e}); left untouched") from None
-        super().__init__(path, doc)
+        super().__init__(path, doc, state)
 
     def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
         data = doc.sidecar_bytes()
-        _atomic_write(
+        atomic_write(
             self.path,
-            lambda f, _tmp: f.write(data),
+            data,
             preserve_mtime=preserve_mtime,
             mode_like=None if self.exists else self.photo,
+            expect=self.state,
         )
 
 
@@ -408,10 +413,11 @@ def _exiv2_read(path: Path, *, want_iptc: bool) -> tuple[str, dict]:
 def _open_embedded(path: Path) -> _Container:
     try:
         with open(path, "rb") as f:
+            state = FileState.of(os.fstat(f.fileno()))
             head = f.read(16)
             fmt = _sniff(head)
             if fmt == "jpeg":
-                return _JpegContainer(path, head + f.read())
+                return _JpegContainer(path, head + f.read(), state)
     except FileNotFoundError:
         raise MetadataError("missing", f"{path} does not exist") from None
     except IsADirectoryError:
@@ -426,158 +432,6 @@ def _open_embedded(path: Path) -> _Container:
 def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
     found = sidecar.find_sidecar(path, style)
     return _SidecarContainer(found or sidecar.sidecar_path(path, style), path)
-
-
-# ------------------------------------------------------------------ atomic write
-
-
-TEMP_SUFFIX = ".rtagx-tmp"
-_cleaned_folders: set[str] = set()
-
-
-def _short_name(name: str, limit: int = 100) -> str:
-    """The photo's name cut to ``limit`` bytes on a character boundary: a 255-byte name plus the
-    temporary suffix would exceed the file system's name limit."""
-    raw = os.fsencode(name)
-    if len(raw) <= limit:
-        return name
-    return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) or "photo"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temps(folder: Path) -> int:
-    """Remove dead writers' temporary files in ``folder`` now (the scanner calls this for folders
-    where it saw one); unlike the check before each write, not limited to once per process."""
-    _cleaned_folders.discard(os.fspath(folder))
-    return _clean_stale_temps(folder)
-
-
-def _clean_stale_temps(folder: Path) -> int:
-    """Remove temporary files a killed rtagx left in ``folder`` (``.NAME.PID.XXXX.rtagx-tmp`` whose
-    process is gone), once per folder per process. The originals were never touched by them."""
-    key = os.fspath(folder)
-    if key in _cleaned_folders:
-        return 0
-    _cleaned_folders.add(key)
-    removed = 0
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return 0
-    for entry in entries:
-        if not (entry.startswith(".") and entry.endswith(TEMP_SUFFIX)):
-            continue
-        parts = entry[: -len(TEMP_SUFFIX)].split(".")
-        pid = next((int(p) for p in reversed(parts[:-1]) if p.isdigit()), None)
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-            continue
-        if pid is None:  # an older rtagx's name without a pid: remove only when clearly stale
-            try:
-                if time.time() - os.stat(os.path.join(folder, entry)).st_mtime < 3600:
-                    continue
-            except OSError:
-                continue
-        try:
-            os.unlink(os.path.join(folder, entry))
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def _atomic_write(dest: Path, fill: Callable, *, preserve_mtime: bool = False, mode_like: Path | None = None) -> None:
-    """Write through a temporary file in the same folder, fsync, then replace ``dest`` in one step.
-
-    Permissions and ownership of the file being replaced are kept (a new file takes the photo's,
-    without execute bits). ``fill(file, tmp_path)`` writes the content.
-    """
-    dest = Path(os.path.realpath(dest))
-    folder = dest.parent
-    old = _check_writable(dest)
-    try:
-        _clean_stale_temps(folder)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(dest.name)}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
-    except PermissionError as e:
-        raise MetadataError("read-only", f"cannot create a file in {folder}: {e.strerror}") from None
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot create a temporary file in {folder}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f, tmp)
-            f.flush()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if old is not None:
-            os.chmod(tmp, stat.S_IMODE(old.st_mode))
-            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                with contextlib.suppress(OSError):
-                    os.chown(tmp, old.st_uid, old.st_gid)
-            if preserve_mtime:
-                os.utime(tmp, ns=(old.st_atime_ns, old.st_mtime_ns))
-        else:
-            like = stat.S_IMODE(os.stat(mode_like).st_mode) & 0o666 if mode_like is not None else 0o644
-            os.chmod(tmp, like | 0o600)
-        os.replace(tmp, dest)
-        _fsync_dir(folder)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, MetadataError):
-            raise
-        if isinstance(e, PermissionError):
-            raise MetadataError("read-only", f"cannot write {dest}: {e.strerror}") from None
-        if isinstance(e, OSError):
-            raise MetadataError("write-failed", f"cannot write {dest}: {e.strerror or e}") from None
-        raise
-
-
-def _check_writable(dest: Path) -> os.stat_result | None:
-    """Refuse read-only files and folders up front (mode bits too: root passes os.access checks).
-
-    Returns the stat of the existing file, or None for a new one.
-    """
-    dest = Path(os.path.realpath(dest))
-    folder = dest.parent
-    old = None
-    try:
-        old = os.stat(dest)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot stat {dest}: {e.strerror}") from None
-    if old is not None and (not old.st_mode & 0o222 or not os.access(dest, os.W_OK)):
-        raise MetadataError("read-only", f"{dest} is read-only")
-    try:
-        folder_mode = os.stat(folder).st_mode
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot stat folder {folder}: {e.strerror}") from None
-    if not folder_mode & 0o222 or not os.access(folder, os.W_OK | os.X_OK):
-        raise MetadataError(
-            "read-only", f"folder {folder} is not writable (rtagx writes a temporary file beside the photo)"
-        )
-    return old
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ planning
@@ -735,27 +589,46 @@ def remove_own_keywords(
     return _write(path, where, sidecar_style, [], [], "replace-own", preserve_mtime, dry_run)
 
 
+WRITE_TRIES = 5  # re-reads after another program changed the file under us, before giving up
+
+
+def _retrying(attempt: Callable[[], WriteResult]) -> WriteResult:
+    """Run a read-edit-write ``attempt`` again from a fresh read when the file changed while it ran,
+    so another program's edit is never overwritten; skip as ``changed-during-write`` after a few tries."""
+    for tries_left in range(WRITE_TRIES - 1, -1, -1):
+        try:
+            return attempt()
+        except ChangedDuringWrite:
+            if not tries_left:
+                raise
+            time.sleep(0.01 * (WRITE_TRIES - tries_left))
+    raise AssertionError("unreachable")
+
+
 def _write(
     path: Path, where: str, style: str, flat: list[str], hier: list[str], mode: str, preserve_mtime: bool, dry_run: bool
 ) -> WriteResult:
-    box = _open(path, where, style)
-    plan = _plan(box, flat, hier, mode)
-    result = WriteResult(
-        path,
-        box.path if plan.changed else None,
-        where,
-        plan.added,
-        plan.removed,
-        plan.changed,
-        plan.keywords,
-        list(box.warnings),
-    )
-    if plan.changed:
-        if dry_run:
-            _check_writable(box.path)  # a dry run reports what the real run would skip
-        else:
-            box.save(plan.doc, plan.keywords, plan.iptc_changed, preserve_mtime)
-    return result
+    def attempt() -> WriteResult:
+        box = _open(path, where, style)
+        plan = _plan(box, flat, hier, mode)
+        result = WriteResult(
+            path,
+            box.path if plan.changed else None,
+            where,
+            plan.added,
+            plan.removed,
+            plan.changed,
+            plan.keywords,
+            list(box.warnings),
+        )
+        if plan.changed:
+            if dry_run:
+                check_writable(box.path)  # a dry run reports what the real run would skip
+            else:
+                box.save(plan.doc, plan.keywords, plan.iptc_changed, preserve_mtime)
+        return result
+
+    return _retrying(attempt)
 
 
 # ------------------------------------------------------------------ txt captions
@@ -769,23 +642,28 @@ def _write_caption(
         if "," in k:
             raise MetadataError("bad-keyword", f"keyword {k!r} holds ',', the caption file separator")
     cap = sidecar.caption_path(path, caption_ext)
-    existing = sidecar.read_caption(cap) if cap.is_file() else None
-    before = existing or []
-    new = _unique(before + flat) if mode == "merge" else flat
-    changed = new != before or (existing is None and bool(new))
-    added = [k for k in new if k not in before]
-    removed = [k for k in before if k not in new]
-    if changed and dry_run:
-        _check_writable(cap)
-    elif changed:
-        text = sidecar.format_caption(new).encode("utf-8")
-        _atomic_write(
-            cap,
-            lambda f, _tmp: f.write(text),
-            preserve_mtime=preserve_mtime,
-            mode_like=None if existing is not None else path,
-        )
-    return WriteResult(path, cap if changed else None, "txt", added, removed, changed, new)
+
+    def attempt() -> WriteResult:
+        state = FileState.at(cap)
+        existing = sidecar.read_caption(cap) if state is not None else None
+        before = existing or []
+        new = _unique(before + flat) if mode == "merge" else flat
+        changed = new != before or (existing is None and bool(new))
+        added = [k for k in new if k not in before]
+        removed = [k for k in before if k not in new]
+        if changed and dry_run:
+            check_writable(cap)
+        elif changed:
+            atomic_write(
+                cap,
+                sidecar.format_caption(new).encode("utf-8"),
+                preserve_mtime=preserve_mtime,
+                mode_like=None if existing is not None else path,
+                expect=state,
+            )
+        return WriteResult(path, cap if changed else None, "txt", added, removed, changed, new)
+
+    return _retrying(attempt)
 
 
 def _remove_caption(path: Path, caption_ext: str, dry_run: bool) -> WriteResult:
