@@ -878,3 +878,29 @@ def test_reports_are_replaced_by_the_same_atomic_write_as_photos(tmp_path):
     write_text_atomically(out, "new\n")
     assert out.read_text() == "new\n" and stat.S_IMODE(out.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_write_warnings_reach_the_user_with_v_and_in_json(tmp_path, tiny_clip, samples_dir):
+    """A warning from a keyword write is shown by ``tag -v`` and carried in ``--json`` (tag and untag)."""
+    from click.testing import CliRunner
+
+    from rtagx.cli.commands import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    jpg = copy_writable(samples_dir / "jpg" / "Canon_40D.jpg", photos)
+    _with_app13(jpg, [iptc.Dataset(2, 25, b"ok")])
+    data = bytearray(jpg.read_bytes())
+    data[data.index(b"\x1c\x02\x19")] = 0x7F  # an IPTC block nobody can read: left as it is, with a warning
+    jpg.write_bytes(bytes(data))
+    (tmp_path / "tags.txt").write_text("dog\ncat\n")
+    cfg, ckpt = tiny_clip
+    model = ["--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(tmp_path / "c.db")]
+    runner = CliRunner()
+    args = ["tag", str(photos), "--tags", str(tmp_path / "tags.txt"), "--threshold", "-1", "--top-k", "1", "--yes"]
+    text = runner.invoke(cli, [*args, "-v", *model], catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    assert f"warning: {metadata.WARN_IPTC_UNREADABLE}" in text.output
+    untag = runner.invoke(cli, ["untag", str(photos), "--json", *model[4:]], catch_exceptions=False)
+    (line,) = [json.loads(x) for x in untag.output.splitlines() if x.startswith("{") and '"path"' in x]
+    assert line["action"] == "written" and line["warnings"] == [metadata.WARN_IPTC_UNREADABLE]
