@@ -4,6 +4,11 @@ Every segment we do not own (EXIF with its maker notes, ICC, JFIF, quantization 
 ...) is kept as the exact bytes it was, and everything from the start-of-scan marker on (the scan
 data, later tables, trailers) is copied untouched. Only the main XMP APP1 and the Photoshop APP13
 are rebuilt.
+
+A multi-picture file (MPF APP2: camera MPO previews, phone gain maps) stores where its later images
+start relative to the MPF header, so a header that grows or shrinks after that segment moves them:
+:func:`fix_mpf` shifts those offsets by the change (as exiftool does) and puts back any that an
+earlier writer left pointing away from a JPEG start.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXT_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
 EXIF_HEADER = b"Exif\x00\x00"
 PS_HEADER = b"Photoshop 3.0\x00"
+MPF_HEADER = b"MPF\x00"
+_MP_ENTRY_TAG = 0xB002
 MAX_PAYLOAD = 65533  # segment length field counts itself: 65535 - 2
 MAX_XMP_PACKET = MAX_PAYLOAD - len(XMP_HEADER)
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
@@ -41,6 +48,9 @@ class Segment:
 
     def is_photoshop(self) -> bool:
         return self.marker == 0xED and self.payload.startswith(PS_HEADER)
+
+    def is_mpf(self) -> bool:
+        return self.marker == 0xE2 and self.payload.startswith(MPF_HEADER)
 
 
 @dataclass
@@ -159,3 +169,78 @@ def exif_has_tag(payload: bytes, tag: int) -> bool:
         if int.from_bytes(tiff[e : e + 2], order) == tag:
             return True
     return False
+
+
+# ------------------------------------------------------------------ multi-picture (MPF)
+
+
+def _mpf_base(parts: JpegParts) -> tuple[int, Segment] | None:
+    """File offset of the MPF header (the byte order mark its offsets count from), and its segment."""
+    pos = 2
+    for seg in parts.segments:
+        if seg.is_mpf():
+            return pos + len(seg.raw) - len(seg.payload) + len(MPF_HEADER), seg
+        pos += len(seg.raw)
+    return None
+
+
+def _mp_entry_offsets(tiff: bytes) -> tuple[str, list[int]]:
+    """Byte order and the positions (within ``tiff``) of each MP entry's image-offset field."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return "little", []
+    order = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return order, []
+    for k in range(int.from_bytes(tiff[ifd : ifd + 2], order)):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(tiff):
+            break
+        if int.from_bytes(tiff[e : e + 2], order) == _MP_ENTRY_TAG:
+            count = int.from_bytes(tiff[e + 4 : e + 8], order)
+            start = int.from_bytes(tiff[e + 8 : e + 12], order)
+            return order, [start + 16 * i + 8 for i in range(count // 16) if start + 16 * i + 12 <= len(tiff)]
+    return order, []
+
+
+def fix_mpf(old: JpegParts, new: JpegParts, data: bytes) -> bytes:
+    """``data`` (the bytes of ``new``) with the MPF image offsets moved by what changed between the
+    MPF header and the scan data, and any offset that does not land on a JPEG start pointed at the
+    nearest one after the primary image's scan begins."""
+    before, after = _mpf_base(old), _mpf_base(new)
+    if before is None or after is None:
+        return data
+    old_base, _ = before
+    new_base, seg = after
+    shift = (_header_size(new) - new_base) - (_header_size(old) - old_base)
+    tiff_start = new_base
+    tiff = bytearray(data[tiff_start : tiff_start + len(seg.payload) - len(MPF_HEADER)])
+    order, fields = _mp_entry_offsets(bytes(tiff))
+    tail_start = len(data) - len(new.tail)
+    starts = _find_all(data, b"\xff\xd8\xff", tail_start)
+    changed = False
+    for f in fields:
+        offset = int.from_bytes(tiff[f : f + 4], order)
+        if offset == 0:
+            continue  # the primary image
+        moved = offset + shift
+        if not data.startswith(b"\xff\xd8", new_base + moved) and starts:
+            moved = min(starts, key=lambda p: abs(p - (new_base + moved))) - new_base
+        if moved != offset and 0 < moved < 1 << 32:
+            tiff[f : f + 4] = moved.to_bytes(4, order)
+            changed = True
+    if not changed:
+        return data
+    return data[:tiff_start] + bytes(tiff) + data[tiff_start + len(tiff) :]
+
+
+def _header_size(parts: JpegParts) -> int:
+    return 2 + sum(len(s.raw) for s in parts.segments)
+
+
+def _find_all(data: bytes, needle: bytes, start: int) -> list[int]:
+    out, i = [], data.find(needle, start)
+    while i >= 0:
+        out.append(i)
+        i = data.find(needle, i + 1)
+    return out

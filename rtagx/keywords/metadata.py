@@ -166,19 +166,37 @@ class _Diff:
 
 def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -> _Diff:
     """The ownership rule: only rtagx's keywords are removed (replace-own); a keyword that was
-    already present and not rtagx's never becomes rtagx's."""
+    already present and not rtagx's never becomes rtagx's. Keywords compare case-insensitively, as
+    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``."""
     owned_now = [k for k in _unique(owned) if k in current]
+    chosen_folded = {k.casefold() for k in chosen}
     if mode == "merge":
         removed: list[str] = []
     elif mode == "replace-own":
-        removed = [k for k in owned_now if k not in chosen]
+        removed = [k for k in owned_now if k.casefold() not in chosen_folded]
     else:
-        removed = _unique([k for k in current if k not in chosen])
+        removed = _unique([k for k in current if k.casefold() not in chosen_folded])
     kept = [k for k in current if k not in removed]
-    added = [k for k in chosen if k not in kept]
+    kept_folded = {k.casefold() for k in kept}
+    added = []
+    for k in chosen:
+        if k.casefold() not in kept_folded:
+            added.append(k)
+            kept_folded.add(k.casefold())
     new = kept + added
     new_owned = _unique([k for k in new if k in owned_now or k in added])
     return _Diff(new, new_owned, added, removed)
+
+
+def recover_truncated(from_iptc: list[str], from_xmp: list[str]) -> list[str]:
+    """IPTC keywords with each one that is the 64-byte cut of the XMP keyword at the same place
+    replaced by that full keyword (the MWG rule exiftool follows): a stale digest must not turn a
+    person's long keyword into its truncation."""
+    out = list(from_iptc)
+    for i, (short, full) in enumerate(zip(from_iptc, from_xmp, strict=False)):
+        if len(full.encode("utf-8")) > iptc.KEYWORD_MAX_BYTES and iptc.truncate_utf8(full) == short.encode("utf-8"):
+            out[i] = full
+    return out
 
 
 # ------------------------------------------------------------------ containers
@@ -214,6 +232,12 @@ class _JpegContainer(_Container):
             self.parts = jpeg.parse(data)
         except jpeg.JpegFormatError as e:
             raise MetadataError("corrupt", f"JPEG header cannot be parsed: {e}") from None
+        packets = sum(seg.is_xmp() for seg in self.parts.segments)
+        if packets > 1:
+            raise MetadataError(
+                "duplicate-xmp",
+                f"the file holds {packets} standard XMP packets and readers disagree on which counts; left untouched",
+            )
         packet = self.parts.xmp_packet()
         super().__init__(path, _parse_embedded_xmp(packet, path), state)
         self.resources: list[iptc.Resource] = []
@@ -245,7 +269,7 @@ class _JpegContainer(_Container):
         from_xmp = self.doc.get_array(NS_DC, "subject")
         from_iptc = self.iptc_keywords()
         if from_iptc is not None and (self.digest_mismatch or from_xmp is None):
-            return from_iptc
+            return recover_truncated(from_iptc, from_xmp or [])
         return from_xmp or []
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
@@ -267,7 +291,8 @@ class _JpegContainer(_Container):
             resources = iptc.replace_iptc(self.resources, iptc.build_iim(datasets))
             irb = iptc.build_irb(resources, self.irb_tail)
         try:
-            data = jpeg.splice(self.parts, xmp_packet=packet, irb=irb).to_bytes()
+            new = jpeg.splice(self.parts, xmp_packet=packet, irb=irb)
+            data = jpeg.fix_mpf(self.parts, new, new.to_bytes())
         except jpeg.JpegFormatError as e:
             raise MetadataError("write-failed", str(e)) from None
         atomic_write(self.path, data, preserve_mtime=preserve_mtime, expect=self.state)
@@ -431,7 +456,29 @@ def _open_embedded(path: Path) -> _Container:
 
 def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
     found = sidecar.find_sidecar(path, style)
-    return _SidecarContainer(found or sidecar.sidecar_path(path, style), path)
+    box = _SidecarContainer(found or sidecar.sidecar_path(path, style), path)
+    if not box.exists:
+        _carry_embedded_keywords(box)
+    return box
+
+
+def _carry_embedded_keywords(box: _SidecarContainer) -> None:
+    """A new sidecar starts with the photo's embedded keywords (a person's, never rtagx's to remove):
+    tools that prefer the sidecar must not hide them."""
+    if box.photo.suffix.lower() not in EMBED_EXTENSIONS:
+        return
+    try:
+        embedded = _open_embedded(box.photo)
+    except MetadataError:
+        return
+    owned = set(embedded.doc.get_array(NS_RTAGX, "Keywords") or [])
+    owned_h = set(embedded.doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
+    current = [k for k in embedded.current_keywords() if k not in owned]
+    hier = [k for k in embedded.doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
+    if current:
+        box.doc.set_array(NS_DC, "subject", current, "Bag")
+    if hier:
+        box.doc.set_array(NS_LR, "hierarchicalSubject", hier, "Bag")
 
 
 # ------------------------------------------------------------------ planning
@@ -459,8 +506,9 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
     hier_field = doc.get_array(NS_LR, "hierarchicalSubject")
 
     flat = _apply(current, owned, chosen, mode)
-    if hier_field is None:  # carry the flat keywords in as top-level entries
-        cur_h, owned_h = list(current), _unique(owned_h + [k for k in owned if k in current])
+    if hier_field is None:  # carry the flat keywords in as top-level entries (a flat "AC|DC" is no hierarchy)
+        carried = [k for k in current if HIERARCHY_SEPARATOR not in k]
+        cur_h, owned_h = carried, _unique(owned_h + [k for k in owned if k in carried])
     else:
         cur_h = hier_field
     hier = _apply(cur_h, owned_h, chosen_hier, mode)

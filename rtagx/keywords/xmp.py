@@ -166,10 +166,11 @@ class XmpDoc:
             return
         if props:
             first = props[0]
+            keep = self._items_by_value(props)
             for p in props[1:]:
                 _remove_with_indent(p)
             desc = first.parentNode
-            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first))
+            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first), keep)
             desc.replaceChild(new, first)
             return
         desc = self._description_for(ns)
@@ -178,8 +179,28 @@ class XmpDoc:
         new = self._build_array(desc, ns, f"{prefix}:{name}", values, kind, indent)
         _append_with_indent(desc, new, indent)
 
+    def _items_by_value(self, props: list[minidom.Element]) -> dict[str, list[minidom.Element]]:
+        """The existing rdf:li items of these properties by value: kept items keep their qualifiers
+        (``xml:lang``, ``rdf:parseType`` structures), which rtagx does not own."""
+        out: dict[str, list[minidom.Element]] = {}
+        for prop in props:
+            container = _first_child(prop, NS_RDF, ("Bag", "Seq", "Alt"))
+            for li in container.childNodes if container is not None else []:
+                if li.nodeType == Node.ELEMENT_NODE and (li.namespaceURI, li.localName) == (NS_RDF, "li"):
+                    value = _li_value(li)
+                    if value is not None:
+                        out.setdefault(value, []).append(li)
+        return out
+
     def _build_array(
-        self, desc: minidom.Element, ns: str, qname: str, values: list[str], kind: str, indent: str
+        self,
+        desc: minidom.Element,
+        ns: str,
+        qname: str,
+        values: list[str],
+        kind: str,
+        indent: str,
+        keep: dict[str, list[minidom.Element]] | None = None,
     ) -> minidom.Element:
         doc = self.doc
         rdf = self._rdf_prefix(desc)
@@ -189,8 +210,11 @@ class XmpDoc:
         prop.appendChild(container)
         prop.appendChild(doc.createTextNode(indent))
         for v in values:
-            li = doc.createElementNS(NS_RDF, f"{rdf}:li")
-            li.appendChild(doc.createTextNode(v))
+            if keep and keep.get(v):
+                li = keep[v].pop(0).cloneNode(True)
+            else:
+                li = doc.createElementNS(NS_RDF, f"{rdf}:li")
+                li.appendChild(doc.createTextNode(v))
             container.appendChild(doc.createTextNode(indent + "  "))
             container.appendChild(li)
         container.appendChild(doc.createTextNode(indent + " "))
