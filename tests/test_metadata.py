@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from rtagx.errors import MetadataError, UsageError
-from rtagx.keywords import iptc, metadata
+from rtagx.keywords import iptc, metadata, tiff_ifd
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.metadata import read_keywords, remove_own_keywords, resolve_target, write_keywords
 
@@ -121,9 +121,28 @@ def same_pixels(a, b) -> bool:
 
 
 def untouched_segments(data: bytes) -> tuple[list[bytes], bytes]:
-    """Every JPEG header segment except the main XMP and Photoshop APP13, and the scan data."""
+    """Every JPEG header segment except the main XMP and Photoshop APP13, and the scan data (an EXIF
+    segment holding XPKeywords is compared by same_exif_except_xp: those are kept in step)."""
     parts = jpeg.parse(data)
-    return [s.raw for s in parts.segments if not (s.is_xmp() or s.is_photoshop())], parts.tail
+    kept = [s.raw for s in parts.segments if not (s.is_xmp() or s.is_photoshop() or has_xp(s))]
+    return kept, parts.tail
+
+
+def has_xp(seg: jpeg.Segment) -> bool:
+    return seg.is_exif() and tiff_ifd.exif_xp_keywords(seg.payload[len(jpeg.EXIF_HEADER) :]) is not None
+
+
+def same_exif_except_xp(before: bytes, after: bytes) -> bool:
+    """Two EXIF payloads are the same but for the XPKeywords entry's count/offset, its old value's
+    bytes, and a new value appended at the end."""
+    old, new = bytearray(before[len(jpeg.EXIF_HEADER) :]), bytearray(after[len(jpeg.EXIF_HEADER) :])
+    e = tiff_ifd.read_ifd0(lambda pos, n: bytes(old[pos : pos + n]))[1][tiff_ifd.XP_KEYWORDS]
+    new = new[: len(old)]
+    for buf in (old, new):
+        buf[e.entry_pos + 4 : e.entry_pos + 12] = bytes(8)
+        if e.size > 4:
+            buf[e.value_pos : e.value_pos + e.size] = bytes(e.size)
+    return old == new
 
 
 def packet_of(path: Path) -> ET.Element:
@@ -513,13 +532,29 @@ def test_unreadable_iptc_is_left_untouched_and_xmp_still_written(jpg):
     assert read_keywords(jpg).keywords == ["a"]
 
 
-def test_exif_xpkeywords_is_reported_not_rewritten(tmp_path, samples_dir):
+@needs_exiftool
+def test_exif_xpkeywords_are_kept_in_step_in_jpeg_and_tiff(tmp_path, samples_dir):
+    """XPKeywords (Windows) follow the same removals and additions; every other EXIF byte stays put."""
     p = copy_writable(samples_dir / "jpg" / "xmp" / "no_exif.jpg", tmp_path)
-    exif = jpeg.parse(p.read_bytes()).exif_payloads()
-    r = write_keywords(p, ["x"])
-    assert metadata.WARN_XPKEYWORDS in r.warnings
-    assert jpeg.parse(p.read_bytes()).exif_payloads() == exif
-    assert read_keywords(p).keywords == ["tag", "x"]
+    t = copy_writable(samples_dir / "tiff" / "BSG1.tiff", tmp_path)
+    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-XPKeywords=person;Paris", str(t)], check=True)
+    before = exiftool_json(p, t, tags=("-XPKeywords",))
+    warned = exiftool_warnings(p, t)
+    assert before[str(p)]["IFD0:XPKeywords"] == "tag"
+    (exif,) = jpeg.parse(p.read_bytes()).exif_payloads()
+    for f in (p, t):
+        r = write_keywords(f, ["dog", "a much longer keyword than the old value had room for"])
+        assert r.changed and not r.warnings
+    assert same_exif_except_xp(exif, jpeg.parse(p.read_bytes()).exif_payloads()[0])
+    after = exiftool_json(p, t, tags=("-XPKeywords",))
+    assert after[str(p)]["IFD0:XPKeywords"] == "tag;dog;a much longer keyword than the old value had room for"
+    assert after[str(t)]["IFD0:XPKeywords"] == "person;Paris;dog;a much longer keyword than the old value had room for"
+    for f in (p, t):
+        remove_own_keywords(f)
+    again = exiftool_json(p, t, tags=("-XPKeywords",))
+    assert again[str(p)]["IFD0:XPKeywords"] == "tag" and again[str(t)]["IFD0:XPKeywords"] == "person;Paris"
+    assert all(exiftool_warnings(p, t)[k] <= warned[k] for k in warned)
+    assert read_keywords(p).keywords == ["tag"]
 
 
 # ------------------------------------------------------------------ sidecars

@@ -121,9 +121,16 @@ def photoshop_segments(irb: bytes) -> list[Segment]:
     return [make_segment(0xED, PS_HEADER + c) for c in chunks]
 
 
-def splice(parts: JpegParts, *, xmp_packet: bytes | None = None, irb: bytes | None = None) -> JpegParts:
-    """A copy with the main XMP and/or the Photoshop block replaced (or inserted); None keeps it."""
+def splice(
+    parts: JpegParts, *, xmp_packet: bytes | None = None, irb: bytes | None = None, exif: bytes | None = None
+) -> JpegParts:
+    """A copy with the main XMP and/or the Photoshop block replaced (or inserted), and/or the EXIF
+    payload replaced (never inserted); None keeps it."""
     segs = list(parts.segments)
+    if exif is not None:
+        idx = next((k for k, s in enumerate(segs) if s.is_exif()), None)
+        if idx is not None:
+            segs[idx] = make_segment(0xE1, exif)
     if xmp_packet is not None:
         new = make_segment(0xE1, XMP_HEADER + xmp_packet)
         idx = next((k for k, s in enumerate(segs) if s.is_xmp()), None)
@@ -150,25 +157,6 @@ def _after_leading(segs: list[Segment], markers: set[int]) -> int:
     while k < len(segs) and segs[k].marker in markers:
         k += 1
     return k
-
-
-def exif_has_tag(payload: bytes, tag: int) -> bool:
-    """Whether IFD0 of an EXIF APP1 payload holds ``tag`` (used to notice EXIF XPKeywords)."""
-    tiff = payload[len(EXIF_HEADER) :]
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return False
-    order = "little" if tiff[:2] == b"II" else "big"
-    off = int.from_bytes(tiff[4:8], order)
-    if off + 2 > len(tiff):
-        return False
-    count = int.from_bytes(tiff[off : off + 2], order)
-    for k in range(count):
-        e = off + 2 + 12 * k
-        if e + 12 > len(tiff):
-            return False
-        if int.from_bytes(tiff[e : e + 2], order) == tag:
-            return True
-    return False
 
 
 # ------------------------------------------------------------------ multi-picture (MPF)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from rtagx.errors import DecodeError, MetadataError, UsageError
 from rtagx.imaging.formats import EMBED_EXTENSIONS, RAW_EXTENSIONS, identify
-from rtagx.keywords import iptc, sidecar, xmp
+from rtagx.keywords import iptc, sidecar, tiff_ifd, xmp
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
 from rtagx.keywords.atomic import clean_stale_temps as clean_stale_temps  # the scanner's entry point
@@ -51,7 +51,6 @@ SIDECAR_STYLES = CHOICES["sidecar_style"]
 HIERARCHY_SEPARATOR = "|"
 WARN_XPKEYWORDS = "exif-xpkeywords-not-updated"
 WARN_IPTC_UNREADABLE = "iptc-unreadable-left-untouched"
-_EXIF_XPKEYWORDS = 0x9C9E
 # Keyword fields kept in step when they already exist: (namespace, name, hierarchy separator or None).
 _SYNCED_FIELDS = (
     (NS_DIGIKAM, "TagsList", "/"),
@@ -213,6 +212,7 @@ class _Container:
         self.doc = doc
         self.state = state  # the file as read: a write only replaces this very file
         self.warnings: list[str] = []
+        self.xp_keywords: list[str] | None = None  # EXIF XPKeywords, where the file has them
 
     def current_keywords(self) -> list[str]:
         return self.doc.get_array(NS_DC, "subject") or []
@@ -220,8 +220,25 @@ class _Container:
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         return True
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         raise NotImplementedError
+
+
+def _mwg_keywords(from_xmp: list[str] | None, from_iptc: list[str] | None, digest_mismatch: bool) -> list[str]:
+    """MWG: XMP wins unless a Photoshop digest exists and no longer matches the IPTC block (then
+    IPTC, with its 64-byte cuts of XMP keywords recovered)."""
+    if from_iptc is not None and (digest_mismatch or from_xmp is None):
+        return recover_truncated(from_iptc, from_xmp or [])
+    return from_xmp or []
+
+
+def _iptc_in_sync(have: list[str] | None, utf8: bool, digest_mismatch: bool, keywords_: list[str]) -> bool:
+    wanted = iptc.iptc_keyword_values(keywords_)
+    if have is None:
+        return not wanted
+    if digest_mismatch or have != wanted:
+        return False
+    return not have or utf8
 
 
 class _JpegContainer(_Container):
@@ -244,8 +261,9 @@ class _JpegContainer(_Container):
         self.irb_tail = b""
         self.datasets: list[iptc.Dataset] | None = None
         self.digest_mismatch = False
-        if any(jpeg.exif_has_tag(p, _EXIF_XPKEYWORDS) for p in self.parts.exif_payloads()):
-            self.warnings.append(WARN_XPKEYWORDS)
+        self.exif = next((s for s in self.parts.segments if s.is_exif()), None)
+        if self.exif is not None:
+            self.xp_keywords = tiff_ifd.exif_xp_keywords(self.exif.payload[len(jpeg.EXIF_HEADER) :])
         irb = self.parts.photoshop_irb()
         if irb is not None:
             self.resources, self.irb_tail = iptc.parse_irb(irb)
@@ -265,33 +283,28 @@ class _JpegContainer(_Container):
         return iptc.keywords(self.datasets) if self.datasets is not None else None
 
     def current_keywords(self) -> list[str]:
-        """MWG: XMP wins unless a Photoshop digest exists and no longer matches the IPTC block."""
-        from_xmp = self.doc.get_array(NS_DC, "subject")
-        from_iptc = self.iptc_keywords()
-        if from_iptc is not None and (self.digest_mismatch or from_xmp is None):
-            return recover_truncated(from_iptc, from_xmp or [])
-        return from_xmp or []
+        return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_keywords(), self.digest_mismatch)
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
-        wanted = iptc.iptc_keyword_values(keywords_)
-        if self.datasets is None:
-            return not wanted
-        if self.digest_mismatch:
-            return False
-        have = self.iptc_keywords() or []
-        if have != wanted:
-            return False
-        return not have or iptc.is_utf8(self.datasets)
+        utf8 = self.datasets is not None and iptc.is_utf8(self.datasets)
+        return _iptc_in_sync(self.iptc_keywords(), utf8, self.digest_mismatch, keywords_)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        packet = _fit_packet(doc)
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        packet = _fit_packet(plan.doc) if plan.xmp_changed else None
         irb = None
-        if iptc_changed:
-            datasets = iptc.set_keywords(self.datasets or [], keywords_)
+        if plan.iptc_changed:
+            datasets = iptc.set_keywords(self.datasets or [], plan.keywords)
             resources = iptc.replace_iptc(self.resources, iptc.build_iim(datasets))
             irb = iptc.build_irb(resources, self.irb_tail)
+        exif = None
+        if plan.xp_keywords is not None and self.exif is not None:
+            tiff = tiff_ifd.exif_with_xp_keywords(self.exif.payload[len(jpeg.EXIF_HEADER) :], plan.xp_keywords)
+            if tiff is not None and len(jpeg.EXIF_HEADER) + len(tiff) <= jpeg.MAX_PAYLOAD:
+                exif = jpeg.EXIF_HEADER + tiff
+            else:
+                self.warnings.append(WARN_XPKEYWORDS)
         try:
-            new = jpeg.splice(self.parts, xmp_packet=packet, irb=irb)
+            new = jpeg.splice(self.parts, xmp_packet=packet, irb=irb, exif=exif)
             data = jpeg.fix_mpf(self.parts, new, new.to_bytes())
         except jpeg.JpegFormatError as e:
             raise MetadataError("write-failed", str(e)) from None
@@ -299,7 +312,11 @@ class _JpegContainer(_Container):
 
 
 class _Exiv2Container(_Container):
-    """TIFF (XMP + IPTC), PNG and WebP (XMP only) through exiv2, always on a temporary copy."""
+    """TIFF (XMP + IPTC), PNG and WebP (XMP only) through exiv2, always on a temporary copy.
+
+    For TIFF the IFD0 tags exiv2 gets wrong are read and patched by hand (:mod:`tiff_ifd`): the
+    Photoshop block's IPTC digest is brought up to date, and the IPTC copy exiv2 puts into that
+    block is taken out again unless the file had one there."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.fmt = fmt
@@ -315,22 +332,21 @@ class _Exiv2Container(_Container):
             if kws is not None:
                 kws = [kws] if isinstance(kws, str) else list(kws)
                 self.iptc_kw = [iptc.decode_text(k.encode("latin-1"), self.iptc_utf8) for k in kws]
+        self.tiff = _read_tiff_tags(path) if fmt == "tiff" else None
+        self.digest_mismatch = self.tiff is not None and self.tiff.digest_mismatch
+        if self.tiff is not None:
+            self.xp_keywords = self.tiff.xp_keywords
 
     def current_keywords(self) -> list[str]:
-        from_xmp = self.doc.get_array(NS_DC, "subject")
-        if from_xmp is None and self.iptc_kw is not None:
-            return self.iptc_kw
-        return from_xmp or []
+        return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_kw, self.digest_mismatch)
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         if not self.has_iptc:
             return True
-        wanted = iptc.iptc_keyword_values(keywords_)
-        have = self.iptc_kw or []
-        return have == wanted and (not have or self.iptc_utf8)
+        return _iptc_in_sync(self.iptc_kw, self.iptc_utf8, self.digest_mismatch, keywords_)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        packet = doc.packet().decode("utf-8")
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        packet = plan.doc.packet().decode("utf-8")
         source = self.path
 
         def fill(f, tmp: str) -> None:
@@ -342,18 +358,90 @@ class _Exiv2Container(_Container):
             with _EXIV2_LOCK:
                 img = _exiv2_open(Path(tmp))
                 try:
-                    img.modify_raw_xmp(packet)
-                    if iptc_changed:
-                        values = iptc.iptc_keyword_values(keywords_)
+                    if plan.xmp_changed:
+                        img.modify_raw_xmp(packet)
+                    if plan.iptc_changed:
+                        values = iptc.iptc_keyword_values(plan.keywords)
                         img.modify_iptc(
                             {"Iptc.Envelope.CharacterSet": "\x1b%G", "Iptc.Application2.Keywords": values or None}
                         )
+                    if plan.xp_keywords is not None:
+                        img.modify_exif({"Exif.Image.XPKeywords": ";".join(plan.xp_keywords) or None})
                 except Exception as e:  # pyexiv2 raises RuntimeError with exiv2's message
                     raise MetadataError("write-failed", f"exiv2 could not write: {e}") from None
                 finally:
                     img.close()
+            if self.tiff is not None and self.tiff.irb is not None:
+                _fix_tiff_irb(Path(tmp), keep_iptc=self.tiff.irb_has_iptc)
 
         atomic_write(self.path, fill, preserve_mtime=preserve_mtime, expect=self.state)
+
+
+@dataclass
+class _TiffTags:
+    irb: bytes | None  # the Photoshop image resource block (tag 34377)
+    irb_has_iptc: bool
+    digest_mismatch: bool
+    xp_keywords: list[str] | None
+
+
+def _file_reader(f) -> tiff_ifd.Reader:
+    def read(pos: int, n: int) -> bytes:
+        f.seek(pos)
+        return f.read(n)
+
+    return read
+
+
+def _read_tiff_tags(path: Path) -> _TiffTags | None:
+    try:
+        with open(path, "rb") as f:
+            read = _file_reader(f)
+            found = tiff_ifd.read_ifd0(read)
+            if found is None:
+                return None
+            entries = found[1]
+            irb = tiff_ifd.value(read, entries[tiff_ifd.PHOTOSHOP_IRB]) if tiff_ifd.PHOTOSHOP_IRB in entries else None
+            naa = tiff_ifd.value(read, entries[tiff_ifd.IPTC_NAA]) if tiff_ifd.IPTC_NAA in entries else None
+            xp = tiff_ifd.value(read, entries[tiff_ifd.XP_KEYWORDS]) if tiff_ifd.XP_KEYWORDS in entries else None
+    except OSError as e:
+        raise MetadataError("corrupt", f"cannot read the TIFF header: {e}") from None
+    resources = iptc.parse_irb(irb)[0] if irb is not None else []
+    dig = iptc.find(resources, iptc.IPTC_DIGEST_RESOURCE)
+    return _TiffTags(
+        irb,
+        iptc.find(resources, iptc.IPTC_RESOURCE) is not None,
+        dig is not None and naa is not None and dig.data != iptc.digest(naa),
+        tiff_ifd.decode_xp(xp) if xp is not None else None,
+    )
+
+
+def _fix_tiff_irb(path: Path, *, keep_iptc: bool) -> None:
+    """After exiv2 wrote ``path``: the Photoshop IPTC digest made current (over the IPTC-NAA bytes,
+    as exiftool computes it), and exiv2's copy of the IPTC in that block taken out unless the file
+    had one there. The block only shrinks, so it is rewritten in place."""
+    with open(path, "r+b") as f:
+        read = _file_reader(f)
+        found = tiff_ifd.read_ifd0(read)
+        if found is None or tiff_ifd.PHOTOSHOP_IRB not in found[1]:
+            return
+        order, entries = found
+        entry = entries[tiff_ifd.PHOTOSHOP_IRB]
+        old = tiff_ifd.value(read, entry)
+        resources, tail = iptc.parse_irb(old)
+        if not keep_iptc and len(resources) > 1:
+            resources = [r for r in resources if not (r.signature == b"8BIM" and r.rid == iptc.IPTC_RESOURCE)]
+        dig = iptc.find(resources, iptc.IPTC_DIGEST_RESOURCE)
+        if dig is not None:
+            naa = tiff_ifd.value(read, entries[tiff_ifd.IPTC_NAA]) if tiff_ifd.IPTC_NAA in entries else b""
+            dig.data = iptc.digest(naa)
+        new = iptc.build_irb(resources, tail)
+        if new == old or len(new) > entry.size or entry.size <= 4 or entry.type not in (1, 7):
+            return
+        f.seek(entry.value_pos)
+        f.write(new.ljust(entry.size, b"\x00"))
+        f.seek(entry.entry_pos)
+        f.write(tiff_ifd.patched_entry(order, entry, len(new), entry.value_pos))
 
 
 class _SidecarContainer(_Container):
@@ -375,8 +463,8 @@ class _SidecarContainer(_Container):
                 raise MetadataError("bad-sidecar", f"sidecar {path} is not valid XMP ({e}); left untouched") from None
         super().__init__(path, doc, state)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        data = doc.sidecar_bytes()
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        data = plan.doc.sidecar_bytes()
         atomic_write(
             self.path,
             data,
@@ -492,10 +580,11 @@ class _Plan:
     removed: list[str]
     xmp_changed: bool
     iptc_changed: bool
+    xp_keywords: list[str] | None = None  # the new EXIF XPKeywords, when they change
 
     @property
     def changed(self) -> bool:
-        return self.xmp_changed or self.iptc_changed
+        return self.xmp_changed or self.iptc_changed or self.xp_keywords is not None
 
 
 def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str) -> _Plan:
@@ -551,7 +640,13 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
     if xmp_changed:
         doc.drop_unused_namespace(NS_RTAGX)
     iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
-    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed)
+    xp = None
+    if box.xp_keywords is not None:  # kept in step like the XMP fields: same removals and additions
+        kept_xp = [k for k in box.xp_keywords if k not in flat.removed]
+        folded = {k.casefold() for k in kept_xp}
+        new_xp = kept_xp + [k for k in flat.added if k.casefold() not in folded]
+        xp = new_xp if new_xp != box.xp_keywords else None
+    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed, xp)
 
 
 def _open(path: Path, target: str, sidecar_style: str) -> _Container:
@@ -659,7 +754,12 @@ def _write(
     def attempt() -> WriteResult:
         box = _open(path, where, style)
         plan = _plan(box, flat, hier, mode)
-        result = WriteResult(
+        if plan.changed:
+            if dry_run:
+                check_writable(box.path)  # a dry run reports what the real run would skip
+            else:
+                box.save(plan, preserve_mtime)
+        return WriteResult(
             path,
             box.path if plan.changed else None,
             where,
@@ -669,12 +769,6 @@ def _write(
             plan.keywords,
             list(box.warnings),
         )
-        if plan.changed:
-            if dry_run:
-                check_writable(box.path)  # a dry run reports what the real run would skip
-            else:
-                box.save(plan.doc, plan.keywords, plan.iptc_changed, preserve_mtime)
-        return result
 
     return _retrying(attempt)
 
