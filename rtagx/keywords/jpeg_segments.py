@@ -23,6 +23,7 @@ MPF_HEADER = b"MPF\x00"
 _MP_ENTRY_TAG = 0xB002
 MAX_PAYLOAD = 65533  # segment length field counts itself: 65535 - 2
 MAX_XMP_PACKET = MAX_PAYLOAD - len(XMP_HEADER)
+_EXT_CHUNK = MAX_PAYLOAD - len(XMP_EXT_HEADER) - 32 - 8  # GUID, full length, offset
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
@@ -42,6 +43,9 @@ class Segment:
 
     def is_xmp(self) -> bool:
         return self.marker == 0xE1 and self.payload.startswith(XMP_HEADER)
+
+    def is_xmp_extension(self) -> bool:
+        return self.marker == 0xE1 and self.payload.startswith(XMP_EXT_HEADER)
 
     def is_exif(self) -> bool:
         return self.marker == 0xE1 and self.payload.startswith(EXIF_HEADER)
@@ -64,6 +68,22 @@ class JpegParts:
     def xmp_packet(self) -> bytes | None:
         seg = next((s for s in self.segments if s.is_xmp()), None)
         return seg.payload[len(XMP_HEADER) :] if seg else None
+
+    def xmp_extension(self, guid: str) -> bytes | None:
+        """The extended XMP packet with this GUID, joined from its chunks; None when absent or
+        incomplete (readers then ignore it, and so do we)."""
+        chunks: dict[int, bytes] = {}
+        total = None
+        for seg in self.segments:
+            if not seg.is_xmp_extension():
+                continue
+            body = seg.payload[len(XMP_EXT_HEADER) :]
+            if len(body) < 40 or body[:32].decode("ascii", "replace") != guid:
+                continue
+            total = int.from_bytes(body[32:36], "big")
+            chunks[int.from_bytes(body[36:40], "big")] = body[40:]
+        data = b"".join(chunks[k] for k in sorted(chunks))
+        return data if total is not None and len(data) == total else None
 
     def photoshop_irb(self) -> bytes | None:
         """The Photoshop resource block, joined across APP13 segments (large blocks are split)."""
@@ -121,12 +141,29 @@ def photoshop_segments(irb: bytes) -> list[Segment]:
     return [make_segment(0xED, PS_HEADER + c) for c in chunks]
 
 
+def xmp_extension_segments(extended: bytes, guid: str) -> list[Segment]:
+    """Extended XMP as APP1 segments: each holds the GUID, the full length and its chunk's offset."""
+    head = XMP_EXT_HEADER + guid.encode("ascii") + len(extended).to_bytes(4, "big")
+    return [
+        make_segment(0xE1, head + k.to_bytes(4, "big") + extended[k : k + _EXT_CHUNK])
+        for k in range(0, len(extended), _EXT_CHUNK)
+    ]
+
+
 def splice(
-    parts: JpegParts, *, xmp_packet: bytes | None = None, irb: bytes | None = None, exif: bytes | None = None
+    parts: JpegParts,
+    *,
+    xmp_packet: bytes | None = None,
+    xmp_extension: list[Segment] | None = None,
+    irb: bytes | None = None,
+    exif: bytes | None = None,
 ) -> JpegParts:
     """A copy with the main XMP and/or the Photoshop block replaced (or inserted), and/or the EXIF
-    payload replaced (never inserted); None keeps it."""
+    payload replaced (never inserted); None keeps it. A new main XMP packet replaces every extended
+    XMP segment with ``xmp_extension`` (placed right after it)."""
     segs = list(parts.segments)
+    if xmp_packet is not None:
+        segs = [s for s in segs if not s.is_xmp_extension()]
     if exif is not None:
         idx = next((k for k, s in enumerate(segs) if s.is_exif()), None)
         if idx is not None:
@@ -137,7 +174,9 @@ def splice(
         if idx is not None:
             segs[idx] = new
         else:
-            segs.insert(_after_leading(segs, {0xE0, 0xE1}), new)
+            idx = _after_leading(segs, {0xE0, 0xE1})
+            segs.insert(idx, new)
+        segs[idx + 1 : idx + 1] = xmp_extension or []
     if irb is not None:
         new_segs = photoshop_segments(irb)
         idxs = [k for k, s in enumerate(segs) if s.is_photoshop()]

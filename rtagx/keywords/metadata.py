@@ -257,6 +257,12 @@ class _JpegContainer(_Container):
             )
         packet = self.parts.xmp_packet()
         super().__init__(path, _parse_embedded_xmp(packet, path), state)
+        guid = self.doc.extended_guid()
+        extended = self.parts.xmp_extension(guid) if guid else None
+        if extended is not None:  # one document from here on: written back split again if needed
+            self.doc.merge(_parse_embedded_xmp(extended, path))
+        if guid:
+            self.doc.drop_extended_guid()
         self.resources: list[iptc.Resource] = []
         self.irb_tail = b""
         self.datasets: list[iptc.Dataset] | None = None
@@ -290,7 +296,7 @@ class _JpegContainer(_Container):
         return _iptc_in_sync(self.iptc_keywords(), utf8, self.digest_mismatch, keywords_)
 
     def save(self, plan: _Plan, preserve_mtime: bool) -> None:
-        packet = _fit_packet(plan.doc) if plan.xmp_changed else None
+        packet, extension = _fit_packet(plan.doc) if plan.xmp_changed else (None, None)
         irb = None
         if plan.iptc_changed:
             datasets = iptc.set_keywords(self.datasets or [], plan.keywords)
@@ -304,7 +310,7 @@ class _JpegContainer(_Container):
             else:
                 self.warnings.append(WARN_XPKEYWORDS)
         try:
-            new = jpeg.splice(self.parts, xmp_packet=packet, irb=irb, exif=exif)
+            new = jpeg.splice(self.parts, xmp_packet=packet, xmp_extension=extension, irb=irb, exif=exif)
             data = jpeg.fix_mpf(self.parts, new, new.to_bytes())
         except jpeg.JpegFormatError as e:
             raise MetadataError("write-failed", str(e)) from None
@@ -483,13 +489,16 @@ def _parse_embedded_xmp(packet: bytes | None, path: Path) -> XmpDoc:
         raise MetadataError("bad-xmp", f"the file's XMP packet cannot be parsed ({e}); left untouched") from None
 
 
-def _fit_packet(doc: XmpDoc) -> bytes:
-    """A packet that fits one JPEG APP1 segment: shrink the padding before giving up."""
-    for pad in (xmp.DEFAULT_PADDING, 512, 0):
-        packet = doc.packet(padding=pad)
-        if len(packet) <= jpeg.MAX_XMP_PACKET:
-            return packet
-    raise MetadataError("write-failed", "the XMP packet would exceed the 64 KB JPEG segment limit")
+def _fit_packet(doc: XmpDoc) -> tuple[bytes, list[jpeg.Segment]]:
+    """The main packet for one JPEG APP1 segment, and extended XMP segments for what does not fit."""
+    try:
+        packet, extended = doc.split_extended(jpeg.MAX_XMP_PACKET)
+    except xmp.XmpError as e:
+        raise MetadataError("write-failed", str(e)) from None
+    if extended is None:
+        return packet, []
+    guid = XmpDoc.parse(packet).extended_guid() or ""
+    return packet, jpeg.xmp_extension_segments(extended, guid)
 
 
 def _sniff(data: bytes) -> str | None:
