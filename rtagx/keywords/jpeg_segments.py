@@ -159,7 +159,7 @@ def splice(
     exif: bytes | None = None,
 ) -> JpegParts:
     """A copy with the main XMP and/or the Photoshop block replaced (or inserted), and/or the EXIF
-    payload replaced (never inserted); None keeps it. A new main XMP packet replaces every extended
+    payload replaced (never inserted); None keeps it, ``irb=b""`` removes it. A new main XMP packet replaces every extended
     XMP segment with ``xmp_extension`` (placed right after it)."""
     segs = list(parts.segments)
     if xmp_packet is not None:
@@ -178,7 +178,7 @@ def splice(
             segs.insert(idx, new)
         segs[idx + 1 : idx + 1] = xmp_extension or []
     if irb is not None:
-        new_segs = photoshop_segments(irb)
+        new_segs = photoshop_segments(irb) if irb else []  # b"": the block goes
         idxs = [k for k, s in enumerate(segs) if s.is_photoshop()]
         if idxs:
             first = idxs[0]

@@ -59,6 +59,9 @@ _SYNCED_FIELDS = (
     (NS_MEDIAPRO, "CatalogSets", "|"),
 )
 _LR_FIELD = "lr:hierarchicalSubject"  # recorded in rtagx:Created when rtagx made the field
+_SUBJECT_FIELD = "dc:subject"
+_IPTC_BLOCK = "IPTC"
+_IPTC_KEYWORDS = "IPTC:Keywords"
 _EXIV2_LOCK = threading.Lock()  # pyexiv2 keeps its error buffer in a global
 
 
@@ -220,6 +223,10 @@ class _Container:
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         return True
 
+    def iptc_presence(self) -> str | None:
+        """ "absent" (no IPTC block), "no-keywords", "keywords", or None where IPTC is not written."""
+        return None
+
     def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         raise NotImplementedError
 
@@ -291,6 +298,13 @@ class _JpegContainer(_Container):
     def current_keywords(self) -> list[str]:
         return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_keywords(), self.digest_mismatch)
 
+    def iptc_presence(self) -> str | None:
+        if not self.has_iptc:
+            return None
+        if self.datasets is None:
+            return "absent"
+        return "keywords" if self.iptc_keywords() else "no-keywords"
+
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         utf8 = self.datasets is not None and iptc.is_utf8(self.datasets)
         return _iptc_in_sync(self.iptc_keywords(), utf8, self.digest_mismatch, keywords_)
@@ -298,8 +312,11 @@ class _JpegContainer(_Container):
     def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         packet, extension = _fit_packet(plan.doc) if plan.xmp_changed else (None, None)
         irb = None
-        if plan.iptc_changed:
-            datasets = iptc.set_keywords(self.datasets or [], plan.keywords)
+        if plan.iptc_drop == "block":  # rtagx made the IPTC block: it goes with rtagx's last keyword
+            resources = [r for r in self.resources if r is not iptc.find(self.resources, iptc.IPTC_RESOURCE)]
+            irb = iptc.build_irb(resources, self.irb_tail) if resources or self.irb_tail else b""
+        elif plan.iptc_changed:
+            datasets = iptc.set_keywords(self.datasets or [], plan.keywords if not plan.iptc_drop else [])
             resources = iptc.replace_iptc(self.resources, iptc.build_iim(datasets))
             irb = iptc.build_irb(resources, self.irb_tail)
         exif = None
@@ -338,6 +355,7 @@ class _Exiv2Container(_Container):
             if kws is not None:
                 kws = [kws] if isinstance(kws, str) else list(kws)
                 self.iptc_kw = [iptc.decode_text(k.encode("latin-1"), self.iptc_utf8) for k in kws]
+        self.iptc_block = bool(iptc_data)
         self.tiff = _read_tiff_tags(path) if fmt == "tiff" else None
         self.digest_mismatch = self.tiff is not None and self.tiff.digest_mismatch
         if self.tiff is not None:
@@ -345,6 +363,13 @@ class _Exiv2Container(_Container):
 
     def current_keywords(self) -> list[str]:
         return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_kw, self.digest_mismatch)
+
+    def iptc_presence(self) -> str | None:
+        if not self.has_iptc:
+            return None
+        if not self.iptc_block:
+            return "absent"
+        return "keywords" if self.iptc_kw else "no-keywords"
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         if not self.has_iptc:
@@ -366,8 +391,10 @@ class _Exiv2Container(_Container):
                 try:
                     if plan.xmp_changed:
                         img.modify_raw_xmp(packet)
-                    if plan.iptc_changed:
-                        values = iptc.iptc_keyword_values(plan.keywords)
+                    if plan.iptc_drop == "block":
+                        img.clear_iptc()
+                    elif plan.iptc_changed:
+                        values = iptc.iptc_keyword_values(plan.keywords if not plan.iptc_drop else [])
                         img.modify_iptc(
                             {"Iptc.Envelope.CharacterSet": "\x1b%G", "Iptc.Application2.Keywords": values or None}
                         )
@@ -590,6 +617,7 @@ class _Plan:
     xmp_changed: bool
     iptc_changed: bool
     xp_keywords: list[str] | None = None  # the new EXIF XPKeywords, when they change
+    iptc_drop: str | None = None  # "block" or "keywords": rtagx created them and takes them away
 
     @property
     def changed(self) -> bool:
@@ -620,9 +648,29 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         created = [c for c in created if c != _LR_FIELD]
     if hier_field is None and not has_hierarchy:
         created = [c for c in created if c != _LR_FIELD]
+    # dc:subject and IPTC keywords are created only to hold a keyword of rtagx's, recorded, and taken
+    # away again with rtagx's last keyword: untag gives back the file as it was.
+    subject = flat.new
+    had_subject = doc.get_array(NS_DC, "subject") is not None
+    presence = box.iptc_presence()
+    iptc_drop = None
+    if flat.owned:
+        if not had_subject:
+            created = _unique([*created, _SUBJECT_FIELD])
+        if presence == "absent":
+            created = _unique([*created, _IPTC_BLOCK])
+        elif presence == "no-keywords":
+            created = _unique([*created, _IPTC_KEYWORDS])
+    else:
+        if not had_subject or _SUBJECT_FIELD in created:
+            subject = []
+        for mark in (_IPTC_BLOCK, _IPTC_KEYWORDS):
+            if mark in created and iptc_drop is None and presence != "absent":
+                iptc_drop = mark
+        created = [c for c in created if c not in (_SUBJECT_FIELD, _IPTC_BLOCK, _IPTC_KEYWORDS)]
 
     wanted: dict[tuple[str, str], tuple[list[str], str]] = {
-        (NS_DC, "subject"): (flat.new, "Bag"),
+        (NS_DC, "subject"): (subject, "Bag"),
         (NS_RTAGX, "Keywords"): (flat.owned, "Bag"),
         (NS_RTAGX, "HierarchicalKeywords"): (hier.owned if write_hier else [], "Bag"),
         (NS_RTAGX, "Created"): (created, "Bag"),
@@ -648,14 +696,22 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
             doc.set_array(ns, name, values, kind)
     if xmp_changed:
         doc.drop_unused_namespace(NS_RTAGX)
-    iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
+    if iptc_drop == _IPTC_BLOCK:
+        iptc_changed = True
+    elif iptc_drop == _IPTC_KEYWORDS:
+        iptc_changed = presence == "keywords"
+    elif presence in ("absent", "no-keywords") and not flat.owned:
+        iptc_changed = False  # no keyword of rtagx's to put there: the file keeps no IPTC keywords
+    else:
+        iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
     xp = None
     if box.xp_keywords is not None:  # kept in step like the XMP fields: same removals and additions
         kept_xp = [k for k in box.xp_keywords if k not in flat.removed]
         folded = {k.casefold() for k in kept_xp}
         new_xp = kept_xp + [k for k in flat.added if k.casefold() not in folded]
         xp = new_xp if new_xp != box.xp_keywords else None
-    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed, xp)
+    drop = {_IPTC_BLOCK: "block", _IPTC_KEYWORDS: "keywords"}.get(iptc_drop or "")
+    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed, xp, drop)
 
 
 def _open(path: Path, target: str, sidecar_style: str) -> _Container:
