@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rtagx.keywords.tiff_ifd import ByteOrder
+
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXT_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
 EXIF_HEADER = b"Exif\x00\x00"
@@ -211,11 +213,11 @@ def _mpf_base(parts: JpegParts) -> tuple[int, Segment] | None:
     return None
 
 
-def _mp_entry_offsets(tiff: bytes) -> tuple[str, list[int]]:
+def _mp_entry_offsets(tiff: bytes) -> tuple[ByteOrder, list[int]]:
     """Byte order and the positions (within ``tiff``) of each MP entry's image-offset field."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return "little", []
-    order = "little" if tiff[:2] == b"II" else "big"
+    order: ByteOrder = "little" if tiff[:2] == b"II" else "big"
     ifd = int.from_bytes(tiff[4:8], order)
     if ifd + 2 > len(tiff):
         return order, []

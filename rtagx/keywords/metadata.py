@@ -1,27 +1,29 @@
 """Read and write keywords the way photo tools read them, safely, owning only what rtagx wrote.
 
-Fields (Metadata Working Group guidance):
+Fields (Metadata Working Group guidance, exiftool as the reference):
 - JPEG: IPTC-IIM 2:25 Keywords (UTF-8 declared with 1:90 = ESC % G; keywords over 64 bytes cut at a
-  character boundary) in the Photoshop APP13 block, and XMP dc:subject (rdf:Bag). TIFF: the same
-  through exiv2. PNG and WebP: XMP only.
+  character boundary) in the Photoshop APP13 block, and XMP dc:subject (rdf:Bag), extended XMP
+  included. TIFF: the same through exiv2, with the Photoshop block fixed by hand afterwards
+  (:mod:`tiff_ifd`). PNG and WebP: XMP only.
 - lr:hierarchicalSubject (rdf:Bag) when rtagx has hierarchy to write or the file already has it;
   created with the file's flat keywords carried in as top-level entries.
 - Fields that already exist are kept in step: digiKam:TagsList, MicrosoftPhoto:LastKeywordXMP and
-  LastKeywordIPTC, mediapro:CatalogSets. EXIF XPKeywords is left alone (changing it needs an EXIF
-  rewrite); it is reported in ``WriteResult.warnings``.
+  LastKeywordIPTC, mediapro:CatalogSets, EXIF XPKeywords (JPEG: one IFD0 entry patched in place).
 - rtagx records what it wrote in its own namespace (``rtagx:Keywords``, ``rtagx:HierarchicalKeywords``
   under ``http://ns.rtagx.dev/1.0/``), so replace-own and remove never touch a person's keyword.
 
 Ownership rules: rtagx only ever removes keywords listed in its record; a keyword that was already
-present and not rtagx's never becomes rtagx's (same text or not). A lr:hierarchicalSubject that
-rtagx created is noted in ``rtagx:Created`` and taken away again once it holds no hierarchy.
-``.txt`` captions have no room for a record: they are treated as rtagx output (replace-own replaces
-the list, merge adds, remove deletes the caption file).
+present and not rtagx's never becomes rtagx's (same text or not, compared case-insensitively). A
+field rtagx created (lr:hierarchicalSubject, dc:subject, the IPTC keywords or block) is noted in
+``rtagx:Created`` and taken away again once rtagx has nothing of its own in it, so untag gives the
+file back as it was. ``.txt`` captions have no room for a record: they are treated as rtagx output
+(replace-own replaces the list, merge adds, remove deletes the caption file).
 
-Safety: JPEGs are edited segment by segment (:mod:`rtagx.jpeg_segments`): EXIF, maker notes, ICC and
-the scan data keep their exact bytes. TIFF/PNG/WebP go through exiv2 on a temporary copy. Every
-write goes to a temporary file in the same folder, is fsynced and ``os.replace``d over the original
-with its permissions kept. When nothing would change, nothing is written.
+Safety: JPEGs are edited segment by segment (:mod:`jpeg_segments`): EXIF, maker notes, ICC, MPF
+images and the scan data keep their exact bytes. TIFF/PNG/WebP go through exiv2 on a temporary copy.
+Every write goes through :func:`atomic.atomic_write`, which refuses to replace a file another
+program changed since it was read: the edit is then redone on the new content (a few tries). When
+nothing would change, nothing is written.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 XP_KEYWORDS = 0x9C9E
 IPTC_NAA = 0x83BB
@@ -17,6 +18,7 @@ PHOTOSHOP_IRB = 0x8649
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 
 Reader = Callable[[int, int], bytes]
+ByteOrder = Literal["little", "big"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,12 @@ class Entry:
         return self.count * _TYPE_SIZES.get(self.type, 1)
 
 
-def read_ifd0(read: Reader) -> tuple[str, dict[int, Entry]] | None:
+def read_ifd0(read: Reader) -> tuple[ByteOrder, dict[int, Entry]] | None:
     """Byte order and IFD0's entries by tag, or None for something that is not a classic TIFF."""
     head = read(0, 8)
     if len(head) < 8 or head[:2] not in (b"II", b"MM"):
         return None
-    order = "little" if head[:2] == b"II" else "big"
+    order: ByteOrder = "little" if head[:2] == b"II" else "big"
     if int.from_bytes(head[2:4], order) != 42:
         return None
     ifd = int.from_bytes(head[4:8], order)
@@ -62,7 +64,7 @@ def value(read: Reader, entry: Entry) -> bytes:
     return read(entry.value_pos, entry.size)
 
 
-def patched_entry(order: str, entry: Entry, count: int, value_pos: int | None, inline: bytes = b"") -> bytes:
+def patched_entry(order: ByteOrder, entry: Entry, count: int, value_pos: int | None, inline: bytes = b"") -> bytes:
     """The 12 bytes of ``entry`` with a new count and either a value offset or an inline value."""
     field = inline.ljust(4, b"\x00") if value_pos is None else value_pos.to_bytes(4, order)
     return entry.tag.to_bytes(2, order) + entry.type.to_bytes(2, order) + count.to_bytes(4, order) + field
