@@ -226,6 +226,11 @@ def _replace_if_unchanged(tmp: str, dest: Path, expect: FileState | None) -> Non
             os.link(tmp, dest)
         except FileExistsError:
             raise ChangedDuringWrite(dest) from None
+        except OSError:  # no hard links here (FAT, some network shares): check, then rename
+            if os.path.lexists(dest):
+                raise ChangedDuringWrite(dest) from None
+            os.replace(tmp, dest)
+            return
         os.unlink(tmp)
         return
     if FileState.at(dest) != expect:
