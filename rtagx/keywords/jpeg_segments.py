@@ -246,15 +246,18 @@ def fix_mpf(old: JpegParts, new: JpegParts, data: bytes) -> bytes:
     tiff = bytearray(data[tiff_start : tiff_start + len(seg.payload) - len(MPF_HEADER)])
     order, fields = _mp_entry_offsets(bytes(tiff))
     tail_start = len(data) - len(new.tail)
-    starts = _find_all(data, b"\xff\xd8\xff", tail_start)
+    starts: list[int] | None = None  # JPEG starts after the primary image's header, found when needed
     changed = False
     for f in fields:
         offset = int.from_bytes(tiff[f : f + 4], order)
         if offset == 0:
             continue  # the primary image
         moved = offset + shift
-        if not data.startswith(b"\xff\xd8", new_base + moved) and starts:
-            moved = min(starts, key=lambda p: abs(p - (new_base + moved))) - new_base
+        if not data.startswith(b"\xff\xd8", new_base + moved):
+            starts = _find_all(data, b"\xff\xd8\xff", tail_start) if starts is None else starts
+            if starts:
+                expected = new_base + moved
+                moved = min(starts, key=lambda p: abs(p - expected)) - new_base
         if moved != offset and 0 < moved < 1 << 32:
             tiff[f : f + 4] = moved.to_bytes(4, order)
             changed = True

@@ -128,9 +128,6 @@ class XmpDoc:
                     out.append(c)
         return out
 
-    def has(self, ns: str, name: str) -> bool:
-        return bool(self._props(ns, name))
-
     def get_array(self, ns: str, name: str) -> list[str] | None:
         """Items of an array property (Bag/Seq/Alt), or None when the property is absent."""
         props = self._props(ns, name)
