@@ -434,3 +434,11 @@ def test_keywords_around_the_64_byte_iptc_edge(et, originals, tmp_path, words):
     assert all(len(k.encode()) <= 64 for k in as_list(data["IPTC:Keywords"]))
     assert as_list(data["MWG:Keywords"]) == expected
     assert read_keywords(f).keywords == expected
+
+
+def test_untag_leaves_a_file_rtagx_never_wrote_alone(originals, tmp_path):
+    """Even a file whose IPTC and XMP disagree (stale digest) is not touched by removing nothing."""
+    f = _copy(originals["digest-stale.jpg"], tmp_path / "s.jpg")
+    before = f.read_bytes()
+    assert not remove_own_keywords(f).changed
+    assert f.read_bytes() == before

@@ -796,7 +796,7 @@ def remove_own_keywords(
         return _remove_caption(path, caption_ext, dry_run)
     if where == "sidecar" and sidecar.find_sidecar(path, sidecar_style) is None:
         return WriteResult(path, None, "sidecar", [], [], False, [])
-    return _write(path, where, sidecar_style, [], [], "replace-own", preserve_mtime, dry_run)
+    return _write(path, where, sidecar_style, [], [], "replace-own", preserve_mtime, dry_run, only_own=True)
 
 
 WRITE_TRIES = 5  # re-reads after another program changed the file under us, before giving up
@@ -816,10 +816,24 @@ def _retrying(attempt: Callable[[], WriteResult]) -> WriteResult:
 
 
 def _write(
-    path: Path, where: str, style: str, flat: list[str], hier: list[str], mode: str, preserve_mtime: bool, dry_run: bool
+    path: Path,
+    where: str,
+    style: str,
+    flat: list[str],
+    hier: list[str],
+    mode: str,
+    preserve_mtime: bool,
+    dry_run: bool,
+    *,
+    only_own: bool = False,
 ) -> WriteResult:
     def attempt() -> WriteResult:
         box = _open(path, where, style)
+        if only_own and not any(
+            box.doc.get_array(NS_RTAGX, n) for n in ("Keywords", "HierarchicalKeywords", "Created")
+        ):
+            # Nothing of rtagx's here: removing it changes nothing (no reconciling a person's fields).
+            return WriteResult(path, None, where, [], [], False, box.current_keywords(), list(box.warnings))
         plan = _plan(box, flat, hier, mode)
         if plan.changed:
             if dry_run:
