@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from rtagx.errors import MetadataError, UsageError
-from rtagx.keywords import iptc, metadata
+from rtagx.keywords import iptc, metadata, tiff_ifd
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.metadata import read_keywords, remove_own_keywords, resolve_target, write_keywords
 
@@ -121,9 +121,28 @@ def same_pixels(a, b) -> bool:
 
 
 def untouched_segments(data: bytes) -> tuple[list[bytes], bytes]:
-    """Every JPEG header segment except the main XMP and Photoshop APP13, and the scan data."""
+    """Every JPEG header segment except the main XMP and Photoshop APP13, and the scan data (an EXIF
+    segment holding XPKeywords is compared by same_exif_except_xp: those are kept in step)."""
     parts = jpeg.parse(data)
-    return [s.raw for s in parts.segments if not (s.is_xmp() or s.is_photoshop())], parts.tail
+    kept = [s.raw for s in parts.segments if not (s.is_xmp() or s.is_photoshop() or has_xp(s))]
+    return kept, parts.tail
+
+
+def has_xp(seg: jpeg.Segment) -> bool:
+    return seg.is_exif() and tiff_ifd.exif_xp_keywords(seg.payload[len(jpeg.EXIF_HEADER) :]) is not None
+
+
+def same_exif_except_xp(before: bytes, after: bytes) -> bool:
+    """Two EXIF payloads are the same but for the XPKeywords entry's count/offset, its old value's
+    bytes, and a new value appended at the end."""
+    old, new = bytearray(before[len(jpeg.EXIF_HEADER) :]), bytearray(after[len(jpeg.EXIF_HEADER) :])
+    e = tiff_ifd.read_ifd0(lambda pos, n: bytes(old[pos : pos + n]))[1][tiff_ifd.XP_KEYWORDS]
+    new = new[: len(old)]
+    for buf in (old, new):
+        buf[e.entry_pos + 4 : e.entry_pos + 12] = bytes(8)
+        if e.size > 4:
+            buf[e.value_pos : e.value_pos + e.size] = bytes(e.size)
+    return old == new
 
 
 def packet_of(path: Path) -> ET.Element:
@@ -513,13 +532,29 @@ def test_unreadable_iptc_is_left_untouched_and_xmp_still_written(jpg):
     assert read_keywords(jpg).keywords == ["a"]
 
 
-def test_exif_xpkeywords_is_reported_not_rewritten(tmp_path, samples_dir):
+@needs_exiftool
+def test_exif_xpkeywords_are_kept_in_step_in_jpeg_and_tiff(tmp_path, samples_dir):
+    """XPKeywords (Windows) follow the same removals and additions; every other EXIF byte stays put."""
     p = copy_writable(samples_dir / "jpg" / "xmp" / "no_exif.jpg", tmp_path)
-    exif = jpeg.parse(p.read_bytes()).exif_payloads()
-    r = write_keywords(p, ["x"])
-    assert metadata.WARN_XPKEYWORDS in r.warnings
-    assert jpeg.parse(p.read_bytes()).exif_payloads() == exif
-    assert read_keywords(p).keywords == ["tag", "x"]
+    t = copy_writable(samples_dir / "tiff" / "BSG1.tiff", tmp_path)
+    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-XPKeywords=person;Paris", str(t)], check=True)
+    before = exiftool_json(p, t, tags=("-XPKeywords",))
+    warned = exiftool_warnings(p, t)
+    assert before[str(p)]["IFD0:XPKeywords"] == "tag"
+    (exif,) = jpeg.parse(p.read_bytes()).exif_payloads()
+    for f in (p, t):
+        r = write_keywords(f, ["dog", "a much longer keyword than the old value had room for"])
+        assert r.changed and not r.warnings
+    assert same_exif_except_xp(exif, jpeg.parse(p.read_bytes()).exif_payloads()[0])
+    after = exiftool_json(p, t, tags=("-XPKeywords",))
+    assert after[str(p)]["IFD0:XPKeywords"] == "tag;dog;a much longer keyword than the old value had room for"
+    assert after[str(t)]["IFD0:XPKeywords"] == "person;Paris;dog;a much longer keyword than the old value had room for"
+    for f in (p, t):
+        remove_own_keywords(f)
+    again = exiftool_json(p, t, tags=("-XPKeywords",))
+    assert again[str(p)]["IFD0:XPKeywords"] == "tag" and again[str(t)]["IFD0:XPKeywords"] == "person;Paris"
+    assert all(exiftool_warnings(p, t)[k] <= warned[k] for k in warned)
+    assert read_keywords(p).keywords == ["tag"]
 
 
 # ------------------------------------------------------------------ sidecars
@@ -781,3 +816,126 @@ def test_keyword_text_round_trips_through_exiftool_or_is_rejected(jpg, words):
     m = exiftool_text(work, "-XMP-dc:Subject", "-IPTC:Keywords")
     assert m["XMP-dc:Subject"] == expected
     assert m["IPTC:Keywords"] == iptc.iptc_keyword_values(expected)
+
+
+# ------------------------------------------------------------------ other writers
+
+
+class ExiftoolWriter:
+    """A real exiftool (``-stay_open``) adding keywords to XMP and IPTC, as a photo manager would."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [EXIFTOOL, "-stay_open", "True", "-@", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def add_keyword(self, path: Path, keyword: str) -> bool:
+        """True when exiftool reports the file updated."""
+        args = [f"-XMP-dc:Subject+={keyword}", f"-IPTC:Keywords+={keyword}", "-overwrite_original", str(path)]
+        self.proc.stdin.write("\n".join([*args, "-execute"]) + "\n")
+        self.proc.stdin.flush()
+        lines = []
+        while (line := self.proc.stdout.readline()) and not line.startswith("{ready"):
+            lines.append(line)
+        return any("1 image files updated" in x for x in lines)
+
+    def close(self) -> None:
+        self.proc.stdin.write("-stay_open\nFalse\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+
+@needs_exiftool
+def test_another_programs_keywords_are_never_lost_while_rtagx_writes(tmp_path, samples_dir):
+    """A real exiftool loop adds keywords to the same files rtagx keeps rewriting: every keyword
+    exiftool reported written is still there at the end (the write path re-checks the file just
+    before its rename and redoes the edit on the new content)."""
+    import threading
+
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
+    files = [copy_writable(samples_dir / "jpg" / n, tmp_path) for n in names]
+    tiff = copy_writable(samples_dir / "tiff" / "BSG1.tiff", tmp_path)
+    files.append(tiff)
+    stop = threading.Event()
+    problems: list[str] = []
+    rtagx_writes = [0]
+
+    def rtagx_loop() -> None:
+        k = 0
+        while not stop.is_set():
+            for f in files:
+                try:
+                    write_keywords(f, ["dog", "beach"] if k % 2 else ["cat", "snow"])
+                    rtagx_writes[0] += 1
+                except MetadataError as e:
+                    if e.reason != "changed-during-write":
+                        problems.append(f"{f.name}: {e}")
+            k += 1
+
+    writer = ExiftoolWriter()
+    thread = threading.Thread(target=rtagx_loop)
+    thread.start()
+    written: dict[Path, list[str]] = {f: [] for f in files}
+    try:
+        for i in range(240):
+            f = files[i % len(files)]
+            word = f"person-{i}"
+            if writer.add_keyword(f, word):
+                written[f].append(word)
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert not problems
+    assert rtagx_writes[0] > 20 and sum(map(len, written.values())) > 200
+    found = exiftool_json(*files, tags=("-XMP-dc:Subject",))
+    lost = {
+        f.name: [w for w in words if w not in as_list(found[str(f)].get("XMP-dc:Subject"))]
+        for f, words in written.items()
+    }
+    assert not any(lost.values()), lost
+    for f in files:  # and rtagx's own keywords stay consistent: one current set, its record intact
+        back = read_keywords(f)
+        assert set(back.owned) in ({"dog", "beach"}, {"cat", "snow"}), (f.name, back)
+
+
+def test_reports_are_replaced_by_the_same_atomic_write_as_photos(tmp_path):
+    """analysis.write_text_atomically is the keywords' atomic replace: permissions kept, no temp left."""
+    from rtagx.analysis.analyze import write_text_atomically
+
+    out = tmp_path / "report.txt"
+    out.write_text("old\n")
+    os.chmod(out, 0o640)
+    write_text_atomically(out, "new\n")
+    assert out.read_text() == "new\n" and stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_write_warnings_reach_the_user_with_v_and_in_json(tmp_path, tiny_clip, samples_dir):
+    """A warning from a keyword write is shown by ``tag -v`` and carried in ``--json`` (tag and untag)."""
+    from click.testing import CliRunner
+
+    from rtagx.cli.commands import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    jpg = copy_writable(samples_dir / "jpg" / "Canon_40D.jpg", photos)
+    _with_app13(jpg, [iptc.Dataset(2, 25, b"ok")])
+    data = bytearray(jpg.read_bytes())
+    data[data.index(b"\x1c\x02\x19")] = 0x7F  # an IPTC block nobody can read: left as it is, with a warning
+    jpg.write_bytes(bytes(data))
+    (tmp_path / "tags.txt").write_text("dog\ncat\n")
+    cfg, ckpt = tiny_clip
+    model = ["--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(tmp_path / "c.db")]
+    runner = CliRunner()
+    args = ["tag", str(photos), "--tags", str(tmp_path / "tags.txt"), "--threshold", "-1", "--top-k", "1", "--yes"]
+    text = runner.invoke(cli, [*args, "-v", *model], catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    assert f"warning: {metadata.WARN_IPTC_UNREADABLE}" in text.output
+    untag = runner.invoke(cli, ["untag", str(photos), "--json", *model[4:]], catch_exceptions=False)
+    (line,) = [json.loads(x) for x in untag.output.splitlines() if x.startswith("{") and '"path"' in x]
+    assert line["action"] == "written" and line["warnings"] == [metadata.WARN_IPTC_UNREADABLE]

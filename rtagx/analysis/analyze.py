@@ -7,7 +7,6 @@ and the folder is not remembered as a tagged root).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -139,20 +138,11 @@ def _content_of(store: Store, path: Path) -> int | None:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write a small text file through a temporary file in the same folder: never half-written."""
-    import tempfile
+    """Write a small text file through rtagx's one atomic replacement: never half-written."""
+    from rtagx.errors import MetadataError, RtagxError
+    from rtagx.keywords.atomic import atomic_write
 
-    from rtagx.errors import RtagxError
-
-    path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rtagx-tmp", dir=path.parent or ".")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError, NameError):
-            os.unlink(tmp)  # type: ignore[possibly-undefined]
-        raise RtagxError(f"cannot write {path}: {e.strerror or e}") from None
+        atomic_write(Path(path), text.encode("utf-8"))
+    except MetadataError as e:
+        raise RtagxError(f"cannot write {path}: {e.detail}") from None

@@ -45,7 +45,8 @@ def outcome_line(outcome: FileOutcome, *, show_scores: bool = True) -> str:
     if outcome.added or outcome.removed:
         parts = [f"+{k}" for k in outcome.added] + [f"-{k}" for k in outcome.removed]
         changes = "  [" + " ".join(parts) + "]"
-    return f"{outcome.action:<12}{path}: {tags}{changes}"
+    warned = "  (warning: " + ", ".join(outcome.warnings) + ")" if outcome.warnings else ""
+    return f"{outcome.action:<12}{path}: {tags}{changes}{warned}"
 
 
 def summary_lines(summary: RunSummary) -> list[str]:

@@ -1,36 +1,35 @@
 """Read and write keywords the way photo tools read them, safely, owning only what rtagx wrote.
 
-Fields (Metadata Working Group guidance):
+Fields (Metadata Working Group guidance, exiftool as the reference):
 - JPEG: IPTC-IIM 2:25 Keywords (UTF-8 declared with 1:90 = ESC % G; keywords over 64 bytes cut at a
-  character boundary) in the Photoshop APP13 block, and XMP dc:subject (rdf:Bag). TIFF: the same
-  through exiv2. PNG and WebP: XMP only.
+  character boundary) in the Photoshop APP13 block, and XMP dc:subject (rdf:Bag), extended XMP
+  included. TIFF: the same through exiv2, with the Photoshop block fixed by hand afterwards
+  (:mod:`tiff_ifd`). PNG and WebP: XMP only.
 - lr:hierarchicalSubject (rdf:Bag) when rtagx has hierarchy to write or the file already has it;
   created with the file's flat keywords carried in as top-level entries.
 - Fields that already exist are kept in step: digiKam:TagsList, MicrosoftPhoto:LastKeywordXMP and
-  LastKeywordIPTC, mediapro:CatalogSets. EXIF XPKeywords is left alone (changing it needs an EXIF
-  rewrite); it is reported in ``WriteResult.warnings``.
+  LastKeywordIPTC, mediapro:CatalogSets, EXIF XPKeywords (JPEG: one IFD0 entry patched in place).
 - rtagx records what it wrote in its own namespace (``rtagx:Keywords``, ``rtagx:HierarchicalKeywords``
   under ``http://ns.rtagx.dev/1.0/``), so replace-own and remove never touch a person's keyword.
 
 Ownership rules: rtagx only ever removes keywords listed in its record; a keyword that was already
-present and not rtagx's never becomes rtagx's (same text or not). A lr:hierarchicalSubject that
-rtagx created is noted in ``rtagx:Created`` and taken away again once it holds no hierarchy.
-``.txt`` captions have no room for a record: they are treated as rtagx output (replace-own replaces
-the list, merge adds, remove deletes the caption file).
+present and not rtagx's never becomes rtagx's (same text or not, compared case-insensitively). A
+field rtagx created (lr:hierarchicalSubject, dc:subject, the IPTC keywords or block) is noted in
+``rtagx:Created`` and taken away again once rtagx has nothing of its own in it, so untag gives the
+file back as it was. ``.txt`` captions have no room for a record: they are treated as rtagx output
+(replace-own replaces the list, merge adds, remove deletes the caption file).
 
-Safety: JPEGs are edited segment by segment (:mod:`rtagx.jpeg_segments`): EXIF, maker notes, ICC and
-the scan data keep their exact bytes. TIFF/PNG/WebP go through exiv2 on a temporary copy. Every
-write goes to a temporary file in the same folder, is fsynced and ``os.replace``d over the original
-with its permissions kept. When nothing would change, nothing is written.
+Safety: JPEGs are edited segment by segment (:mod:`jpeg_segments`): EXIF, maker notes, ICC, MPF
+images and the scan data keep their exact bytes. TIFF/PNG/WebP go through exiv2 on a temporary copy.
+Every write goes through :func:`atomic.atomic_write`, which refuses to replace a file another
+program changed since it was read: the edit is then redone on the new content (a few tries). When
+nothing would change, nothing is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import stat
-import tempfile
 import threading
 import time
 import unicodedata
@@ -40,8 +39,10 @@ from pathlib import Path
 
 from rtagx.errors import DecodeError, MetadataError, UsageError
 from rtagx.imaging.formats import EMBED_EXTENSIONS, RAW_EXTENSIONS, identify
-from rtagx.keywords import iptc, sidecar, xmp
+from rtagx.keywords import iptc, sidecar, tiff_ifd, xmp
 from rtagx.keywords import jpeg_segments as jpeg
+from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
+from rtagx.keywords.atomic import clean_stale_temps as clean_stale_temps  # the scanner's entry point
 from rtagx.keywords.xmp import NS_DC, NS_DIGIKAM, NS_LR, NS_MEDIAPRO, NS_MSPHOTO, NS_RTAGX, XmpDoc
 from rtagx.settings import CHOICES
 
@@ -52,7 +53,6 @@ SIDECAR_STYLES = CHOICES["sidecar_style"]
 HIERARCHY_SEPARATOR = "|"
 WARN_XPKEYWORDS = "exif-xpkeywords-not-updated"
 WARN_IPTC_UNREADABLE = "iptc-unreadable-left-untouched"
-_EXIF_XPKEYWORDS = 0x9C9E
 # Keyword fields kept in step when they already exist: (namespace, name, hierarchy separator or None).
 _SYNCED_FIELDS = (
     (NS_DIGIKAM, "TagsList", "/"),
@@ -61,6 +61,9 @@ _SYNCED_FIELDS = (
     (NS_MEDIAPRO, "CatalogSets", "|"),
 )
 _LR_FIELD = "lr:hierarchicalSubject"  # recorded in rtagx:Created when rtagx made the field
+_SUBJECT_FIELD = "dc:subject"
+_IPTC_BLOCK = "IPTC"
+_IPTC_KEYWORDS = "IPTC:Keywords"
 _EXIV2_LOCK = threading.Lock()  # pyexiv2 keeps its error buffer in a global
 
 
@@ -167,19 +170,37 @@ class _Diff:
 
 def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -> _Diff:
     """The ownership rule: only rtagx's keywords are removed (replace-own); a keyword that was
-    already present and not rtagx's never becomes rtagx's."""
+    already present and not rtagx's never becomes rtagx's. Keywords compare case-insensitively, as
+    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``."""
     owned_now = [k for k in _unique(owned) if k in current]
+    chosen_folded = {k.casefold() for k in chosen}
     if mode == "merge":
         removed: list[str] = []
     elif mode == "replace-own":
-        removed = [k for k in owned_now if k not in chosen]
+        removed = [k for k in owned_now if k.casefold() not in chosen_folded]
     else:
-        removed = _unique([k for k in current if k not in chosen])
+        removed = _unique([k for k in current if k.casefold() not in chosen_folded])
     kept = [k for k in current if k not in removed]
-    added = [k for k in chosen if k not in kept]
+    kept_folded = {k.casefold() for k in kept}
+    added = []
+    for k in chosen:
+        if k.casefold() not in kept_folded:
+            added.append(k)
+            kept_folded.add(k.casefold())
     new = kept + added
     new_owned = _unique([k for k in new if k in owned_now or k in added])
     return _Diff(new, new_owned, added, removed)
+
+
+def recover_truncated(from_iptc: list[str], from_xmp: list[str]) -> list[str]:
+    """IPTC keywords with each one that is the 64-byte cut of the XMP keyword at the same place
+    replaced by that full keyword (the MWG rule exiftool follows): a stale digest must not turn a
+    person's long keyword into its truncation."""
+    out = list(from_iptc)
+    for i, (short, full) in enumerate(zip(from_iptc, from_xmp, strict=False)):
+        if len(full.encode("utf-8")) > iptc.KEYWORD_MAX_BYTES and iptc.truncate_utf8(full) == short.encode("utf-8"):
+            out[i] = full
+    return out
 
 
 # ------------------------------------------------------------------ containers
@@ -191,10 +212,12 @@ class _Container:
     kind = "embedded"
     has_iptc = False
 
-    def __init__(self, path: Path, doc: XmpDoc) -> None:
+    def __init__(self, path: Path, doc: XmpDoc, state: FileState | None) -> None:
         self.path = path
         self.doc = doc
+        self.state = state  # the file as read: a write only replaces this very file
         self.warnings: list[str] = []
+        self.xp_keywords: list[str] | None = None  # EXIF XPKeywords, where the file has them
 
     def current_keywords(self) -> list[str]:
         return self.doc.get_array(NS_DC, "subject") or []
@@ -202,26 +225,60 @@ class _Container:
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         return True
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
+    def iptc_presence(self) -> str | None:
+        """ "absent" (no IPTC block), "no-keywords", "keywords", or None where IPTC is not written."""
+        return None
+
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         raise NotImplementedError
+
+
+def _mwg_keywords(from_xmp: list[str] | None, from_iptc: list[str] | None, digest_mismatch: bool) -> list[str]:
+    """MWG: XMP wins unless a Photoshop digest exists and no longer matches the IPTC block (then
+    IPTC, with its 64-byte cuts of XMP keywords recovered)."""
+    if from_iptc is not None and (digest_mismatch or from_xmp is None):
+        return recover_truncated(from_iptc, from_xmp or [])
+    return from_xmp or []
+
+
+def _iptc_in_sync(have: list[str] | None, utf8: bool, digest_mismatch: bool, keywords_: list[str]) -> bool:
+    wanted = iptc.iptc_keyword_values(keywords_)
+    if have is None:
+        return not wanted
+    if digest_mismatch or have != wanted:
+        return False
+    return not have or utf8
 
 
 class _JpegContainer(_Container):
     has_iptc = True
 
-    def __init__(self, path: Path, data: bytes) -> None:
+    def __init__(self, path: Path, data: bytes, state: FileState) -> None:
         try:
             self.parts = jpeg.parse(data)
         except jpeg.JpegFormatError as e:
             raise MetadataError("corrupt", f"JPEG header cannot be parsed: {e}") from None
+        packets = sum(seg.is_xmp() for seg in self.parts.segments)
+        if packets > 1:
+            raise MetadataError(
+                "duplicate-xmp",
+                f"the file holds {packets} standard XMP packets and readers disagree on which counts; left untouched",
+            )
         packet = self.parts.xmp_packet()
-        super().__init__(path, _parse_embedded_xmp(packet, path))
+        super().__init__(path, _parse_embedded_xmp(packet, path), state)
+        guid = self.doc.extended_guid()
+        extended = self.parts.xmp_extension(guid) if guid else None
+        if extended is not None:  # one document from here on: written back split again if needed
+            self.doc.merge(_parse_embedded_xmp(extended, path))
+        if guid:
+            self.doc.drop_extended_guid()
         self.resources: list[iptc.Resource] = []
         self.irb_tail = b""
         self.datasets: list[iptc.Dataset] | None = None
         self.digest_mismatch = False
-        if any(jpeg.exif_has_tag(p, _EXIF_XPKEYWORDS) for p in self.parts.exif_payloads()):
-            self.warnings.append(WARN_XPKEYWORDS)
+        self.exif = next((s for s in self.parts.segments if s.is_exif()), None)
+        if self.exif is not None:
+            self.xp_keywords = tiff_ifd.exif_xp_keywords(self.exif.payload[len(jpeg.EXIF_HEADER) :])
         irb = self.parts.photoshop_irb()
         if irb is not None:
             self.resources, self.irb_tail = iptc.parse_irb(irb)
@@ -241,46 +298,57 @@ class _JpegContainer(_Container):
         return iptc.keywords(self.datasets) if self.datasets is not None else None
 
     def current_keywords(self) -> list[str]:
-        """MWG: XMP wins unless a Photoshop digest exists and no longer matches the IPTC block."""
-        from_xmp = self.doc.get_array(NS_DC, "subject")
-        from_iptc = self.iptc_keywords()
-        if from_iptc is not None and (self.digest_mismatch or from_xmp is None):
-            return from_iptc
-        return from_xmp or []
+        return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_keywords(), self.digest_mismatch)
+
+    def iptc_presence(self) -> str | None:
+        if not self.has_iptc:
+            return None
+        if self.datasets is None:
+            return "absent"
+        return "keywords" if self.iptc_keywords() else "no-keywords"
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
-        wanted = iptc.iptc_keyword_values(keywords_)
-        if self.datasets is None:
-            return not wanted
-        if self.digest_mismatch:
-            return False
-        have = self.iptc_keywords() or []
-        if have != wanted:
-            return False
-        return not have or iptc.is_utf8(self.datasets)
+        utf8 = self.datasets is not None and iptc.is_utf8(self.datasets)
+        return _iptc_in_sync(self.iptc_keywords(), utf8, self.digest_mismatch, keywords_)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        packet = _fit_packet(doc)
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        packet, extension = _fit_packet(plan.doc) if plan.xmp_changed else (None, None)
         irb = None
-        if iptc_changed:
-            datasets = iptc.set_keywords(self.datasets or [], keywords_)
+        if plan.iptc_drop == "block":  # rtagx made the IPTC block: it goes with rtagx's last keyword
+            resources = [r for r in self.resources if r is not iptc.find(self.resources, iptc.IPTC_RESOURCE)]
+            irb = iptc.build_irb(resources, self.irb_tail) if resources or self.irb_tail else b""
+        elif plan.iptc_changed:
+            datasets = iptc.set_keywords(self.datasets or [], plan.keywords if not plan.iptc_drop else [])
             resources = iptc.replace_iptc(self.resources, iptc.build_iim(datasets))
             irb = iptc.build_irb(resources, self.irb_tail)
+        exif = None
+        if plan.xp_keywords is not None and self.exif is not None:
+            tiff = tiff_ifd.exif_with_xp_keywords(self.exif.payload[len(jpeg.EXIF_HEADER) :], plan.xp_keywords)
+            if tiff is not None and len(jpeg.EXIF_HEADER) + len(tiff) <= jpeg.MAX_PAYLOAD:
+                exif = jpeg.EXIF_HEADER + tiff
+            else:
+                self.warnings.append(WARN_XPKEYWORDS)
         try:
-            data = jpeg.splice(self.parts, xmp_packet=packet, irb=irb).to_bytes()
+            new = jpeg.splice(self.parts, xmp_packet=packet, xmp_extension=extension, irb=irb, exif=exif)
+            data = jpeg.fix_mpf(self.parts, new, new.to_bytes())
         except jpeg.JpegFormatError as e:
             raise MetadataError("write-failed", str(e)) from None
-        _atomic_write(self.path, lambda f, _tmp: f.write(data), preserve_mtime=preserve_mtime)
+        atomic_write(self.path, data, preserve_mtime=preserve_mtime, expect=self.state)
 
 
 class _Exiv2Container(_Container):
-    """TIFF (XMP + IPTC), PNG and WebP (XMP only) through exiv2, always on a temporary copy."""
+    """TIFF (XMP + IPTC), PNG and WebP (XMP only) through exiv2, always on a temporary copy.
+
+    For TIFF the IFD0 tags exiv2 gets wrong are read and patched by hand (:mod:`tiff_ifd`): the
+    Photoshop block's IPTC digest is brought up to date, and the IPTC copy exiv2 puts into that
+    block is taken out again unless the file had one there."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.fmt = fmt
         self.has_iptc = fmt == "tiff"
+        state = FileState.at(path)
         raw_xmp, iptc_data = _exiv2_read(path, want_iptc=self.has_iptc)
-        super().__init__(path, _parse_embedded_xmp(raw_xmp.encode("utf-8") if raw_xmp else None, path))
+        super().__init__(path, _parse_embedded_xmp(raw_xmp.encode("utf-8") if raw_xmp else None, path), state)
         self.iptc_kw: list[str] | None = None
         self.iptc_utf8 = False
         if iptc_data:
@@ -289,50 +357,134 @@ class _Exiv2Container(_Container):
             if kws is not None:
                 kws = [kws] if isinstance(kws, str) else list(kws)
                 self.iptc_kw = [iptc.decode_text(k.encode("latin-1"), self.iptc_utf8) for k in kws]
+        self.iptc_block = bool(iptc_data)
+        self.tiff = _read_tiff_tags(path) if fmt == "tiff" else None
+        self.digest_mismatch = self.tiff is not None and self.tiff.digest_mismatch
+        if self.tiff is not None:
+            self.xp_keywords = self.tiff.xp_keywords
 
     def current_keywords(self) -> list[str]:
-        from_xmp = self.doc.get_array(NS_DC, "subject")
-        if from_xmp is None and self.iptc_kw is not None:
-            return self.iptc_kw
-        return from_xmp or []
+        return _mwg_keywords(self.doc.get_array(NS_DC, "subject"), self.iptc_kw, self.digest_mismatch)
+
+    def iptc_presence(self) -> str | None:
+        if not self.has_iptc:
+            return None
+        if not self.iptc_block:
+            return "absent"
+        return "keywords" if self.iptc_kw else "no-keywords"
 
     def iptc_in_sync(self, keywords_: list[str]) -> bool:
         if not self.has_iptc:
             return True
-        wanted = iptc.iptc_keyword_values(keywords_)
-        have = self.iptc_kw or []
-        return have == wanted and (not have or self.iptc_utf8)
+        return _iptc_in_sync(self.iptc_kw, self.iptc_utf8, self.digest_mismatch, keywords_)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        packet = doc.packet().decode("utf-8")
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        packet = plan.doc.packet().decode("utf-8")
         source = self.path
 
         def fill(f, tmp: str) -> None:
             with open(source, "rb") as src:
+                if FileState.of(os.fstat(src.fileno())) != self.state:
+                    raise ChangedDuringWrite(source)
                 shutil.copyfileobj(src, f)
             f.flush()
             with _EXIV2_LOCK:
                 img = _exiv2_open(Path(tmp))
                 try:
-                    img.modify_raw_xmp(packet)
-                    if iptc_changed:
-                        values = iptc.iptc_keyword_values(keywords_)
+                    if plan.xmp_changed:
+                        img.modify_raw_xmp(packet)
+                    if plan.iptc_drop == "block":
+                        img.clear_iptc()
+                    elif plan.iptc_changed:
+                        values = iptc.iptc_keyword_values(plan.keywords if not plan.iptc_drop else [])
                         img.modify_iptc(
                             {"Iptc.Envelope.CharacterSet": "\x1b%G", "Iptc.Application2.Keywords": values or None}
                         )
+                    if plan.xp_keywords is not None:
+                        img.modify_exif({"Exif.Image.XPKeywords": ";".join(plan.xp_keywords) or None})
                 except Exception as e:  # pyexiv2 raises RuntimeError with exiv2's message
                     raise MetadataError("write-failed", f"exiv2 could not write: {e}") from None
                 finally:
                     img.close()
+            if self.tiff is not None and self.tiff.irb is not None:
+                _fix_tiff_irb(Path(tmp), keep_iptc=self.tiff.irb_has_iptc)
 
-        _atomic_write(self.path, fill, preserve_mtime=preserve_mtime)
+        atomic_write(self.path, fill, preserve_mtime=preserve_mtime, expect=self.state)
+
+
+@dataclass
+class _TiffTags:
+    irb: bytes | None  # the Photoshop image resource block (tag 34377)
+    irb_has_iptc: bool
+    digest_mismatch: bool
+    xp_keywords: list[str] | None
+
+
+def _file_reader(f) -> tiff_ifd.Reader:
+    def read(pos: int, n: int) -> bytes:
+        f.seek(pos)
+        return f.read(n)
+
+    return read
+
+
+def _read_tiff_tags(path: Path) -> _TiffTags | None:
+    try:
+        with open(path, "rb") as f:
+            read = _file_reader(f)
+            found = tiff_ifd.read_ifd0(read)
+            if found is None:
+                return None
+            entries = found[1]
+            irb = tiff_ifd.value(read, entries[tiff_ifd.PHOTOSHOP_IRB]) if tiff_ifd.PHOTOSHOP_IRB in entries else None
+            naa = tiff_ifd.value(read, entries[tiff_ifd.IPTC_NAA]) if tiff_ifd.IPTC_NAA in entries else None
+            xp = tiff_ifd.value(read, entries[tiff_ifd.XP_KEYWORDS]) if tiff_ifd.XP_KEYWORDS in entries else None
+    except OSError as e:
+        raise MetadataError("corrupt", f"cannot read the TIFF header: {e}") from None
+    resources = iptc.parse_irb(irb)[0] if irb is not None else []
+    dig = iptc.find(resources, iptc.IPTC_DIGEST_RESOURCE)
+    return _TiffTags(
+        irb,
+        iptc.find(resources, iptc.IPTC_RESOURCE) is not None,
+        dig is not None and naa is not None and dig.data != iptc.digest(naa),
+        tiff_ifd.decode_xp(xp) if xp is not None else None,
+    )
+
+
+def _fix_tiff_irb(path: Path, *, keep_iptc: bool) -> None:
+    """After exiv2 wrote ``path``: the Photoshop IPTC digest made current (over the IPTC-NAA bytes,
+    as exiftool computes it), and exiv2's copy of the IPTC in that block taken out unless the file
+    had one there. The block only shrinks, so it is rewritten in place."""
+    with open(path, "r+b") as f:
+        read = _file_reader(f)
+        found = tiff_ifd.read_ifd0(read)
+        if found is None or tiff_ifd.PHOTOSHOP_IRB not in found[1]:
+            return
+        order, entries = found
+        entry = entries[tiff_ifd.PHOTOSHOP_IRB]
+        old = tiff_ifd.value(read, entry)
+        resources, tail = iptc.parse_irb(old)
+        if not keep_iptc and len(resources) > 1:
+            resources = [r for r in resources if not (r.signature == b"8BIM" and r.rid == iptc.IPTC_RESOURCE)]
+        dig = iptc.find(resources, iptc.IPTC_DIGEST_RESOURCE)
+        if dig is not None:
+            naa = tiff_ifd.value(read, entries[tiff_ifd.IPTC_NAA]) if tiff_ifd.IPTC_NAA in entries else b""
+            dig.data = iptc.digest(naa)
+        new = iptc.build_irb(resources, tail)
+        if new == old or len(new) > entry.size or entry.size <= 4 or entry.type not in (1, 7):
+            return
+        f.seek(entry.value_pos)
+        f.write(new.ljust(entry.size, b"\x00"))
+        f.seek(entry.entry_pos)
+        f.write(tiff_ifd.patched_entry(order, entry, len(new), entry.value_pos))
 
 
 class _SidecarContainer(_Container):
     kind = "sidecar"
 
     def __init__(self, path: Path, photo: Path) -> None:
-        self.exists = path.is_file()
+        state = FileState.at(path)
+        self.exists = state is not None
         self.photo = photo
         doc = XmpDoc.new()
         if self.exists:
@@ -344,15 +496,16 @@ class _SidecarContainer(_Container):
                 doc = XmpDoc.parse(data)
             except xmp.XmpError as e:
                 raise MetadataError("bad-sidecar", f"sidecar {path} is not valid XMP ({e}); left untouched") from None
-        super().__init__(path, doc)
+        super().__init__(path, doc, state)
 
-    def save(self, doc: XmpDoc, keywords_: list[str], iptc_changed: bool, preserve_mtime: bool) -> None:
-        data = doc.sidecar_bytes()
-        _atomic_write(
+    def save(self, plan: _Plan, preserve_mtime: bool) -> None:
+        data = plan.doc.sidecar_bytes()
+        atomic_write(
             self.path,
-            lambda f, _tmp: f.write(data),
+            data,
             preserve_mtime=preserve_mtime,
             mode_like=None if self.exists else self.photo,
+            expect=self.state,
         )
 
 
@@ -365,13 +518,16 @@ def _parse_embedded_xmp(packet: bytes | None, path: Path) -> XmpDoc:
         raise MetadataError("bad-xmp", f"the file's XMP packet cannot be parsed ({e}); left untouched") from None
 
 
-def _fit_packet(doc: XmpDoc) -> bytes:
-    """A packet that fits one JPEG APP1 segment: shrink the padding before giving up."""
-    for pad in (xmp.DEFAULT_PADDING, 512, 0):
-        packet = doc.packet(padding=pad)
-        if len(packet) <= jpeg.MAX_XMP_PACKET:
-            return packet
-    raise MetadataError("write-failed", "the XMP packet would exceed the 64 KB JPEG segment limit")
+def _fit_packet(doc: XmpDoc) -> tuple[bytes, list[jpeg.Segment]]:
+    """The main packet for one JPEG APP1 segment, and extended XMP segments for what does not fit."""
+    try:
+        packet, extended = doc.split_extended(jpeg.MAX_XMP_PACKET)
+    except xmp.XmpError as e:
+        raise MetadataError("write-failed", str(e)) from None
+    if extended is None:
+        return packet, []
+    guid = XmpDoc.parse(packet).extended_guid() or ""
+    return packet, jpeg.xmp_extension_segments(extended, guid)
 
 
 def _sniff(data: bytes) -> str | None:
@@ -408,10 +564,11 @@ def _exiv2_read(path: Path, *, want_iptc: bool) -> tuple[str, dict]:
 def _open_embedded(path: Path) -> _Container:
     try:
         with open(path, "rb") as f:
+            state = FileState.of(os.fstat(f.fileno()))
             head = f.read(16)
             fmt = _sniff(head)
             if fmt == "jpeg":
-                return _JpegContainer(path, head + f.read())
+                return _JpegContainer(path, head + f.read(), state)
     except FileNotFoundError:
         raise MetadataError("missing", f"{path} does not exist") from None
     except IsADirectoryError:
@@ -425,159 +582,29 @@ def _open_embedded(path: Path) -> _Container:
 
 def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
     found = sidecar.find_sidecar(path, style)
-    return _SidecarContainer(found or sidecar.sidecar_path(path, style), path)
+    box = _SidecarContainer(found or sidecar.sidecar_path(path, style), path)
+    if not box.exists:
+        _carry_embedded_keywords(box)
+    return box
 
 
-# ------------------------------------------------------------------ atomic write
-
-
-TEMP_SUFFIX = ".rtagx-tmp"
-_cleaned_folders: set[str] = set()
-
-
-def _short_name(name: str, limit: int = 100) -> str:
-    """The photo's name cut to ``limit`` bytes on a character boundary: a 255-byte name plus the
-    temporary suffix would exceed the file system's name limit."""
-    raw = os.fsencode(name)
-    if len(raw) <= limit:
-        return name
-    return os.fsdecode(raw[:limit].decode("utf-8", "ignore").encode("utf-8")) or "photo"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temps(folder: Path) -> int:
-    """Remove dead writers' temporary files in ``folder`` now (the scanner calls this for folders
-    where it saw one); unlike the check before each write, not limited to once per process."""
-    _cleaned_folders.discard(os.fspath(folder))
-    return _clean_stale_temps(folder)
-
-
-def _clean_stale_temps(folder: Path) -> int:
-    """Remove temporary files a killed rtagx left in ``folder`` (``.NAME.PID.XXXX.rtagx-tmp`` whose
-    process is gone), once per folder per process. The originals were never touched by them."""
-    key = os.fspath(folder)
-    if key in _cleaned_folders:
-        return 0
-    _cleaned_folders.add(key)
-    removed = 0
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return 0
-    for entry in entries:
-        if not (entry.startswith(".") and entry.endswith(TEMP_SUFFIX)):
-            continue
-        parts = entry[: -len(TEMP_SUFFIX)].split(".")
-        pid = next((int(p) for p in reversed(parts[:-1]) if p.isdigit()), None)
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-            continue
-        if pid is None:  # an older rtagx's name without a pid: remove only when clearly stale
-            try:
-                if time.time() - os.stat(os.path.join(folder, entry)).st_mtime < 3600:
-                    continue
-            except OSError:
-                continue
-        try:
-            os.unlink(os.path.join(folder, entry))
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def _atomic_write(dest: Path, fill: Callable, *, preserve_mtime: bool = False, mode_like: Path | None = None) -> None:
-    """Write through a temporary file in the same folder, fsync, then replace ``dest`` in one step.
-
-    Permissions and ownership of the file being replaced are kept (a new file takes the photo's,
-    without execute bits). ``fill(file, tmp_path)`` writes the content.
-    """
-    dest = Path(os.path.realpath(dest))
-    folder = dest.parent
-    old = _check_writable(dest)
-    try:
-        _clean_stale_temps(folder)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(dest.name)}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
-    except PermissionError as e:
-        raise MetadataError("read-only", f"cannot create a file in {folder}: {e.strerror}") from None
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot create a temporary file in {folder}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f, tmp)
-            f.flush()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if old is not None:
-            os.chmod(tmp, stat.S_IMODE(old.st_mode))
-            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
-                with contextlib.suppress(OSError):
-                    os.chown(tmp, old.st_uid, old.st_gid)
-            if preserve_mtime:
-                os.utime(tmp, ns=(old.st_atime_ns, old.st_mtime_ns))
-        else:
-            like = stat.S_IMODE(os.stat(mode_like).st_mode) & 0o666 if mode_like is not None else 0o644
-            os.chmod(tmp, like | 0o600)
-        os.replace(tmp, dest)
-        _fsync_dir(folder)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, MetadataError):
-            raise
-        if isinstance(e, PermissionError):
-            raise MetadataError("read-only", f"cannot write {dest}: {e.strerror}") from None
-        if isinstance(e, OSError):
-            raise MetadataError("write-failed", f"cannot write {dest}: {e.strerror or e}") from None
-        raise
-
-
-def _check_writable(dest: Path) -> os.stat_result | None:
-    """Refuse read-only files and folders up front (mode bits too: root passes os.access checks).
-
-    Returns the stat of the existing file, or None for a new one.
-    """
-    dest = Path(os.path.realpath(dest))
-    folder = dest.parent
-    old = None
-    try:
-        old = os.stat(dest)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot stat {dest}: {e.strerror}") from None
-    if old is not None and (not old.st_mode & 0o222 or not os.access(dest, os.W_OK)):
-        raise MetadataError("read-only", f"{dest} is read-only")
-    try:
-        folder_mode = os.stat(folder).st_mode
-    except OSError as e:
-        raise MetadataError("write-failed", f"cannot stat folder {folder}: {e.strerror}") from None
-    if not folder_mode & 0o222 or not os.access(folder, os.W_OK | os.X_OK):
-        raise MetadataError(
-            "read-only", f"folder {folder} is not writable (rtagx writes a temporary file beside the photo)"
-        )
-    return old
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
+def _carry_embedded_keywords(box: _SidecarContainer) -> None:
+    """A new sidecar starts with the photo's embedded keywords (a person's, never rtagx's to remove):
+    tools that prefer the sidecar must not hide them."""
+    if box.photo.suffix.lower() not in EMBED_EXTENSIONS:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        embedded = _open_embedded(box.photo)
+    except MetadataError:
+        return
+    owned = set(embedded.doc.get_array(NS_RTAGX, "Keywords") or [])
+    owned_h = set(embedded.doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
+    current = [k for k in embedded.current_keywords() if k not in owned]
+    hier = [k for k in embedded.doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
+    if current:
+        box.doc.set_array(NS_DC, "subject", current, "Bag")
+    if hier:
+        box.doc.set_array(NS_LR, "hierarchicalSubject", hier, "Bag")
 
 
 # ------------------------------------------------------------------ planning
@@ -591,10 +618,12 @@ class _Plan:
     removed: list[str]
     xmp_changed: bool
     iptc_changed: bool
+    xp_keywords: list[str] | None = None  # the new EXIF XPKeywords, when they change
+    iptc_drop: str | None = None  # "block" or "keywords": rtagx created them and takes them away
 
     @property
     def changed(self) -> bool:
-        return self.xmp_changed or self.iptc_changed
+        return self.xmp_changed or self.iptc_changed or self.xp_keywords is not None
 
 
 def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str) -> _Plan:
@@ -605,8 +634,9 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
     hier_field = doc.get_array(NS_LR, "hierarchicalSubject")
 
     flat = _apply(current, owned, chosen, mode)
-    if hier_field is None:  # carry the flat keywords in as top-level entries
-        cur_h, owned_h = list(current), _unique(owned_h + [k for k in owned if k in current])
+    if hier_field is None:  # carry the flat keywords in as top-level entries (a flat "AC|DC" is no hierarchy)
+        carried = [k for k in current if HIERARCHY_SEPARATOR not in k]
+        cur_h, owned_h = carried, _unique(owned_h + [k for k in owned if k in carried])
     else:
         cur_h = hier_field
     hier = _apply(cur_h, owned_h, chosen_hier, mode)
@@ -620,9 +650,29 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         created = [c for c in created if c != _LR_FIELD]
     if hier_field is None and not has_hierarchy:
         created = [c for c in created if c != _LR_FIELD]
+    # dc:subject and IPTC keywords are created only to hold a keyword of rtagx's, recorded, and taken
+    # away again with rtagx's last keyword: untag gives back the file as it was.
+    subject = flat.new
+    had_subject = doc.get_array(NS_DC, "subject") is not None
+    presence = box.iptc_presence()
+    iptc_drop = None
+    if flat.owned:
+        if not had_subject:
+            created = _unique([*created, _SUBJECT_FIELD])
+        if presence == "absent":
+            created = _unique([*created, _IPTC_BLOCK])
+        elif presence == "no-keywords":
+            created = _unique([*created, _IPTC_KEYWORDS])
+    else:
+        if not had_subject or _SUBJECT_FIELD in created:
+            subject = []
+        for mark in (_IPTC_BLOCK, _IPTC_KEYWORDS):
+            if mark in created and iptc_drop is None and presence != "absent":
+                iptc_drop = mark
+        created = [c for c in created if c not in (_SUBJECT_FIELD, _IPTC_BLOCK, _IPTC_KEYWORDS)]
 
     wanted: dict[tuple[str, str], tuple[list[str], str]] = {
-        (NS_DC, "subject"): (flat.new, "Bag"),
+        (NS_DC, "subject"): (subject, "Bag"),
         (NS_RTAGX, "Keywords"): (flat.owned, "Bag"),
         (NS_RTAGX, "HierarchicalKeywords"): (hier.owned if write_hier else [], "Bag"),
         (NS_RTAGX, "Created"): (created, "Bag"),
@@ -648,8 +698,22 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
             doc.set_array(ns, name, values, kind)
     if xmp_changed:
         doc.drop_unused_namespace(NS_RTAGX)
-    iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
-    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed)
+    if iptc_drop == _IPTC_BLOCK:
+        iptc_changed = True
+    elif iptc_drop == _IPTC_KEYWORDS:
+        iptc_changed = presence == "keywords"
+    elif presence in ("absent", "no-keywords") and not flat.owned:
+        iptc_changed = False  # no keyword of rtagx's to put there: the file keeps no IPTC keywords
+    else:
+        iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
+    xp = None
+    if box.xp_keywords is not None:  # kept in step like the XMP fields: same removals and additions
+        kept_xp = [k for k in box.xp_keywords if k not in flat.removed]
+        folded = {k.casefold() for k in kept_xp}
+        new_xp = kept_xp + [k for k in flat.added if k.casefold() not in folded]
+        xp = new_xp if new_xp != box.xp_keywords else None
+    drop = {_IPTC_BLOCK: "block", _IPTC_KEYWORDS: "keywords"}.get(iptc_drop or "")
+    return _Plan(doc, flat.new, flat.added, flat.removed, xmp_changed, iptc_changed, xp, drop)
 
 
 def _open(path: Path, target: str, sidecar_style: str) -> _Container:
@@ -732,30 +796,62 @@ def remove_own_keywords(
         return _remove_caption(path, caption_ext, dry_run)
     if where == "sidecar" and sidecar.find_sidecar(path, sidecar_style) is None:
         return WriteResult(path, None, "sidecar", [], [], False, [])
-    return _write(path, where, sidecar_style, [], [], "replace-own", preserve_mtime, dry_run)
+    return _write(path, where, sidecar_style, [], [], "replace-own", preserve_mtime, dry_run, only_own=True)
+
+
+WRITE_TRIES = 5  # re-reads after another program changed the file under us, before giving up
+
+
+def _retrying(attempt: Callable[[], WriteResult]) -> WriteResult:
+    """Run a read-edit-write ``attempt`` again from a fresh read when the file changed while it ran,
+    so another program's edit is never overwritten; skip as ``changed-during-write`` after a few tries."""
+    for tries_left in range(WRITE_TRIES - 1, -1, -1):
+        try:
+            return attempt()
+        except ChangedDuringWrite:
+            if not tries_left:
+                raise
+            time.sleep(0.01 * (WRITE_TRIES - tries_left))
+    raise AssertionError("unreachable")
 
 
 def _write(
-    path: Path, where: str, style: str, flat: list[str], hier: list[str], mode: str, preserve_mtime: bool, dry_run: bool
+    path: Path,
+    where: str,
+    style: str,
+    flat: list[str],
+    hier: list[str],
+    mode: str,
+    preserve_mtime: bool,
+    dry_run: bool,
+    *,
+    only_own: bool = False,
 ) -> WriteResult:
-    box = _open(path, where, style)
-    plan = _plan(box, flat, hier, mode)
-    result = WriteResult(
-        path,
-        box.path if plan.changed else None,
-        where,
-        plan.added,
-        plan.removed,
-        plan.changed,
-        plan.keywords,
-        list(box.warnings),
-    )
-    if plan.changed:
-        if dry_run:
-            _check_writable(box.path)  # a dry run reports what the real run would skip
-        else:
-            box.save(plan.doc, plan.keywords, plan.iptc_changed, preserve_mtime)
-    return result
+    def attempt() -> WriteResult:
+        box = _open(path, where, style)
+        if only_own and not any(
+            box.doc.get_array(NS_RTAGX, n) for n in ("Keywords", "HierarchicalKeywords", "Created")
+        ):
+            # Nothing of rtagx's here: removing it changes nothing (no reconciling a person's fields).
+            return WriteResult(path, None, where, [], [], False, box.current_keywords(), list(box.warnings))
+        plan = _plan(box, flat, hier, mode)
+        if plan.changed:
+            if dry_run:
+                check_writable(box.path)  # a dry run reports what the real run would skip
+            else:
+                box.save(plan, preserve_mtime)
+        return WriteResult(
+            path,
+            box.path if plan.changed else None,
+            where,
+            plan.added,
+            plan.removed,
+            plan.changed,
+            plan.keywords,
+            list(box.warnings),
+        )
+
+    return _retrying(attempt)
 
 
 # ------------------------------------------------------------------ txt captions
@@ -769,23 +865,28 @@ def _write_caption(
         if "," in k:
             raise MetadataError("bad-keyword", f"keyword {k!r} holds ',', the caption file separator")
     cap = sidecar.caption_path(path, caption_ext)
-    existing = sidecar.read_caption(cap) if cap.is_file() else None
-    before = existing or []
-    new = _unique(before + flat) if mode == "merge" else flat
-    changed = new != before or (existing is None and bool(new))
-    added = [k for k in new if k not in before]
-    removed = [k for k in before if k not in new]
-    if changed and dry_run:
-        _check_writable(cap)
-    elif changed:
-        text = sidecar.format_caption(new).encode("utf-8")
-        _atomic_write(
-            cap,
-            lambda f, _tmp: f.write(text),
-            preserve_mtime=preserve_mtime,
-            mode_like=None if existing is not None else path,
-        )
-    return WriteResult(path, cap if changed else None, "txt", added, removed, changed, new)
+
+    def attempt() -> WriteResult:
+        state = FileState.at(cap)
+        existing = sidecar.read_caption(cap) if state is not None else None
+        before = existing or []
+        new = _unique(before + flat) if mode == "merge" else flat
+        changed = new != before or (existing is None and bool(new))
+        added = [k for k in new if k not in before]
+        removed = [k for k in before if k not in new]
+        if changed and dry_run:
+            check_writable(cap)
+        elif changed:
+            atomic_write(
+                cap,
+                sidecar.format_caption(new).encode("utf-8"),
+                preserve_mtime=preserve_mtime,
+                mode_like=None if existing is not None else path,
+                expect=state,
+            )
+        return WriteResult(path, cap if changed else None, "txt", added, removed, changed, new)
+
+    return _retrying(attempt)
 
 
 def _remove_caption(path: Path, caption_ext: str, dry_run: bool) -> WriteResult:

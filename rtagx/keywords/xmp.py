@@ -8,6 +8,7 @@ attributes when there was one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from xml.dom import Node, minidom
 from xml.parsers.expat import ExpatError
@@ -22,6 +23,7 @@ NS_MSPHOTO = "http://ns.microsoft.com/photo/1.0/"
 NS_MSPHOTO_ALT = "http://ns.microsoft.com/photo/1.0"  # seen in the wild without the slash
 NS_MEDIAPRO = "http://ns.iview-multimedia.com/mediapro/1.0/"
 NS_RTAGX = "http://ns.rtagx.dev/1.0/"
+NS_XMPNOTE = "http://ns.adobe.com/xmp/note/"
 
 PREFERRED_PREFIX = {
     NS_DC: "dc",
@@ -30,6 +32,7 @@ PREFERRED_PREFIX = {
     NS_MSPHOTO: "MicrosoftPhoto",
     NS_MEDIAPRO: "mediapro",
     NS_RTAGX: "rtagx",
+    NS_XMPNOTE: "xmpNote",
 }
 
 PACKET_ID = "W5M0MpCehiHzreSzNTczkc9d"
@@ -125,9 +128,6 @@ class XmpDoc:
                     out.append(c)
         return out
 
-    def has(self, ns: str, name: str) -> bool:
-        return bool(self._props(ns, name))
-
     def get_array(self, ns: str, name: str) -> list[str] | None:
         """Items of an array property (Bag/Seq/Alt), or None when the property is absent."""
         props = self._props(ns, name)
@@ -166,10 +166,11 @@ class XmpDoc:
             return
         if props:
             first = props[0]
+            keep = self._items_by_value(props)
             for p in props[1:]:
                 _remove_with_indent(p)
             desc = first.parentNode
-            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first))
+            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first), keep)
             desc.replaceChild(new, first)
             return
         desc = self._description_for(ns)
@@ -178,8 +179,28 @@ class XmpDoc:
         new = self._build_array(desc, ns, f"{prefix}:{name}", values, kind, indent)
         _append_with_indent(desc, new, indent)
 
+    def _items_by_value(self, props: list[minidom.Element]) -> dict[str, list[minidom.Element]]:
+        """The existing rdf:li items of these properties by value: kept items keep their qualifiers
+        (``xml:lang``, ``rdf:parseType`` structures), which rtagx does not own."""
+        out: dict[str, list[minidom.Element]] = {}
+        for prop in props:
+            container = _first_child(prop, NS_RDF, ("Bag", "Seq", "Alt"))
+            for li in container.childNodes if container is not None else []:
+                if li.nodeType == Node.ELEMENT_NODE and (li.namespaceURI, li.localName) == (NS_RDF, "li"):
+                    value = _li_value(li)
+                    if value is not None:
+                        out.setdefault(value, []).append(li)
+        return out
+
     def _build_array(
-        self, desc: minidom.Element, ns: str, qname: str, values: list[str], kind: str, indent: str
+        self,
+        desc: minidom.Element,
+        ns: str,
+        qname: str,
+        values: list[str],
+        kind: str,
+        indent: str,
+        keep: dict[str, list[minidom.Element]] | None = None,
     ) -> minidom.Element:
         doc = self.doc
         rdf = self._rdf_prefix(desc)
@@ -189,8 +210,11 @@ class XmpDoc:
         prop.appendChild(container)
         prop.appendChild(doc.createTextNode(indent))
         for v in values:
-            li = doc.createElementNS(NS_RDF, f"{rdf}:li")
-            li.appendChild(doc.createTextNode(v))
+            if keep and keep.get(v):
+                li = keep[v].pop(0).cloneNode(True)
+            else:
+                li = doc.createElementNS(NS_RDF, f"{rdf}:li")
+                li.appendChild(doc.createTextNode(v))
             container.appendChild(doc.createTextNode(indent + "  "))
             container.appendChild(li)
         container.appendChild(doc.createTextNode(indent + " "))
@@ -233,6 +257,89 @@ class XmpDoc:
             for a in list(_xmlns_attrs(d)):
                 if a.value == ns and not _uses_ns(d, ns):
                     d.removeAttributeNode(a)
+
+    # ------------------------------------------------------- extended XMP
+
+    def extended_guid(self) -> str | None:
+        """The GUID of the extended packet this (main) packet points to, if any."""
+        for desc in self.descriptions():
+            for uri in (NS_XMPNOTE,):
+                if desc.hasAttributeNS(uri, "HasExtendedXMP"):
+                    return desc.getAttributeNS(uri, "HasExtendedXMP")
+        values = self.get_array(NS_XMPNOTE, "HasExtendedXMP")
+        return values[0] if values else None
+
+    def drop_extended_guid(self) -> None:
+        for desc in self.descriptions():
+            if desc.hasAttributeNS(NS_XMPNOTE, "HasExtendedXMP"):
+                desc.removeAttributeNS(NS_XMPNOTE, "HasExtendedXMP")
+        for prop in self._props(NS_XMPNOTE, "HasExtendedXMP"):
+            _remove_with_indent(prop)
+        self.drop_unused_namespace(NS_XMPNOTE)
+
+    def merge(self, other: XmpDoc) -> None:
+        """Bring every property of ``other`` (an extended packet) into this packet's first
+        description, with the namespace declarations it needs."""
+        target = self._description_for(NS_RDF)
+        for desc in other.descriptions():
+            for a in _xmlns_attrs(desc):
+                prefix = a.name.split(":", 1)[1]
+                if _lookup_ns(target, prefix) is None:
+                    target.setAttributeNS(NS_XMLNS, a.name, a.value)
+            for i in range(desc.attributes.length):
+                a = desc.attributes.item(i)
+                if a.name.startswith("xmlns") or a.namespaceURI == NS_RDF:
+                    continue
+                if not target.hasAttributeNS(a.namespaceURI, a.localName):
+                    target.setAttributeNS(a.namespaceURI, a.name, a.value)
+            indent = _child_indent(target)
+            for c in list(desc.childNodes):
+                if c.nodeType == Node.ELEMENT_NODE:
+                    _append_with_indent(target, self.doc.importNode(c, True), indent)
+
+    def split_extended(self, limit: int, padding: int = DEFAULT_PADDING) -> tuple[bytes, bytes | None]:
+        """This packet as a main packet of at most ``limit`` bytes plus, when it does not fit, an
+        extended packet holding the largest properties (moved largest first, as Adobe's and
+        exiftool's writers do). The main packet names the extended one by the MD5 of its bytes."""
+        for pad in (padding, 512, 0):
+            packet = self.packet(padding=pad)
+            if len(packet) <= limit:
+                return packet, None
+        main = XmpDoc(self.doc.cloneNode(True), self.header, self.trailer, self.prolog)
+        ext = XmpDoc.new()
+        ext_desc = ext.descriptions()[0]
+        movable = sorted(
+            (c for d in main.descriptions() for c in d.childNodes if c.nodeType == Node.ELEMENT_NODE),
+            key=lambda el: len(el.toxml()),
+            reverse=True,
+        )
+        guid = "0" * 32
+        for el in movable:
+            for a in _xmlns_attrs(el.parentNode):
+                if not ext_desc.hasAttribute(a.name):
+                    ext_desc.setAttributeNS(NS_XMLNS, a.name, a.value)
+            _remove_with_indent(el)
+            _append_with_indent(ext_desc, ext.doc.importNode(el, True), "\n   ")
+            main.drop_extended_guid()
+            main._set_guid(guid)
+            if len(main.packet(padding=0)) <= limit:
+                break
+        else:
+            raise XmpError("the XMP does not fit a JPEG even with every property in extended XMP")
+        extended = ext.body().encode("utf-8")
+        guid = hashlib.md5(extended).hexdigest().upper()
+        main.drop_extended_guid()
+        main._set_guid(guid)
+        for pad in (padding, 512, 0):
+            packet = main.packet(padding=pad)
+            if len(packet) <= limit:
+                return packet, extended
+        raise XmpError("the main XMP packet does not fit a JPEG segment")
+
+    def _set_guid(self, guid: str) -> None:
+        desc = self._description_for(NS_XMPNOTE)
+        prefix = self._prefix_for(desc, NS_XMPNOTE)
+        desc.setAttributeNS(NS_XMPNOTE, f"{prefix}:HasExtendedXMP", guid)
 
     # ----------------------------------------------------------- serializing
 

@@ -29,6 +29,7 @@ class FileOutcome:
     removed: list[str] = field(default_factory=list)
     target: str | None = None
     written_to: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # from the keyword write (e.g. a field left stale)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -47,6 +48,8 @@ class FileOutcome:
                 out["target"] = self.target
             if self.written_to and self.written_to != self.path:
                 out["written_to"] = str(self.written_to)
+        if self.warnings:
+            out["warnings"] = self.warnings
         return out
 
 

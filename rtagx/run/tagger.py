@@ -237,6 +237,7 @@ class Tagger:
         base.target = result.target
         base.written_to = result.written_to
         base.added, base.removed = list(result.added), list(result.removed)
+        base.warnings = list(result.warnings)
         if self.dry_run:
             base.action = "would-write" if result.changed else "unchanged"
             return base

@@ -8,7 +8,7 @@ can print them as a table.
 Temporary names rtagx uses (checked as leftovers after every fault):
 
 * ``.<photo name>.<random>.rtagx-tmp`` beside the photo or sidecar being written
-  (``rtagx.keywords.metadata._atomic_write`` through ``tempfile.mkstemp``); exiv2 works on that copy.
+  (``rtagx.keywords.atomic.atomic_write`` through ``tempfile.mkstemp``); exiv2 works on that copy.
 * beside the cache: ``<cache>-wal`` and ``<cache>-shm`` (SQLite WAL mode, legitimate between runs)
   and ``<cache>.lock`` (the flock writer lock, legitimate). ``<cache>-journal`` would mean a rollback
   journal left behind.
