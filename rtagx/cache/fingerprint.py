@@ -16,8 +16,10 @@ few metadata that change the decoded pixels, and skips every other metadata bloc
 * WebP: the image, alpha, animation and ICC chunks and the EXIF orientation; the XMP chunk and the
   VP8X header (a writer adds it to hold XMP; what it says otherwise, those chunks say) are skipped.
 
-Any other format, and a file whose structure does not parse, is hashed whole. BLAKE2b-128 over the
-data; the prefix names the scheme, so hashes of two schemes never compare equal.
+Any other format, and a file whose structure does not parse, is hashed whole. SHA-256 over the data,
+kept to 128 bits: CPUs with SHA extensions (x86 since Ice Lake/Zen, ARMv8) hash ~1.4 GB/s, 3x
+BLAKE2b's ~0.5 GB/s measured on the same core (bench/cache_scale.py). The prefix names the scheme,
+so hashes of two schemes never compare equal.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from rtagx.errors import DecodeError
 from rtagx.imaging.formats import SNIFF_BYTES, identify
 
 _CHUNK = 1 << 20
-_DIGEST = 16
+_HEX_DIGITS = 32  # 128 bits
 
 # TIFF tags that carry metadata, not pixels: descriptions, dates, XMP, IPTC, Photoshop, EXIF/GPS/
 # interoperability pointers, the Windows XP* fields, ratings, print settings.
@@ -47,6 +49,10 @@ _PNG_KEEP = frozenset(
     | {b"fdAT"}
 )
 _WEBP_KEEP = frozenset({b"VP8 ", b"VP8L", b"ALPH", b"ANIM", b"ANMF", b"ICCP"})
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
 
 
 class _Malformed(Exception):
@@ -66,17 +72,17 @@ def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> s
             kind = None
         hasher = {"JPEG": _jpeg, "PNG": _png, "TIFF": _tiff, "WEBP": _webp}.get(kind or "")
         if hasher is not None:
-            h = hashlib.blake2b(digest_size=_DIGEST)
+            h = hashlib.sha256()
             try:
                 f.seek(0)
                 hasher(f, h)
-                return f"{kind.lower()}:{h.hexdigest()}"  # type: ignore[union-attr]
+                return f"{kind.lower()}:{h.hexdigest()[:_HEX_DIGITS]}"  # type: ignore[union-attr]
             except (_Malformed, struct.error, ValueError):
                 pass
         f.seek(0)
-        h = hashlib.blake2b(digest_size=_DIGEST)
+        h = hashlib.sha256()
         _rest(f, h)
-        return f"file:{h.hexdigest()}"
+        return f"file:{h.hexdigest()[:_HEX_DIGITS]}"
 
 
 def _read(f: BinaryIO, n: int) -> bytes:
@@ -86,12 +92,12 @@ def _read(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _rest(f: BinaryIO, h: hashlib._Hash) -> None:
+def _rest(f: BinaryIO, h: _Hasher) -> None:
     while chunk := f.read(_CHUNK):
         h.update(chunk)
 
 
-def _copy(f: BinaryIO, h: hashlib._Hash, n: int) -> None:
+def _copy(f: BinaryIO, h: _Hasher, n: int) -> None:
     while n > 0:
         chunk = f.read(min(n, _CHUNK))
         if not chunk:
@@ -119,7 +125,7 @@ def exif_orientation(tiff: bytes) -> int:
     return 0
 
 
-def _jpeg(f: BinaryIO, h: hashlib._Hash) -> None:
+def _jpeg(f: BinaryIO, h: _Hasher) -> None:
     if _read(f, 2) != b"\xff\xd8":
         raise _Malformed("no SOI")
     while True:
@@ -156,7 +162,7 @@ def _jpeg(f: BinaryIO, h: hashlib._Hash) -> None:
             return
 
 
-def _png(f: BinaryIO, h: hashlib._Hash) -> None:
+def _png(f: BinaryIO, h: _Hasher) -> None:
     _read(f, 8)
     while True:
         header = f.read(8)
@@ -177,7 +183,7 @@ def _png(f: BinaryIO, h: hashlib._Hash) -> None:
             return
 
 
-def _webp(f: BinaryIO, h: hashlib._Hash) -> None:
+def _webp(f: BinaryIO, h: _Hasher) -> None:
     riff = _read(f, 12)
     end = 8 + struct.unpack_from("<I", riff, 4)[0]
     while f.tell() + 8 <= end:
@@ -193,7 +199,7 @@ def _webp(f: BinaryIO, h: hashlib._Hash) -> None:
             f.seek(padded, os.SEEK_CUR)
 
 
-def _tiff(f: BinaryIO, h: hashlib._Hash) -> None:
+def _tiff(f: BinaryIO, h: _Hasher) -> None:
     header = _read(f, 8)
     if header[:4] not in (b"II*\x00", b"MM\x00*"):
         raise _Malformed("not classic TIFF")  # BigTIFF: hashed whole
@@ -243,7 +249,7 @@ def _tiff_values(order: str, typ: int, n: int, value: bytes) -> tuple[int, ...]:
     raise _Malformed("offsets of an unexpected type")
 
 
-def _tiff_data(f: BinaryIO, h: hashlib._Hash, order: str, entries: dict[int, tuple[int, int, bytes]], tag: int) -> None:
+def _tiff_data(f: BinaryIO, h: _Hasher, order: str, entries: dict[int, tuple[int, int, bytes]], tag: int) -> None:
     """Hash the strips (tiles, JPEG stream) a data tag points at, by content."""
     offsets = _tiff_values(order, *entries[tag])
     length_tag = _TIFF_DATA_TAGS[tag]

@@ -328,7 +328,7 @@ class Store:
                     "INSERT INTO models (key, info, dim, logit_scale, logit_bias, created, last_used) VALUES (?,?,?,?,?,?,?)",
                     (key, json.dumps(info or {}), dim, logit_scale, logit_bias, now, now),
                 )
-                return int(cur.lastrowid)
+                return int(cur.lastrowid or 0)  # an INSERT always sets it
             model_id = int(row[0])
             c.execute("UPDATE models SET last_used = ? WHERE id = ?", (now, model_id))
             if info is not None:
@@ -408,7 +408,7 @@ class Store:
         r = c.execute("SELECT content_id FROM fingerprints WHERE fingerprint = ?", (fingerprint,)).fetchone()
         if r:
             return int(r[0])
-        content_id = int(c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid)
+        content_id = int(c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid or 0)
         c.execute("INSERT INTO fingerprints (fingerprint, content_id) VALUES (?, ?)", (fingerprint, content_id))
         return content_id
 

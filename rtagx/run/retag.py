@@ -129,7 +129,7 @@ def retag_files(
 
     def text_encoder() -> Encoder:
         info = store.model_info(model_id)
-        name = info.get("config_path") or info.get("name")
+        name = str(info.get("config_path") or info.get("name") or "")
         pretrained = info.get("checkpoint_path") or info.get("pretrained")
         resolved = resolve_model(name, pretrained, offline=True if settings.offline else None)
         if resolved.identity.key != model_key:

@@ -9,6 +9,7 @@ the local one (``run/local.py``: threads and bounded queues) or a distributed en
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def fingerprint_or_skip(item: ScannedFile) -> str | Skip:
         return Skip(item.path, "unreadable", e.strerror or str(e))
 
 
+def fingerprint_all(items: list[ScannedFile]) -> list[str | Skip]:
+    """Fingerprints of many files, on every core: hashing releases the GIL, and a first run over a
+    library hashes every file (~9 ms per 12 MP JPEG on one core) before anything is decoded."""
+    if len(items) < 2:
+        return [fingerprint_or_skip(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 2), thread_name_prefix="rtagx-hash") as pool:
+        return list(pool.map(fingerprint_or_skip, items, chunksize=16))
+
+
 def diff_with_cache(
     store: Store,
     model_id: int,
@@ -121,8 +131,7 @@ def diff_with_cache(
     diff.cached = [w for w in maybe_cached if w.content_id in have]
     fresh_rows: list[FileRow] = []
     fresh_ids: list[int | None] = []
-    for w, rec in new:
-        fingerprint = fingerprint_or_skip(w.file)
+    for (w, rec), fingerprint in zip(new, fingerprint_all([w.file for w, _ in new])):
         if isinstance(fingerprint, Skip):
             diff.skipped.append(fingerprint)
             continue
