@@ -42,7 +42,7 @@ def run_retag(
     base = base_settings or load_settings(overrides, config_path=config_path)
     validate_settings(base)
     if not base.cache_path().exists():
-        raise UsageError(f"there is no cache at {base.cache_path()} yet: run `rtagx tag PATH` first")
+        raise UsageError(f"no tagged folders yet: there is no cache at {base.cache_path()}; run `rtagx tag PATH` first")
     scopes = check_paths(paths) if paths else []
     store = open_locked(base, events)
     try:
