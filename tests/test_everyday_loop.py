@@ -293,6 +293,8 @@ def test_an_interrupted_first_run_is_remembered(tiny_clip, vocab_file, tmp_path)
     from rtagx.run.retag import known_roots
 
     assert lib in known_roots(settings)  # the first-write question is not asked again
+    _, summary, _ = _retag([], cache)  # a root with nothing stored yet is no error
+    assert summary["seen"] == 0
 
 
 # -- item 7: untag leaves a clean state -------------------------------------------------------------

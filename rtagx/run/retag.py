@@ -51,7 +51,7 @@ def run_retag(
             if not roots:
                 raise UsageError(f"the cache {store.path} has no tagged folders yet: run `rtagx tag PATH` first")
             scopes = [p for p, _, _ in roots]
-        groups = group_by_root(store, scopes, roots)
+        groups = group_by_root(store, scopes, roots, strict=bool(paths))
         root_paths = {p for p, _, _ in roots}
         for owner, (remembered, records) in groups.items():
             settings = load_settings(overrides, config_path=config_path, base=remembered)
@@ -68,16 +68,18 @@ def run_retag(
 
 
 def group_by_root(
-    store: Store, scopes: Sequence[Path], roots: list[tuple[Path, dict[str, Any], float]]
+    store: Store, scopes: Sequence[Path], roots: list[tuple[Path, dict[str, Any], float]], *, strict: bool = True
 ) -> dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]]:
     """The cached files under ``scopes``, each once, grouped by the deepest root that holds it.
 
     Files no root holds (tagged one at a time by an older rtagx, or untagged since) form the group
-    ``None``, with the model their recorded keywords came from (or the only model with their vector)."""
+    ``None``, with the model their recorded keywords came from (or the only model with their vector).
+    With ``strict``, a scope with no cached file is an error; without (the remembered roots), it is
+    passed over: a root whose first run stopped before any file was stored holds nothing yet."""
     groups: dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]] = {}
     for scope in scopes:
         records = store.files_under(scope)
-        if not records:
+        if not records and strict:
             raise CacheError(f"no cached vectors for {scope} (run `rtagx tag {scope}` first)")
         for key, rec in records.items():
             owner = owning_root(key_path(key), roots)
