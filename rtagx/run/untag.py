@@ -33,11 +33,11 @@ def run_untag(
     validate_settings(settings)
     roots = check_paths(paths)
     store = open_locked(settings, events)
+    forget: list[bytes] = []
+    moved: list[FileRow] = []
+    moved_ids: list[int | None] = []
     try:
         remembered_roots = store.roots()
-        forget: list[bytes] = []
-        moved: list[FileRow] = []
-        moved_ids: list[int | None] = []
         events.stage("write", 0)
         for item in iter_scan(
             roots,
@@ -84,12 +84,15 @@ def run_untag(
                     )
                     moved_ids.append(rec.content_id)
         if not dry_run:
-            store.forget_written(forget)
-            store.put_files(moved, moved_ids, alias=False)
             store.forget_roots([r for r, _, _ in remembered_roots if any(r == p or p in r.parents for p in roots)])
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        store.close()
+        try:
+            if not dry_run:  # what was untagged before a Ctrl-C is recorded too
+                store.forget_written(forget)
+                store.put_files(moved, moved_ids, alias=False)
+        finally:
+            store.close()
         summary.wall_seconds = time.perf_counter() - started
     return summary
