@@ -439,6 +439,13 @@ def test_raw_copies_are_paired_per_path_not_per_content(tiny_clip, vocab_file, t
         assert got[("paired", "IMG_1.dng")] == got[("paired", "IMG_1.JPG")]
         assert got[("alone", "IMG_1.dng")] != got[("paired", "IMG_1.JPG")]
 
+    # the JPEG goes: the RAW no longer follows it and gets the RAW's own vector (already cached)
+    (paired / "IMG_1.JPG").unlink()
+    files, summary = _tag([paired, alone], tiny_clip, cache, *opts)
+    got = {(Path(f["path"]).parent.name, Path(f["path"]).name): f["tags"] for f in files}
+    assert summary["embedded"] == 0
+    assert got[("paired", "IMG_1.dng")] == got[("alone", "IMG_1.dng")]
+
 
 # -- issue 12 item 4: untag and show use what was recorded ------------------------------------------
 
