@@ -74,6 +74,7 @@ class Settings:
     follow_symlinks: bool = False
     offline: bool = False
     no_wait: bool = False
+    rehash: bool = False  # hash every file's image data, whatever its size/mtime/ctime/inode say
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def cache_path(self) -> Path:

@@ -431,16 +431,32 @@ COMMIT;
 """
 
 
+# Version 4 -> 3: files without ctime/inode, no failures table, fingerprints of the old sampled kind
+# (a bare 32-digit hash of the size and the first and last 64 KiB).
+_V3_FILES = """
+BEGIN;
+ALTER TABLE files DROP COLUMN ctime_ns;
+ALTER TABLE files DROP COLUMN inode;
+DROP TABLE failures;
+UPDATE files SET fingerprint = substr(fingerprint, instr(fingerprint, ':') + 1);
+UPDATE fingerprints SET fingerprint = substr(fingerprint, instr(fingerprint, ':') + 1);
+PRAGMA user_version = 3;
+COMMIT;
+"""
+
+
 def test_cache_of_the_previous_schema_migrates_keeping_vectors(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
-    """test_store.py covers version 1 -> current through the API; this is version 2 -> 3 under a real run."""
-    assert SCHEMA_VERSION == 3
+    """test_store.py covers version 1 -> current through the API; this is versions 2 -> 3 -> 4 under
+    a real run: no file is embedded again, no model is loaded, and the rows learn ctime and inode."""
+    assert SCHEMA_VERSION == 4
     lib = tmp_path / "lib"
     _make_jpegs(lib, 4)
     cache = tmp_path / "c.sqlite3"
     opts = ("--tags", str(vocab_file), "--threshold", "-1", "--top-k", "0", "--write", "none")
     files, _ = _tag([lib], tiny_clip, cache, *opts)
     conn = sqlite3.connect(cache)
-    conn.executescript(_V2_VECTOR_TABLES)  # back to the version-2 layout, as rtagx 2 left it
+    conn.executescript(_V3_FILES)  # back to the version-3 layout, as rtagx 3 left it
+    conn.executescript(_V2_VECTOR_TABLES)  # and on to the version-2 layout, as rtagx 2 left it
     conn.close()
     with open_store(cache, readonly=True) as store:
         assert store.schema_version() == 2
@@ -453,6 +469,11 @@ def test_cache_of_the_previous_schema_migrates_keeping_vectors(tiny_clip, vocab_
         assert store.schema_version() == SCHEMA_VERSION and store.integrity_ok()
         sql = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'vectors'").fetchone()[0]
         assert "WITHOUT ROWID" not in sql
+        rec = store.file(lib / "img000.jpg")
+        st = (lib / "img000.jpg").stat()
+        assert rec is not None and (rec.ctime_ns, rec.inode) == (st.st_ctime_ns, st.st_ino)
+    _, third = _tag([lib], tiny_clip, cache, *opts)
+    assert third["embedded"] == 0 and third["reused"] == 0 and "load-model" not in third["timings"]
 
 
 def test_vectors_take_about_their_own_size_on_disk(tmp_path: Path) -> None:
@@ -464,7 +485,7 @@ def test_vectors_take_about_their_own_size_on_disk(tmp_path: Path) -> None:
         mid = store.model_id("bench-512", {"name": "bench"}, dim=dim)
         rows = [(tmp_path / f"f{i}.jpg", 100, i, f"{i:032x}") for i in range(n)]
         ids = store.put_files(rows)
-        store.put_vectors(mid, ids, rng.normal(size=(n, dim)).astype(np.float32), rows)
+        store.put_vectors(mid, ids, rng.normal(size=(n, dim)).astype(np.float32))
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         used = store.conn.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = 'vectors'").fetchone()[0]
     assert used < n * dim * 2 * 1.15

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.cache.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    fingerprint_file,
     open_store,
     path_key,
 )
@@ -39,14 +39,20 @@ def test_migrates_forward_from_version_1_keeping_data(tmp_path: Path) -> None:
     with open_store(db, schema_version=1) as store:
         assert store.schema_version() == 1
         mid = store.model_id("m|t|64", {"name": "m"})
-        (cid,) = store.put_files([(tmp_path / "a.jpg", 10, 5, "fp-a")])
-        store.put_vectors(mid, [cid], _vec(1)[None, :], [(tmp_path / "a.jpg", 10, 5, "fp-a")])
+        with store.transaction() as c:  # the rows an rtagx of schema 1 wrote
+            cid = c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid
+            c.execute("INSERT INTO fingerprints VALUES ('fp-a', ?)", (cid,))
+            c.execute("INSERT INTO files VALUES (?, 10, 5, 'fp-a', ?, 0)", (path_key(tmp_path / "a.jpg"), cid))
+        store.put_vectors(mid, [cid], _vec(1)[None, :])
         assert not store.conn.execute("SELECT name FROM sqlite_master WHERE name = 'written'").fetchone()
     with open_store(db) as store:
         assert store.schema_version() == SCHEMA_VERSION
         assert store.conn.execute("SELECT name FROM sqlite_master WHERE name = 'written'").fetchone()
         got = store.vectors(mid, [cid], 8)
         assert np.allclose(got[0], _vec(1), atol=1e-3)
+        rec = store.file(tmp_path / "a.jpg")
+        assert rec is not None and (rec.size, rec.mtime_ns, rec.content_id) == (10, 5, cid)
+        assert (rec.ctime_ns, rec.inode) == (0, 0)  # unknown until a run sees the file
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rtagx.cache.store import Store, fingerprint_file, open_store
+from rtagx.cache.fingerprint import fingerprint_file
+from rtagx.cache.store import Store, open_store
 from rtagx.errors import CacheError
 from rtagx.model.encoder import resolve_model
 from rtagx.model.memo import remembered_identity
+from rtagx.run.common import load_vocabulary_for
 from rtagx.run.events import RunEvents, RunSummary
 from rtagx.run.tag import run_tag
 from rtagx.run.tagger import scoring_options
@@ -58,9 +60,7 @@ def score_images_at(
     tracking = dataclasses.replace(base_events, on_file=on_file)
     summary = run_tag(list(roots), quiet, dry_run=True, events=tracking)
     wanted = [Path(os.path.abspath(p)) for p in (images if images is not None else seen)]
-    vocabulary = vocab_mod.load_vocabulary(settings.tags)
-    if settings.templates:
-        vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
+    vocabulary = load_vocabulary_for(settings)
     with open_store(settings.cache_path(), readonly=True) as store:
         # run_tag above recorded what the model options resolve to: no second resolution (which
         # imports open_clip and hashes the checkpoint) unless that record is stale
@@ -68,10 +68,10 @@ def score_images_at(
             remembered_identity(store, settings.model, settings.pretrained)
             or resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None).identity
         )
-        row = store.conn.execute("SELECT id FROM models WHERE key = ?", (identity.key,)).fetchone()
-        if row is None:
+        found = store.find_model(identity.key)
+        if found is None:
             raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
-        model_id = int(row[0])
+        model_id = found
         info = store.model_info(model_id)
         texts = store.text_vectors(model_id, vocabulary.all_prompts())
         matrix = scoring.build_tag_matrix(vocabulary, texts)
@@ -132,7 +132,7 @@ def _content_of(store: Store, path: Path) -> int | None:
     if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
         return rec.content_id
     try:
-        return store.content_for_fingerprint(fingerprint_file(path, st.st_size))
+        return store.content_for_fingerprint(fingerprint_file(path))
     except OSError:
         return None
 

@@ -2,18 +2,25 @@
 
 Layout and why:
 
-* ``files`` maps a path to its last seen (size, mtime_ns) and a cheap content fingerprint.
-  Unchanged size+mtime means unchanged file: no read at all on a no-op run.
+* ``files`` maps a path to its last seen identity (size, mtime_ns, ctime_ns, inode) and its content
+  fingerprint (``cache/fingerprint.py``: a hash of the image data, not of the metadata). An
+  unchanged identity means an unchanged file: no read at all on a no-op run. Any change (a keyword
+  edit by another program, ``touch -r``, a copy over the file) re-hashes the image data: equal
+  fingerprints keep the vector, a new one is embedded.
 * ``fingerprints`` maps fingerprints to a ``content_id``. Vectors belong to content, not to paths,
-  so a renamed or moved file, a copy, and a file whose keywords rtagx itself rewrote (new bytes in
-  the header, same pixels: its new fingerprint is aliased to the old content) all reuse one vector.
+  so a renamed or moved file, a copy, and a file whose keywords any program rewrote all reuse one
+  vector. A RAW file that takes its JPEG sibling's vector points at the sibling's content without
+  aliasing its own fingerprint: a copy of that RAW without the sibling gets a vector of its own.
 * ``vectors`` is keyed by (model, content): vectors of two models never mix, and an old model's
   vectors stay until pruned. Stored as float16 (1 KiB per ViT-B/16 vector; the cosine error of
   float16 rounding is ~1e-4, far below any threshold step that matters).
 * ``text_vectors`` caches prompt vectors by (model, exact prompt text).
 * ``written`` remembers the keywords rtagx chose for each file and the settings they came from,
   so an unchanged file under unchanged settings is skipped without reading it.
-* ``roots`` remembers each folder ``tag`` processed and its settings, for ``retag`` with no paths.
+* ``roots`` remembers each folder (or single file) ``tag`` processed and its settings, for
+  ``retag`` with no paths, ``untag`` and ``show``. A root is recorded when the run starts.
+* ``failures`` remembers files that failed for a reason retrying cannot fix (corrupt, not an image)
+  with the identity they had, so a no-op run does not load the model to fail on them again.
 
 Paths are stored as bytes (``os.fsencode``) so that any file name the OS allows, including ones
 that are not valid UTF-8, round-trips. The database runs in WAL mode; each batch is one
@@ -24,7 +31,6 @@ advisory lock file beside the database (see :class:`WriterLock`).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import sqlite3
@@ -38,8 +44,7 @@ import numpy as np
 
 from rtagx.errors import CacheError, LockBusyError
 
-SCHEMA_VERSION = 3
-FINGERPRINT_BLOCK = 64 * 1024
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,8 +131,25 @@ DROP TABLE text_vectors;
 ALTER TABLE text_vectors_v3 RENAME TO text_vectors;
 """
 
+# Version 4: files also remember ctime and inode (``touch -r`` restores size and mtime, not those),
+# and permanent failures are remembered. Fingerprints become hashes of the image data; the rows of
+# version 3 keep their old sampled fingerprints (still valid for their own file, never equal to a
+# new-style one), and their ctime/inode (0: unknown) are filled in on the next run that sees them.
+_SCHEMA_V4 = """
+ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE failures (
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # Forward migrations: MIGRATIONS[n] brings a version-n database to version n+1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 
 
 # New caches use 32 KiB pages: a ~1 KiB vector row then wastes ~3% of a page instead of ~25% at
@@ -153,22 +175,6 @@ def key_path(key: bytes) -> Path:
     return Path(os.fsdecode(key))
 
 
-def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> str:
-    """Cheap content fingerprint: size plus the first and last 64 KiB (two reads per file)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        if size is None:
-            size = os.fstat(f.fileno()).st_size
-        h.update(size.to_bytes(8, "little"))
-        h.update(f.read(FINGERPRINT_BLOCK))
-        if size > 2 * FINGERPRINT_BLOCK:
-            f.seek(size - FINGERPRINT_BLOCK)
-            h.update(f.read(FINGERPRINT_BLOCK))
-        elif size > FINGERPRINT_BLOCK:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def pack_vector(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=np.float16).tobytes()
 
@@ -185,6 +191,23 @@ class FileRecord(NamedTuple):  # a tuple: a no-op run over 100k files builds 100
     mtime_ns: int
     fingerprint: str
     content_id: int
+    ctime_ns: int = 0  # 0: not known yet (a row from a version-3 cache)
+    inode: int = 0
+
+
+class FileRow(NamedTuple):
+    """A file's identity to record: what it was when rtagx last looked at it."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    fingerprint: str
+    ctime_ns: int = 0
+    inode: int = 0
+
+
+_FILE_COLUMNS = "path, size, mtime_ns, fingerprint, content_id, ctime_ns, inode"
+_FILE_COLUMNS_V3 = "path, size, mtime_ns, fingerprint, content_id, 0, 0"
 
 
 class WrittenRecord(NamedTuple):
@@ -254,6 +277,9 @@ class Store:
         self.path = path
         self.conn = conn
         self.lock = WriterLock(path)
+        # a cache of an older schema opened read-only (``show``, ``cache stats``) is not migrated:
+        # read what it has, with 0 (unknown) for the identity columns it lacks
+        self._file_columns = _FILE_COLUMNS if self.schema_version() >= 4 else _FILE_COLUMNS_V3
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -279,6 +305,11 @@ class Store:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     # -- models ----------------------------------------------------------------------------------
+    def find_model(self, key: str) -> int | None:
+        """The id of a model identity already in the cache, or None (registers nothing)."""
+        row = self.conn.execute("SELECT id FROM models WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else None
+
     def model_id(
         self,
         key: str,
@@ -297,7 +328,7 @@ class Store:
                     "INSERT INTO models (key, info, dim, logit_scale, logit_bias, created, last_used) VALUES (?,?,?,?,?,?,?)",
                     (key, json.dumps(info or {}), dim, logit_scale, logit_bias, now, now),
                 )
-                return int(cur.lastrowid)
+                return int(cur.lastrowid or 0)  # an INSERT always sets it
             model_id = int(row[0])
             c.execute("UPDATE models SET last_used = ? WHERE id = ?", (now, model_id))
             if info is not None:
@@ -325,28 +356,44 @@ class Store:
         ids = [r[0] for r in self.conn.execute("SELECT id FROM models ORDER BY id")]
         return [self.model_info(i) for i in ids]
 
+    # -- small remembered values ---------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     # -- files and contents ----------------------------------------------------------------------
     def files_under(self, root: Path) -> dict[bytes, FileRecord]:
         """Every known file below ``root`` (or ``root`` itself when it is a file), by path key."""
         key = path_key(root)
         prefix = key.rstrip(b"/") + b"/"
         rows = self.conn.execute(
-            "SELECT path, size, mtime_ns, fingerprint, content_id FROM files "
-            "WHERE path = ? OR (path >= ? AND path < ?)",
+            f"SELECT {self._file_columns} FROM files WHERE path = ? OR (path >= ? AND path < ?)",
             (key, prefix, prefix[:-1] + b"0"),
         )
         make = FileRecord._make
         return {r[0]: make(r) for r in rows}
 
     def file(self, path: Path) -> FileRecord | None:
-        r = self.conn.execute(
-            "SELECT path, size, mtime_ns, fingerprint, content_id FROM files WHERE path = ?", (path_key(path),)
-        ).fetchone()
+        r = self.conn.execute(f"SELECT {self._file_columns} FROM files WHERE path = ?", (path_key(path),)).fetchone()
         return FileRecord(*r) if r else None
 
     def content_for_fingerprint(self, fingerprint: str) -> int | None:
         r = self.conn.execute("SELECT content_id FROM fingerprints WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return int(r[0]) if r else None
+
+    def contents_for_fingerprints(self, fingerprints: Iterable[str]) -> dict[str, int]:
+        """The content each known fingerprint names."""
+        fps = list(set(fingerprints))
+        found: dict[str, int] = {}
+        for start in range(0, len(fps), 900):
+            chunk = fps[start : start + 900]
+            q = f"SELECT fingerprint, content_id FROM fingerprints WHERE fingerprint IN ({','.join('?' * len(chunk))})"
+            found.update(self.conn.execute(q, chunk).fetchall())
+        return found
 
     def contents_with_vectors(self, model_id: int, content_ids: Iterable[int]) -> set[int]:
         ids = list(set(content_ids))
@@ -361,55 +408,58 @@ class Store:
         r = c.execute("SELECT content_id FROM fingerprints WHERE fingerprint = ?", (fingerprint,)).fetchone()
         if r:
             return int(r[0])
-        content_id = int(c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid)
+        content_id = int(c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid or 0)
         c.execute("INSERT INTO fingerprints (fingerprint, content_id) VALUES (?, ?)", (fingerprint, content_id))
         return content_id
 
     def put_files(
-        self, entries: Sequence[tuple[Path, int, int, str]], content_ids: Sequence[int | None] | None = None
+        self,
+        entries: Sequence[FileRow | tuple[Path, int, int, str]],
+        content_ids: Sequence[int | None] | None = None,
+        *,
+        alias: bool = True,
     ) -> list[int]:
-        """Record (path, size, mtime_ns, fingerprint) rows; returns their content ids.
+        """Record file identities; returns their content ids.
 
-        A given content id aliases the fingerprint to that content (used after rtagx's own writes)."""
+        A given content id is the file's content; with ``alias`` its fingerprint is also made to name
+        that content (a file whose fingerprint already names another content keeps that mapping).
+        Without ``alias`` the file points at the content and its fingerprint names nothing new (a RAW
+        file that takes its sibling's vector)."""
         now = time.time()
         out: list[int] = []
         with self.transaction() as c:
-            for i, (path, size, mtime_ns, fp) in enumerate(entries):
+            for i, entry in enumerate(entries):
+                row = FileRow(*entry)
                 cid = content_ids[i] if content_ids else None
                 if cid is None:
-                    cid = self._content_id(c, fp)
-                else:
-                    c.execute("INSERT OR IGNORE INTO fingerprints (fingerprint, content_id) VALUES (?, ?)", (fp, cid))
+                    cid = self._content_id(c, row.fingerprint)
+                elif alias and row.fingerprint:
+                    c.execute(
+                        "INSERT OR IGNORE INTO fingerprints (fingerprint, content_id) VALUES (?, ?)",
+                        (row.fingerprint, cid),
+                    )
                 c.execute(
-                    "INSERT OR REPLACE INTO files (path, size, mtime_ns, fingerprint, content_id, seen) VALUES (?,?,?,?,?,?)",
-                    (path_key(path), size, mtime_ns, fp, cid, now),
+                    "INSERT OR REPLACE INTO files (path, size, mtime_ns, fingerprint, content_id, seen, ctime_ns, inode) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (path_key(row.path), row.size, row.mtime_ns, row.fingerprint, cid, now, row.ctime_ns, row.inode),
                 )
                 out.append(cid)
         return out
 
-    def touch_files(self, keys: Sequence[bytes]) -> None:
-        now = time.time()
+    def set_identities(self, rows: Sequence[tuple[bytes, int, int]]) -> None:
+        """Fill in (path key, ctime_ns, inode) of files whose size and mtime were just found unchanged."""
         with self.transaction() as c:
-            c.executemany("UPDATE files SET seen = ? WHERE path = ?", [(now, k) for k in keys])
+            c.executemany(
+                "UPDATE files SET ctime_ns = ?, inode = ? WHERE path = ?", [(ct, ino, k) for k, ct, ino in rows]
+            )
 
     # -- vectors ---------------------------------------------------------------------------------
-    def put_vectors(
-        self,
-        model_id: int,
-        content_ids: Sequence[int],
-        vectors: np.ndarray,
-        files: Sequence[tuple[Path, int, int, str]] = (),
-    ) -> None:
-        """Store one batch of image vectors (and its file rows) in one transaction."""
-        now = time.time()
+    def put_vectors(self, model_id: int, content_ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Store one batch of image vectors in one transaction."""
         with self.transaction() as c:
             c.executemany(
                 "INSERT OR REPLACE INTO vectors (model_id, content_id, vector) VALUES (?, ?, ?)",
                 [(model_id, cid, pack_vector(v)) for cid, v in zip(content_ids, vectors)],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO files (path, size, mtime_ns, fingerprint, content_id, seen) VALUES (?,?,?,?,?,?)",
-                [(path_key(p), s, m, fp, cid, now) for (p, s, m, fp), cid in zip(files, content_ids)],
             )
 
     def vectors(self, model_id: int, content_ids: Sequence[int], dim: int) -> np.ndarray:
@@ -493,13 +543,47 @@ class Store:
         with self.transaction() as c:
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
 
-    # -- roots -----------------------------------------------------------------------------------
-    def put_root(self, root: Path, settings: dict[str, Any]) -> None:
+    # -- permanent failures ----------------------------------------------------------------------
+    def put_failures(self, rows: Sequence[tuple[Path, int, int, str, str]]) -> None:
+        """Remember (path, size, mtime_ns, reason, detail) of files that failed for good."""
+        now = time.time()
         with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, detail, at) VALUES (?,?,?,?,?,?)",
+                [(path_key(p), s, m, r, d, now) for p, s, m, r, d in rows],
+            )
+
+    def failures_under(self, root: Path) -> dict[bytes, tuple[int, int, str, str]]:
+        """Remembered failures below ``root`` (or of ``root`` itself): (size, mtime_ns, reason, detail)."""
+        key = path_key(root)
+        prefix = key.rstrip(b"/") + b"/"
+        rows = self.conn.execute(
+            "SELECT path, size, mtime_ns, reason, detail FROM failures WHERE path = ? OR (path >= ? AND path < ?)",
+            (key, prefix, prefix[:-1] + b"0"),
+        )
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    def forget_failures(self, keys: Sequence[bytes]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM failures WHERE path = ?", [(k,) for k in keys])
+
+    # -- roots -----------------------------------------------------------------------------------
+    def put_root(self, root: Path, settings: dict[str, Any], *, replace_nested: bool = False) -> None:
+        """Remember a root and its settings. ``replace_nested`` forgets roots inside it: the run over
+        ``root`` has just written their files with its own settings, so they are its files now."""
+        key = path_key(root)
+        prefix = key.rstrip(b"/") + b"/"
+        with self.transaction() as c:
+            if replace_nested:
+                c.execute("DELETE FROM roots WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + b"0"))
             c.execute(
                 "INSERT OR REPLACE INTO roots (path, settings, last_run) VALUES (?, ?, ?)",
-                (path_key(root), json.dumps(settings, sort_keys=True), time.time()),
+                (key, json.dumps(settings, sort_keys=True), time.time()),
             )
+
+    def forget_roots(self, roots: Sequence[Path]) -> None:
+        with self.transaction() as c:
+            c.executemany("DELETE FROM roots WHERE path = ?", [(path_key(r),) for r in roots])
 
     def roots(self) -> list[tuple[Path, dict[str, Any], float]]:
         rows = self.conn.execute("SELECT path, settings, last_run FROM roots ORDER BY path").fetchall()
@@ -531,18 +615,32 @@ class Store:
     def prune(
         self, *, missing_files: bool = True, keep_models: Sequence[int] | None = None, dry_run: bool = False
     ) -> dict[str, int]:
-        """Drop rows of files gone from disk, contents no file uses, and models not in ``keep_models``."""
+        """Drop rows of files and roots gone from disk, contents no file uses, and models not in
+        ``keep_models``."""
         gone: list[bytes] = []
         if missing_files:
             for (key,) in self.conn.execute("SELECT path FROM files"):
                 if not os.path.lexists(os.fsdecode(key)):
                     gone.append(key)
-        counts = {"files": len(gone), "models": 0, "vectors": 0, "contents": 0, "text_vectors": 0}
+        gone_roots = [k for (k,) in self.conn.execute("SELECT path FROM roots") if not os.path.lexists(os.fsdecode(k))]
+        gone_failures = [
+            k for (k,) in self.conn.execute("SELECT path FROM failures") if not os.path.lexists(os.fsdecode(k))
+        ]
+        counts = {
+            "files": len(gone),
+            "models": 0,
+            "vectors": 0,
+            "contents": 0,
+            "text_vectors": 0,
+            "roots": len(gone_roots),
+        }
         if dry_run:
             return counts
         with self.transaction() as c:
             c.executemany("DELETE FROM files WHERE path = ?", [(k,) for k in gone])
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in gone])
+            c.executemany("DELETE FROM roots WHERE path = ?", [(k,) for k in gone_roots])
+            c.executemany("DELETE FROM failures WHERE path = ?", [(k,) for k in gone_failures])
             if keep_models is not None:
                 ids = [r[0] for r in c.execute("SELECT id FROM models") if r[0] not in set(keep_models)]
                 for mid in ids:

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from rtagx import __version__
-from rtagx.errors import RtagxError, UsageError
+from rtagx.errors import RtagxError
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SKIPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 log = logging.getLogger("rtagx")
@@ -495,6 +495,12 @@ def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, 
 @click.option("--exclude", multiple=True, help="Skip files or folders matching this glob (repeatable).")
 @click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also scan hidden files and folders.")
 @click.option("--follow-symlinks", is_flag=True, default=None, help="Follow symlinked folders (loops are detected).")
+@click.option(
+    "--rehash",
+    is_flag=True,
+    default=None,
+    help="Hash every file's image data instead of trusting unchanged size, mtime, ctime and inode.",
+)
 @verbosity_options
 @click.pass_obj
 @handle_errors
@@ -854,18 +860,11 @@ def cache_prune(
     ctx: Context, cache: str | None, keep_models: tuple[str, ...], dry_run: bool, no_wait: bool | None
 ) -> None:
     """Forget deleted files, vectors no file uses, and (with --keep-model) other models."""
-    from rtagx.cache.store import open_store
+    from rtagx.run.prune import prune_cache
     from rtagx.settings import load_settings
 
     settings = load_settings(_overrides(cache=cache, no_wait=no_wait), config_path=ctx.config)
-    with open_store(settings.cache_path()) as store:
-        store.lock.acquire(wait=not settings.no_wait)
-        keep = None
-        if keep_models:
-            keep = [m["id"] for m in store.models() if m.get("name") in keep_models or m["key"] in keep_models]
-            if not keep:
-                raise UsageError(f"no model named {', '.join(keep_models)} in the cache (see `rtagx cache stats`)")
-        counts = store.prune(keep_models=keep, dry_run=dry_run)
+    counts = prune_cache(settings, keep_models, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
 
@@ -877,11 +876,12 @@ def cache_prune(
     "write",
     type=click.Choice(["auto", "embed", "sidecar", "txt"]),
     default=None,
-    help="Where rtagx wrote keywords. [default: auto]",
+    help="Where rtagx wrote keywords. [default: as recorded in the cache, else auto]",
 )
 @click.option(
     "--sidecar-style", type=click.Choice(["ext", "stem"]), default=None, help="Sidecar naming used when writing."
 )
+@click.option("--caption-ext", default=None, help="Extension of the --write txt caption files. [default: as recorded]")
 @click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
 @output_options

@@ -725,7 +725,9 @@ def _open(path: Path, target: str, sidecar_style: str) -> _Container:
 # ------------------------------------------------------------------ public API
 
 
-def read_keywords(path: Path, *, sidecar_style: str = "ext", target: str = "auto") -> FileKeywords:
+def read_keywords(
+    path: Path, *, sidecar_style: str = "ext", target: str = "auto", caption_ext: str = ".txt"
+) -> FileKeywords:
     """Keywords a photo tool shows now (MWG rule), plus which of them rtagx wrote."""
     path = Path(path)
     _check_choice(sidecar_style, SIDECAR_STYLES, "sidecar style")
@@ -733,7 +735,7 @@ def read_keywords(path: Path, *, sidecar_style: str = "ext", target: str = "auto
     if where == "none":
         where = resolve_target(path, "auto")
     if where == "txt":
-        cap = sidecar.caption_path(path)
+        cap = sidecar.caption_path(path, caption_ext)
         if not cap.is_file():
             return FileKeywords([], [], [], [], "none")
         tags = sidecar.read_caption(cap)

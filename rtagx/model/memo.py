@@ -37,11 +37,11 @@ def _key(model: str, pretrained: str | None) -> str:
 
 def remembered_identity(store: Store, model: str, pretrained: str | None) -> ModelIdentity | None:
     """The identity these options resolved to last time, if every file it depends on is unchanged."""
-    row = store.conn.execute("SELECT value FROM meta WHERE key = ?", (_key(model, pretrained),)).fetchone()
-    if row is None:
+    value = store.meta(_key(model, pretrained))
+    if value is None:
         return None
     try:
-        data: dict[str, Any] = json.loads(row[0])
+        data: dict[str, Any] = json.loads(value)
         for path, signature in data["files"]:
             if _signature(path) != signature:
                 return None
@@ -56,5 +56,4 @@ def remember_identity(store: Store, model: str, pretrained: str | None, identity
         value = json.dumps({"identity": identity.as_dict(), "files": [[p, _signature(p)] for p in files]})
     except OSError:
         return
-    with store.transaction() as c:
-        c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_key(model, pretrained), value))
+    store.set_meta(_key(model, pretrained), value)

@@ -1,5 +1,5 @@
 """Small helpers every run shares: checking the paths given, opening the cache under the writer lock,
-and finding the root a file belongs to."""
+loading the vocabulary, and finding the root a file belongs to."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rtagx.cache.store import Store, WriterLock, open_store
+from rtagx.cache.store import Store, WriterLock, WrittenRecord, open_store
 from rtagx.errors import CacheError, UsageError
 from rtagx.run.events import RunEvents
-from rtagx.settings import Settings
+from rtagx.settings import CHOICES, Settings
+from rtagx.tags import vocab as vocab_mod
+
+
+def load_vocabulary_for(settings: Settings) -> vocab_mod.Vocabulary:
+    """The vocabulary a run scores with: ``--tags`` with ``--templates`` applied (one place, so that
+    ``tag``, ``retag``, ``show`` and the analysis commands score exactly alike)."""
+    vocabulary = vocab_mod.load_vocabulary(settings.tags)
+    if settings.templates:
+        vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
+    return vocabulary
 
 
 def check_paths(paths: Sequence[Path]) -> list[Path]:
@@ -54,3 +64,23 @@ def owning_root(path: Path, roots: list[tuple[Path, dict[str, Any], float]]) -> 
         if (path == root or root in path.parents) and (best is None or len(str(root)) > len(str(best[0]))):
             best = (root, s)
     return best
+
+
+def written_place(
+    settings: Settings, written: WrittenRecord | None, owner: tuple[Path, dict[str, Any]] | None
+) -> dict[str, str]:
+    """Where rtagx wrote a file's keywords: the options given, else what the cache recorded for the
+    file (its target) and its root (sidecar style, caption extension), else the defaults."""
+    remembered = owner[1] if owner else {}
+    out: dict[str, str] = {}
+    for name in ("write", "sidecar_style", "caption_ext"):
+        value = getattr(settings, name)
+        if settings.sources.get(name, "default") == "default":
+            if name == "write" and written is not None and written.target in CHOICES["write"]:
+                value = written.target
+            else:
+                value = remembered.get(name) or value
+        out[name] = value
+    if out["write"] == "none":
+        out["write"] = "auto"
+    return out

@@ -21,7 +21,14 @@ from rtagx.errors import CacheError, FileSkip
 from rtagx.imaging import decode
 from rtagx.model.encoder import Encoder
 from rtagx.run.events import RunEvents, RunSummary, Timer, add_time, report_skip
-from rtagx.run.stages import FileWork, decode_file, encode_batch, ensure_fingerprints, store_batch
+from rtagx.run.stages import (
+    PERMANENT_FAILURES,
+    FileWork,
+    decode_file,
+    encode_batch,
+    ensure_fingerprints,
+    store_batch,
+)
 from rtagx.run.tagger import Tagger
 from rtagx.settings import Settings
 
@@ -86,7 +93,8 @@ class BatchWriter:
         self._thread.start()
 
     def put(self, item: tuple[Any, ...]) -> None:
-        """Queue ("batch", works, vectors) or ("skip", path, reason, detail); blocks while full."""
+        """Queue ("batch", works, vectors) or ("skip", path, reason, detail[, scanned file]); blocks
+        while full. A skip with its scanned file and a permanent reason is remembered in the cache."""
         import queue
 
         while True:
@@ -124,6 +132,9 @@ class BatchWriter:
                     continue
                 if item[0] == "skip":
                     report_skip(item[1], item[2], item[3], summary, events)
+                    if len(item) > 4 and item[2] in PERMANENT_FAILURES:  # not retried until the file changes
+                        f = item[4]
+                        store.put_failures([(f.path, f.size, f.mtime_ns, item[2], item[3])])
                     continue
                 _, works_b, vectors = item
                 with Timer(summary.timings, "store"):
@@ -202,7 +213,7 @@ def embed(
                 )
                 continue
             except FileSkip as e:
-                writer.put(("skip", work.file.path, e.reason, e.detail))
+                writer.put(("skip", work.file.path, e.reason, e.detail, work.file))
                 continue
             except Exception as e:  # a decoder bug must not stop the run
                 writer.put(("skip", work.file.path, "decode-failed", f"{type(e).__name__}: {e}"))

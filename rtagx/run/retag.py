@@ -9,16 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rtagx.cache.store import Store, fingerprint_file, open_store
+from rtagx.cache.store import FileRecord, FileRow, Store, key_path, open_store
 from rtagx.errors import CacheError, ModelError, UsageError
 from rtagx.model.encoder import Encoder, load_encoder, resolve_model
-from rtagx.run.common import check_paths, open_locked, owning_root
+from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, owning_root
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.scan import ScannedFile
-from rtagx.run.stages import FileWork
+from rtagx.run.stages import FileWork, Skip, file_row, fingerprint_or_skip, same_identity
 from rtagx.run.tagger import Tagger, handle_cached, root_settings
 from rtagx.settings import Settings, load_settings, validate_settings
-from rtagx.tags import vocab as vocab_mod
 
 
 def run_retag(
@@ -33,7 +32,8 @@ def run_retag(
     """Re-score cached vectors with new options and rewrite keywords where the chosen tags changed.
 
     Never decodes an image and never loads the image tower. With no ``paths``, covers every root
-    ``tag`` processed, each with the settings it was last tagged with unless ``overrides`` say else.
+    ``tag`` processed. Each file is re-scored once, with the settings of the deepest root that holds
+    it (a folder tagged inside another keeps its own vocabulary) unless ``overrides`` say else.
     """
 
     events = events or RunEvents()
@@ -41,30 +41,24 @@ def run_retag(
     summary = RunSummary(dry_run=dry_run)
     base = base_settings or load_settings(overrides, config_path=config_path)
     validate_settings(base)
+    if not base.cache_path().exists():
+        raise UsageError(f"no tagged folders yet: there is no cache at {base.cache_path()}; run `rtagx tag PATH` first")
+    scopes = check_paths(paths) if paths else []
     store = open_locked(base, events)
     try:
         roots = store.roots()
-        targets: list[tuple[Path, dict[str, Any]]] = []
-        if paths:
-            for p in check_paths(paths):
-                owner = owning_root(p, roots)
-                targets.append((p, owner[1] if owner else {}))
-        else:
+        if not paths:
             if not roots:
                 raise UsageError(f"the cache {store.path} has no tagged folders yet: run `rtagx tag PATH` first")
-            targets = [(p, s) for p, s, _ in roots]
-        for target, remembered in targets:
+            scopes = [p for p, _, _ in roots]
+        groups = group_by_root(store, scopes, roots, strict=bool(paths))
+        root_paths = {p for p, _, _ in roots}
+        for owner, (remembered, records) in groups.items():
             settings = load_settings(overrides, config_path=config_path, base=remembered)
             validate_settings(settings)
-            retag_one(store, target, settings, remembered, summary, events, dry_run)
-            if not dry_run and target.is_dir() and any(p == target for p, _, _ in roots):
-                store.put_root(
-                    target,
-                    {
-                        **root_settings(settings, remembered.get("model_key", "")),
-                        "model_key": remembered.get("model_key", ""),
-                    },
-                )
+            retag_files(store, records, settings, remembered, summary, events, dry_run)
+            if not dry_run and owner is not None and owner in root_paths and owner in scopes:
+                store.put_root(owner, root_settings(settings, remembered.get("model_key", "")))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -73,28 +67,71 @@ def run_retag(
     return summary
 
 
-def retag_one(
+def group_by_root(
+    store: Store, scopes: Sequence[Path], roots: list[tuple[Path, dict[str, Any], float]], *, strict: bool = True
+) -> dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]]:
+    """The cached files under ``scopes``, each once, grouped by the deepest root that holds it.
+
+    Files no root holds (tagged one at a time by an older rtagx, or untagged since) form the group
+    ``None``, with the model their recorded keywords came from (or the only model with their vector).
+    With ``strict``, a scope with no cached file is an error; without (the remembered roots), it is
+    passed over: a root whose first run stopped before any file was stored holds nothing yet."""
+    groups: dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]] = {}
+    for scope in scopes:
+        records = store.files_under(scope)
+        if not records and strict:
+            raise CacheError(f"no cached vectors for {scope} (run `rtagx tag {scope}` first)")
+        for key, rec in records.items():
+            owner = owning_root(key_path(key), roots)
+            group = groups.setdefault(owner[0] if owner else None, (owner[1] if owner else {}, {}))
+            group[1][key] = rec
+    orphans = groups.pop(None, None)
+    if orphans:
+        written = store.written(orphans[1])
+        # a file with no record of what was written (untagged since): the model that has its vector,
+        # when only one has
+        content_ids = [rec.content_id for rec in orphans[1].values()]
+        holders: dict[int, list[int]] = {}
+        for model in store.models():
+            for cid in store.contents_with_vectors(model["id"], content_ids):
+                holders.setdefault(cid, []).append(model["id"])
+        for key, rec in orphans[1].items():
+            candidates = holders.get(rec.content_id, [])
+            model_id = written[key].model_id if key in written else (candidates[0] if len(candidates) == 1 else None)
+            remembered = {"model_key": store.model_info(model_id)["key"]} if model_id is not None else {}
+            groups.setdefault(None, (remembered, {}))
+            if groups[None][0] == remembered:
+                groups[None][1][key] = rec
+            else:  # a second model among the orphans: its own group, keyed by a path of its own
+                groups.setdefault(key_path(key), (remembered, {}))[1][key] = rec
+    return groups
+
+
+def retag_files(
     store: Store,
-    target: Path,
+    records: dict[bytes, FileRecord],
     settings: Settings,
     remembered: dict[str, Any],
     summary: RunSummary,
     events: RunEvents,
     dry_run: bool,
 ) -> None:
-    vocabulary = vocab_mod.load_vocabulary(settings.tags)
-    if settings.templates:
-        vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
+    """Re-score and write one group of cached files, all under the same settings and model."""
+    vocabulary = load_vocabulary_for(settings)
     model_key = remembered.get("model_key")
-    row = store.conn.execute("SELECT id FROM models WHERE key = ?", (model_key,)).fetchone() if model_key else None
-    if row is None:
-        raise CacheError(f"no cached vectors for {target} (run `rtagx tag {target}` first)")
-    model_id = int(row[0])
-    tagger = Tagger(store, settings, vocabulary, model_id, model_key, events, summary, dry_run)
+    model_id = store.find_model(model_key) if model_key else None
+    if model_id is None:
+        for key in sorted(records):
+            summary.seen += 1
+            report_skip(
+                key_path(key), "not-embedded", "no vector recorded for it (run `rtagx tag` on it)", summary, events
+            )
+        return
+    tagger = Tagger(store, settings, vocabulary, model_id, model_key or "", events, summary, dry_run)
 
     def text_encoder() -> Encoder:
         info = store.model_info(model_id)
-        name = info.get("config_path") or info.get("name")
+        name = str(info.get("config_path") or info.get("name") or "")
         pretrained = info.get("checkpoint_path") or info.get("pretrained")
         resolved = resolve_model(name, pretrained, offline=True if settings.offline else None)
         if resolved.identity.key != model_key:
@@ -107,12 +144,13 @@ def retag_one(
 
     tagger.prepare_text(text_encoder)
     dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
-    records = store.files_under(target)
     have = store.contents_with_vectors(model_id, [r.content_id for r in records.values()])
     works: list[FileWork] = []
+    moved: list[FileRow] = []
+    moved_ids: list[int | None] = []
     for key, rec in sorted(records.items()):
         summary.seen += 1
-        path = Path(os.fsdecode(key))
+        path = key_path(key)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -126,21 +164,27 @@ def retag_one(
         if rec.content_id not in have:
             report_skip(path, "not-embedded", "no vector from this model yet (run `rtagx tag` on it)", summary, events)
             continue
-        if (st.st_size, st.st_mtime_ns) != (rec.size, rec.mtime_ns):
-            try:
-                same = store.content_for_fingerprint(fingerprint_file(path, st.st_size)) == rec.content_id
-            except OSError:
-                same = False
-            if not same:
+        item = ScannedFile(path, st.st_size, st.st_mtime_ns, path.parent, st.st_ctime_ns, st.st_ino)
+        if not same_identity(rec, item):
+            # touched since: keep the vector only if the image data is the same (a keyword edit)
+            fingerprint = fingerprint_or_skip(item)
+            if isinstance(fingerprint, Skip):
+                report_skip(fingerprint.path, fingerprint.reason, fingerprint.detail, summary, events)
+                continue
+            if fingerprint != rec.fingerprint and store.content_for_fingerprint(fingerprint) != rec.content_id:
                 report_skip(
                     path,
                     "changed",
-                    "changed since it was embedded (run `rtagx tag` to embed it again)",
+                    "its image data changed since it was embedded (run `rtagx tag` to embed it again)",
                     summary,
                     events,
                 )
                 continue
-        works.append(FileWork(ScannedFile(path, st.st_size, st.st_mtime_ns, target), rec.content_id, rec.fingerprint))
+            moved.append(file_row(item, fingerprint))
+            moved_ids.append(rec.content_id)
+        works.append(FileWork(item, rec.content_id, rec.fingerprint))
+    if moved and not dry_run:
+        store.put_files(moved, moved_ids, alias=False)
     summary.reused += len(works)
     events.stage("write", len(works))
     handle_cached(tagger, works, dim)

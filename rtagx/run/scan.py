@@ -25,6 +25,8 @@ class ScannedFile:
     size: int
     mtime_ns: int
     root: Path
+    ctime_ns: int = 0  # with the inode: what ``touch -r`` or a copy over the file cannot restore
+    inode: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def iter_scan(
         if stat.S_ISREG(st.st_mode):
             if str(root) not in seen_files:
                 seen_files.add(str(root))
-                yield ScannedFile(root, st.st_size, st.st_mtime_ns, root.parent)
+                yield ScannedFile(root, st.st_size, st.st_mtime_ns, root.parent, st.st_ctime_ns, st.st_ino)
             continue
         stack = [root]
         while stack:
@@ -142,7 +144,7 @@ def iter_scan(
                 if entry.path in seen_files:
                     continue
                 seen_files.add(entry.path)
-                yield ScannedFile(path, st.st_size, st.st_mtime_ns, root)
+                yield ScannedFile(path, st.st_size, st.st_mtime_ns, root, st.st_ctime_ns, st.st_ino)
             stack.extend(reversed(subdirs))
 
 

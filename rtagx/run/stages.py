@@ -9,12 +9,14 @@ the local one (``run/local.py``: threads and bounded queues) or a distributed en
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rtagx.cache.store import FileRecord, Store, fingerprint_file, path_key
+from rtagx.cache.fingerprint import fingerprint_file
+from rtagx.cache.store import FileRecord, FileRow, Store, path_key
 from rtagx.imaging import decode
 from rtagx.model.encoder import Encoder
 from rtagx.run.scan import ScannedFile
@@ -49,47 +51,111 @@ class Diff:
     skipped: list[Skip] = field(default_factory=list)
 
 
+#: Skip reasons no retry can change while the file stays as it is: remembered with the file's size
+#: and mtime, so a no-op run reports them without loading the model (``--rehash`` retries them).
+PERMANENT_FAILURES = frozenset({"corrupt", "truncated", "empty", "not-an-image", "unsupported-format"})
+
+
+def file_row(item: ScannedFile, fingerprint: str) -> FileRow:
+    return FileRow(item.path, item.size, item.mtime_ns, fingerprint, item.ctime_ns, item.inode)
+
+
+def same_identity(rec: FileRecord, item: ScannedFile) -> bool:
+    """Size, mtime, ctime and inode as recorded: the file was not touched since. A row from a
+    version-3 cache knows no ctime/inode (0) and is judged on size and mtime."""
+    if rec.size != item.size or rec.mtime_ns != item.mtime_ns:
+        return False
+    return rec.ctime_ns == 0 or (rec.ctime_ns == item.ctime_ns and rec.inode == item.inode)
+
+
+def fingerprint_or_skip(item: ScannedFile) -> str | Skip:
+    """The file's content fingerprint, or why it could not be read."""
+    try:
+        return fingerprint_file(item.path)
+    except FileNotFoundError:
+        return Skip(item.path, "missing", "file vanished during the run")
+    except PermissionError as e:
+        return Skip(item.path, "permission-denied", e.strerror or "permission denied")
+    except OSError as e:
+        return Skip(item.path, "unreadable", e.strerror or str(e))
+
+
+def fingerprint_all(items: list[ScannedFile]) -> list[str | Skip]:
+    """Fingerprints of many files, on every core: hashing releases the GIL, and a first run over a
+    library hashes every file (~9 ms per 12 MP JPEG on one core) before anything is decoded."""
+    if len(items) < 2:
+        return [fingerprint_or_skip(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 2), thread_name_prefix="rtagx-hash") as pool:
+        return list(pool.map(fingerprint_or_skip, items, chunksize=16))
+
+
 def diff_with_cache(
-    store: Store, model_id: int, scanned: list[ScannedFile], known: dict[bytes, FileRecord], *, dry_run: bool = False
+    store: Store,
+    model_id: int,
+    scanned: list[ScannedFile],
+    known: dict[bytes, FileRecord],
+    *,
+    failures: dict[bytes, tuple[int, int, str, str]] | None = None,
+    rehash: bool = False,
+    dry_run: bool = False,
 ) -> Diff:
-    """Split scanned files into those whose vector this model already has (same path, size and mtime,
-    or the same content under another name) and those to embed."""
+    """Split scanned files into those whose vector this model already has and those to embed.
+
+    A file is known without reading it when its identity (size, mtime, ctime, inode) is as recorded.
+    Otherwise (or with ``rehash``) its image data is hashed: the content it had before (only its
+    metadata changed), or the content of another file (a copy, a rename), keeps its vector. A file
+    that failed for good with the same size and mtime is skipped again with its remembered reason."""
     diff = Diff()
+    failures = failures or {}
     maybe_cached: list[FileWork] = []
-    new: list[FileWork] = []
+    new: list[tuple[FileWork, FileRecord | None]] = []
+    backfill: list[tuple[bytes, int, int]] = []
+    stale_failures: list[bytes] = []
     for item in scanned:
-        rec = known.get(path_key(item.path))
-        if rec is not None and rec.size == item.size and rec.mtime_ns == item.mtime_ns:
+        key = path_key(item.path)
+        failed = failures.get(key)
+        if failed is not None:
+            if not rehash and failed[:2] == (item.size, item.mtime_ns):
+                diff.skipped.append(Skip(item.path, failed[2], f"{failed[3]} (remembered until the file changes)"))
+                continue
+            stale_failures.append(key)
+        rec = known.get(key)
+        if rec is not None and not rehash and same_identity(rec, item):
             maybe_cached.append(FileWork(item, rec.content_id, rec.fingerprint))
+            if rec.ctime_ns == 0:
+                backfill.append((key, item.ctime_ns, item.inode))
         else:
-            new.append(FileWork(item))
+            new.append((FileWork(item), rec))
     have = store.contents_with_vectors(model_id, [w.content_id for w in maybe_cached if w.content_id])
     diff.to_embed = [w for w in maybe_cached if w.content_id not in have]
     diff.cached = [w for w in maybe_cached if w.content_id in have]
-    fresh_rows: list[tuple[Path, int, int, str]] = []
+    fresh_rows: list[FileRow] = []
     fresh_ids: list[int | None] = []
-    for w in new:
-        try:
-            w.fingerprint = fingerprint_file(w.file.path, w.file.size)
-        except FileNotFoundError:
-            diff.skipped.append(Skip(w.file.path, "missing", "file vanished during the run"))
+    for (w, rec), fingerprint in zip(new, fingerprint_all([w.file for w, _ in new])):
+        if isinstance(fingerprint, Skip):
+            diff.skipped.append(fingerprint)
             continue
-        except PermissionError as e:
-            diff.skipped.append(Skip(w.file.path, "permission-denied", e.strerror or "permission denied"))
-            continue
-        except OSError as e:
-            diff.skipped.append(Skip(w.file.path, "unreadable", e.strerror or str(e)))
-            continue
-        cid = store.content_for_fingerprint(w.fingerprint)
+        w.fingerprint = fingerprint
+        if rec is not None and rec.fingerprint == fingerprint:
+            cid: int | None = rec.content_id  # the same image data: only metadata (or nothing) changed
+        else:
+            cid = store.content_for_fingerprint(fingerprint)
         if cid is not None and cid in store.contents_with_vectors(model_id, [cid]):
-            w.content_id, w.reused = cid, True
-            fresh_rows.append((w.file.path, w.file.size, w.file.mtime_ns, w.fingerprint))
+            w.content_id = cid
+            w.reused = rec is None or rec.content_id != cid
+            fresh_rows.append(file_row(w.file, fingerprint))
             fresh_ids.append(cid)
             diff.cached.append(w)
         else:
             diff.to_embed.append(w)
-    if fresh_rows and not dry_run:
-        store.put_files(fresh_rows, fresh_ids)
+    if not dry_run:
+        if fresh_rows:
+            # a file pointing at its RAW sibling's content must not alias its own fingerprint to it
+            store.put_files(fresh_rows, fresh_ids, alias=False)
+        if backfill:
+            store.set_identities(backfill)
+        if stale_failures:
+            store.forget_failures(stale_failures)
     return diff
 
 
@@ -105,11 +171,10 @@ def encode_batch(encoder: Encoder, arrays: list[np.ndarray], spec: decode.Prepro
 
 def store_batch(store: Store, model_id: int, works: list[FileWork], vectors: np.ndarray) -> list[int]:
     """Record the files and their vectors in the cache; sets each work's content id."""
-    files = [(w.file.path, w.file.size, w.file.mtime_ns, w.fingerprint or "") for w in works]
-    ids = store.put_files(files)  # allocates content ids for new fingerprints
+    ids = store.put_files([file_row(w.file, w.fingerprint or "") for w in works])  # new fingerprints: new contents
     for w, cid in zip(works, ids):
         w.content_id = cid
-    store.put_vectors(model_id, ids, vectors, files)
+    store.put_vectors(model_id, ids, vectors)
     return ids
 
 
@@ -117,7 +182,7 @@ def ensure_fingerprints(works: list[FileWork]) -> None:
     """Fingerprint the files that have none yet (a vanished file gets an empty one)."""
     for w in works:
         if w.fingerprint is None:
-            w.fingerprint = fingerprint_file(w.file.path, w.file.size) if os.path.exists(w.file.path) else ""
+            w.fingerprint = fingerprint_file(w.file.path) if os.path.exists(w.file.path) else ""
 
 
 def _sibling_key(path: Path) -> tuple[str, str]:
@@ -125,25 +190,61 @@ def _sibling_key(path: Path) -> tuple[str, str]:
 
 
 def pair_raw_siblings(
-    to_embed: list[FileWork], cached: list[FileWork]
-) -> tuple[list[FileWork], list[tuple[FileWork, FileWork]]]:
-    """Split off RAW files whose same-stem sibling (IMG_1.CR2 beside IMG_1.JPG) is in this run.
+    store: Store, model_id: int, diff: Diff, *, dry_run: bool = False
+) -> list[tuple[FileWork, FileWork]]:
+    """Decide, per path, which RAW files take the vector of their same-stem sibling in this run
+    (IMG_1.CR2 beside IMG_1.JPG); returns (raw, sibling) pairs and takes them out of ``diff``.
 
-    Returns the works still to embed and (raw, sibling) pairs; the RAW takes the sibling's vector.
     The sibling is the camera's own rendering of the same exposure, so its vector describes the RAW
-    as well as a demosaic would, at a fraction of the decode time.
+    as well as a demosaic would, at a fraction of the decode time. Pairing belongs to the path, not
+    to the content: byte-identical copies of one RAW file share a fingerprint, and a copy with a
+    sibling must follow that sibling while a copy without one gets the RAW's own vector. So a cached
+    RAW file that follows another content than its sibling's now is paired again, and one that
+    follows a sibling no longer there is looked up by its own fingerprint (or embedded).
     """
     raw_exts = decode.RAW_EXTENSIONS
     leaders: dict[tuple[str, str], FileWork] = {}
-    for w in list(cached) + list(to_embed):
+    for w in diff.cached + diff.to_embed:
         if w.file.path.suffix.lower() not in raw_exts:
             leaders.setdefault(_sibling_key(w.file.path), w)
-    rest: list[FileWork] = []
     pairs: list[tuple[FileWork, FileWork]] = []
-    for w in to_embed:
+    to_embed: list[FileWork] = []
+    for w in diff.to_embed:
         leader = leaders.get(_sibling_key(w.file.path)) if w.file.path.suffix.lower() in raw_exts else None
         if leader is not None:
             pairs.append((w, leader))
         else:
-            rest.append(w)
-    return rest, pairs
+            to_embed.append(w)
+    cached: list[FileWork] = []
+    alone: list[FileWork] = []
+    for w in diff.cached:
+        if w.file.path.suffix.lower() not in raw_exts:
+            cached.append(w)
+            continue
+        leader = leaders.get(_sibling_key(w.file.path))
+        if leader is None:
+            alone.append(w)
+        elif leader.content_id is not None and leader.content_id == w.content_id:
+            cached.append(w)  # follows its sibling already
+        else:
+            pairs.append((w, leader))
+    if alone:
+        own = store.contents_for_fingerprints([w.fingerprint or "" for w in alone])
+        have = store.contents_with_vectors(model_id, own.values())
+        relinked: list[FileWork] = []
+        for w in alone:
+            cid = own.get(w.fingerprint or "")
+            if cid == w.content_id:
+                cached.append(w)  # its own content
+            elif cid is not None and cid in have:
+                w.content_id, w.reused = cid, True
+                cached.append(w)
+                relinked.append(w)
+            else:
+                w.content_id, w.reused = None, False
+                to_embed.append(w)
+        if relinked and not dry_run:
+            rows = [file_row(w.file, w.fingerprint or "") for w in relinked]
+            store.put_files(rows, [w.content_id for w in relinked], alias=False)
+    diff.cached, diff.to_embed = cached, to_embed
+    return pairs

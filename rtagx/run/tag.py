@@ -9,15 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rtagx.cache.store import FileRecord, Store, fingerprint_file
+from rtagx.cache.store import FileRecord, Store
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
 from rtagx.model.memo import remember_identity, remembered_identity
-from rtagx.run.common import check_paths, open_locked
+from rtagx.run.common import check_paths, load_vocabulary_for, open_locked
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.local import embed
 from rtagx.run.scan import ScannedFile, ScanProblem, iter_scan, selected_extensions
-from rtagx.run.stages import FileWork, diff_with_cache, pair_raw_siblings
+from rtagx.run.stages import FileWork, Skip, diff_with_cache, file_row, fingerprint_or_skip, pair_raw_siblings
 from rtagx.run.tagger import Tagger, handle_cached, root_settings, settle_unchanged
 from rtagx.settings import Settings, validate_settings
 from rtagx.tags import vocab as vocab_mod
@@ -32,9 +32,7 @@ def run_tag(
     summary = RunSummary(dry_run=dry_run)
     validate_settings(settings)
     roots = check_paths(paths)
-    vocabulary = vocab_mod.load_vocabulary(settings.tags)
-    if settings.templates:
-        vocabulary = vocab_mod.with_templates(vocabulary, settings.templates)
+    vocabulary = load_vocabulary_for(settings)
 
     resolved_box: list[ResolvedModel] = []
 
@@ -91,13 +89,21 @@ def tag_with_store(
             encoder_box[:] = [enc]
         return encoder_box[0]
 
+    # 0. remember the roots now: an interrupted first run is a root all the same (for `retag`,
+    #    `cache stats` and the first-write question). A folder's run takes over the roots inside it.
+    if not dry_run:
+        for root in roots:
+            store.put_root(root, root_settings(settings, identity.key), replace_nested=root.is_dir())
+
     # 1. scan and diff with the cache
     scanned: list[ScannedFile] = []
     with Timer(summary.timings, "scan"):
         events.stage("scan", 0)
         known: dict[bytes, FileRecord] = {}
+        failures: dict[bytes, tuple[int, int, str, str]] = {}
         for root in roots:
             known.update(store.files_under(root))
+            failures.update(store.failures_under(root))
         for item in iter_scan(
             roots,
             selected_extensions(settings),
@@ -114,9 +120,14 @@ def tag_with_store(
             scanned.append(item)
     # 2. contents already embedded by this model?
     with Timer(summary.timings, "diff"):
-        diff = diff_with_cache(store, model_id, scanned, known, dry_run=dry_run)
+        diff = diff_with_cache(
+            store, model_id, scanned, known, failures=failures, rehash=settings.rehash, dry_run=dry_run
+        )
         for skip in diff.skipped:
             report_skip(skip.path, skip.reason, skip.detail, summary, events)
+        # A RAW file with a JPEG (or other) sibling of the same stem is not decoded: it takes the
+        # sibling's vector, so both get the same tags and the slow RAW decode is skipped.
+        followers = pair_raw_siblings(store, model_id, diff, dry_run=dry_run)
         work_cached, to_embed = diff.cached, diff.to_embed
         summary.reused = sum(1 for w in work_cached if w.reused)
 
@@ -157,9 +168,6 @@ def tag_with_store(
     handle_cached(tagger, work_cached, dim)
 
     # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write.
-    #    A RAW file with a JPEG (or other) sibling of the same stem is not decoded: it takes the
-    #    sibling's vector, so both get the same tags and the slow RAW decode is skipped.
-    to_embed, followers = pair_raw_siblings(to_embed, work_cached)
     if to_embed:
         encoder = full_encoder()
         embed(tagger, encoder, to_embed, settings, summary, events, dry_run)
@@ -167,38 +175,27 @@ def tag_with_store(
     if orphans:
         embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
 
-    # 6. remember the root for retag
-    if not dry_run:
-        for root in roots:
-            if root.is_dir():
-                store.put_root(root, root_settings(settings, identity.key))
-
 
 def tag_followers(tagger: Tagger, pairs: list[tuple[FileWork, FileWork]], dim: int) -> list[FileWork]:
-    """Give each RAW file its sibling's vector, store it under the RAW's own content, tag it.
-    Returns the RAW files whose sibling could not be embedded (they are embedded themselves)."""
+    """Give each RAW file its sibling's vector and tag it. The RAW's file row points at the sibling's
+    content; its own fingerprint is not aliased to it, so a copy of the RAW elsewhere, without the
+    sibling, is not given this vector. Returns the RAW files whose sibling could not be embedded
+    (they are embedded themselves)."""
     orphans: list[FileWork] = []
     store = tagger.store
     for raw, leader in pairs:
         if leader.content_id is None or not store.contents_with_vectors(tagger.model_id, [leader.content_id]):
+            raw.content_id, raw.reused = None, False
             orphans.append(raw)
             continue
-        vector = store.vectors(tagger.model_id, [leader.content_id], dim)
-        try:
-            fingerprint = raw.fingerprint or fingerprint_file(raw.file.path, raw.file.size)
-        except OSError as e:
-            report_skip(
-                raw.file.path,
-                "missing" if isinstance(e, FileNotFoundError) else "unreadable",
-                e.strerror or str(e),
-                tagger.summary,
-                tagger.events,
-            )
+        fingerprint = raw.fingerprint or fingerprint_or_skip(raw.file)
+        if isinstance(fingerprint, Skip):
+            report_skip(fingerprint.path, fingerprint.reason, fingerprint.detail, tagger.summary, tagger.events)
             continue
-        row = (raw.file.path, raw.file.size, raw.file.mtime_ns, fingerprint)
-        (cid,) = store.put_files([row])
-        store.put_vectors(tagger.model_id, [cid], vector, [row])
-        raw.content_id, raw.fingerprint, raw.reused = cid, fingerprint, True
+        vector = store.vectors(tagger.model_id, [leader.content_id], dim)
+        if not tagger.dry_run:
+            store.put_files([file_row(raw.file, fingerprint)], [leader.content_id], alias=False)
+        raw.content_id, raw.fingerprint, raw.reused = leader.content_id, fingerprint, True
         tagger.summary.reused += 1
         tagger.handle([raw], vector, embedded=False)
     return orphans

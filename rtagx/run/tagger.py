@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.cache.store import Store, WrittenRecord, fingerprint_file, path_key
+from rtagx.cache.store import FileRow, Store, WrittenRecord, path_key
 from rtagx.errors import FileSkip
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder
@@ -65,6 +65,11 @@ def write_settings_hash(settings: Settings) -> str:
 
 def _digest(value: Any, size: int) -> str:
     return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=size).hexdigest()
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file changed without reading it: size, mtime, ctime, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
@@ -165,7 +170,7 @@ class Tagger:
         keys = [path_key(w.file.path) for w in works]
         previous = self.store.written(keys)
         records: list[WrittenRecord] = []
-        aliases: list[tuple[Path, int, int, str]] = []
+        aliases: list[FileRow] = []
         alias_ids: list[int] = []
         with Timer(self.summary.timings, "write"):
             for work, key, chosen in zip(works, keys, chosen_all):
@@ -176,7 +181,7 @@ class Tagger:
         if records:
             self.store.put_written(records)
         if aliases:
-            self.store.put_files(aliases, alias_ids)
+            self.store.put_files(aliases, alias_ids, alias=False)
 
     def _write_one(
         self,
@@ -186,7 +191,7 @@ class Tagger:
         prev: WrittenRecord | None,
         embedded: bool,
         records: list[WrittenRecord],
-        aliases: list[tuple[Path, int, int, str]],
+        aliases: list[FileRow],
         alias_ids: list[int],
     ) -> FileOutcome:
         s = self.settings
@@ -246,14 +251,11 @@ class Tagger:
             st2 = os.stat(path)
         except OSError:
             return base
-        if (st2.st_size, st2.st_mtime_ns) != (st.st_size, st.st_mtime_ns) and work.content_id is not None:
-            # Our own write changed the file's bytes, not its pixels: alias the new identity.
-            try:
-                fp = fingerprint_file(path, st2.st_size)
-                aliases.append((path, st2.st_size, st2.st_mtime_ns, fp))
-                alias_ids.append(work.content_id)
-            except OSError:
-                pass
+        if identity(st2) != identity(st) and work.content_id is not None and work.fingerprint:
+            # Our own write changed the file's metadata, not its image data (so not its fingerprint):
+            # record the new identity, so the next run does not read the file again.
+            aliases.append(FileRow(path, st2.st_size, st2.st_mtime_ns, work.fingerprint, st2.st_ctime_ns, st2.st_ino))
+            alias_ids.append(work.content_id)
         records.append(
             WrittenRecord(
                 key,

@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rtagx.cache.store import path_key
+from rtagx.cache.store import FileRow, path_key
 from rtagx.errors import FileSkip
 from rtagx.keywords import metadata
-from rtagx.run.common import check_paths, open_locked
+from rtagx.run.common import check_paths, open_locked, owning_root, written_place
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary, report_skip
 from rtagx.run.scan import ScanProblem, iter_scan, selected_extensions
+from rtagx.run.stages import same_identity
 from rtagx.settings import Settings, validate_settings
 
 
 def run_untag(
     paths: Sequence[Path], settings: Settings, *, dry_run: bool = False, events: RunEvents | None = None
 ) -> RunSummary:
-    """Remove exactly the keywords rtagx wrote (and its private record) from files under ``paths``."""
+    """Remove exactly the keywords rtagx wrote (and its private record) from files under ``paths``.
+
+    Each file is untagged where rtagx wrote it (embedded, a sidecar of the style used, a caption with
+    the extension used), as recorded in the cache, unless the options given say otherwise. Afterwards
+    the cache knows the files' new identity (their vectors stay), forgets what it wrote, and forgets
+    the roots untagged whole."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
     validate_settings(settings)
     roots = check_paths(paths)
     store = open_locked(settings, events)
+    forget: list[bytes] = []
+    moved: list[FileRow] = []
+    moved_ids: list[int | None] = []
     try:
-        forget: list[bytes] = []
+        remembered_roots = store.roots()
         events.stage("write", 0)
         for item in iter_scan(
             roots,
@@ -39,11 +50,14 @@ def run_untag(
             if isinstance(item, ScanProblem):
                 report_skip(item.path, item.reason, item.detail, summary, events)
                 continue
+            key = path_key(item.path)
+            where = written_place(settings, store.written([key]).get(key), owning_root(item.path, remembered_roots))
             try:
                 result = metadata.remove_own_keywords(
                     item.path,
-                    target=settings.write,
-                    sidecar_style=settings.sidecar_style,
+                    target=where["write"],
+                    sidecar_style=where["sidecar_style"],
+                    caption_ext=where["caption_ext"],
                     preserve_mtime=settings.preserve_mtime,
                     dry_run=dry_run,
                 )
@@ -62,13 +76,28 @@ def run_untag(
             summary.add(outcome)
             events.file(outcome)
             events.progress("write", 1)
-            if result.changed and not dry_run:
-                forget.append(path_key(item.path))
-        if forget:
-            store.forget_written(forget)
+            if dry_run:
+                continue
+            forget.append(key)
+            rec = store.file(item.path)
+            if result.changed and rec is not None and same_identity(rec, item):
+                # only metadata changed: the cached vector still describes the file under its new identity
+                with contextlib.suppress(OSError):
+                    st = os.stat(item.path)
+                    moved.append(
+                        FileRow(item.path, st.st_size, st.st_mtime_ns, rec.fingerprint, st.st_ctime_ns, st.st_ino)
+                    )
+                    moved_ids.append(rec.content_id)
+        if not dry_run:
+            store.forget_roots([r for r, _, _ in remembered_roots if any(r == p or p in r.parents for p in roots)])
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        store.close()
+        try:
+            if not dry_run:  # what was untagged before a Ctrl-C is recorded too
+                store.forget_written(forget)
+                store.put_files(moved, moved_ids, alias=False)
+        finally:
+            store.close()
         summary.wall_seconds = time.perf_counter() - started
     return summary
