@@ -57,12 +57,22 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
 from rtagx.errors import DecodeError
+from rtagx.imaging import heif, raw
 from rtagx.imaging.formats import (
     HEIF_EXTENSIONS,
     RAW_EXTENSIONS,
     SNIFF_BYTES,
     SUPPORTED_EXTENSIONS,
     identify,
+)
+from rtagx.imaging.geometry import (
+    ORIENT_TRANSPOSE,
+    PreprocessSpec,
+    box_to_source,
+    check_megapixels,
+    exif_orientation,
+    plan,
+    swaps_axes,
 )
 
 if TYPE_CHECKING:  # torch is heavy: imported only where a batch is built
@@ -104,60 +114,6 @@ REDUCING_GAP: float | None = 3.0
 # --------------------------------------------------------------------------------------------------
 # The preprocessing contract
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """What the image tower expects: open_clip's ``preprocess_cfg`` in a hashable value."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0  # padding colour of resize_mode "longest" (open_clip's fill_color)
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
-        if self.interpolation not in ("bicubic", "bilinear", "random"):
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
-        if self.resize_mode not in ("shortest", "longest", "squash"):
-            raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
-
-    @classmethod
-    def from_model(cls, model: Any) -> PreprocessSpec:
-        """Read ``model.visual.preprocess_cfg`` (open_clip), with OpenAI defaults for missing keys."""
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-        visual = getattr(model, "visual", model)
-        cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
-        size = cfg.get("size", getattr(visual, "image_size", 224))
-        if isinstance(size, (tuple, list)):
-            if len(set(size)) != 1:
-                raise ValueError(f"non-square model input {tuple(size)} is not supported")
-            size = size[0]
-        fill = cfg.get("fill_color", 0)
-        return cls(
-            size=int(size),
-            mean=_triple(cfg.get("mean") or OPENAI_DATASET_MEAN),
-            std=_triple(cfg.get("std") or OPENAI_DATASET_STD),
-            interpolation=cfg.get("interpolation") or "bicubic",
-            resize_mode=cfg.get("resize_mode") or "shortest",
-            fill_color=int(fill[0] if isinstance(fill, (tuple, list)) else fill),
-        )
-
-    @property
-    def resample(self) -> Image.Resampling:
-        # open_clip maps everything but "bilinear" (including "random" at eval) to bicubic.
-        return Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
-
-
-def _triple(value: Any) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    a, b, c = (float(v) for v in value)
-    return (a, b, c)
 
 
 def to_model_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
@@ -315,111 +271,6 @@ def _map_load_error(e: BaseException, fmt: str, part: str = "data") -> DecodeErr
     return DecodeError("corrupt", f"{fmt} {part} is damaged: {text}")
 
 
-def _check_megapixels(size: tuple[int, int], max_megapixels: float, what: str = "image") -> None:
-    w, h = size
-    if w <= 0 or h <= 0:
-        raise DecodeError("corrupt", f"{what} header gives an empty size {w}x{h}")
-    mp = w * h / 1e6
-    if max_megapixels and mp > max_megapixels:
-        raise DecodeError(
-            "too-large", f"{w}x{h} = {_mp_text(mp)} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry: the exact resize + crop open_clip would do, expressed as one source box
-# --------------------------------------------------------------------------------------------------
-
-# EXIF orientation -> Pillow transpose that makes the image upright (as ImageOps.exif_transpose).
-_ORIENT_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Resample ``box`` (upright full-resolution coordinates) to ``out`` pixels, paste at ``offset``."""
-
-    out: tuple[int, int]  # (w, h) of the resampled region, upright
-    box: tuple[float, float, float, float]  # source region, upright full-res coordinates
-    offset: tuple[int, int]  # where it lands on the size x size canvas
-    resized: tuple[int, int]  # (w, h) open_clip resizes the whole image to
-
-
-def _plan(width: int, height: int, spec: PreprocessSpec) -> _Plan:
-    """Mirror open_clip's eval transform for an upright image of ``width`` x ``height``."""
-    s = spec.size
-    if spec.resize_mode == "squash":
-        return _Plan((s, s), (0.0, 0.0, float(width), float(height)), (0, 0), (s, s))
-    if spec.resize_mode == "longest":  # ResizeKeepRatio(longest=1) + CenterCropOrPad
-        ratio = max(height / s, width / s)
-        rw, rh = round(width / ratio), round(height / ratio)
-        if rw > s or rh > s:  # rounding can overshoot by one: crop like CenterCropOrPad does
-            return _crop_plan(width, height, rw, rh, s, spec)
-        return _Plan((rw, rh), (0.0, 0.0, float(width), float(height)), ((s - rw) // 2, (s - rh) // 2), (rw, rh))
-    # "shortest": torchvision Resize(int) keeps the aspect ratio, truncating the long side.
-    if width <= height:
-        rw, rh = s, int(s * height / width)
-    else:
-        rw, rh = int(s * width / height), s
-    return _crop_plan(width, height, rw, rh, s, spec)
-
-
-def _crop_plan(width: int, height: int, rw: int, rh: int, s: int, spec: PreprocessSpec) -> _Plan:
-    cw, ch = min(s, rw), min(s, rh)
-    left = round((rw - cw) / 2.0)  # torchvision's CenterCrop rounding (banker's round)
-    top = round((rh - ch) / 2.0)
-    sx, sy = width / rw, height / rh
-    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-    return _Plan((cw, ch), box, ((s - cw) // 2, (s - ch) // 2), (rw, rh))
-
-
-def _box_to_source(
-    box: tuple[float, float, float, float], orientation: int, sw: float, sh: float
-) -> tuple[float, float, float, float]:
-    """Map a box in upright coordinates back to the stored (un-rotated) frame of size sw x sh."""
-    x0, y0, x1, y1 = box
-
-    def point(u: float, v: float) -> tuple[float, float]:
-        if orientation == 2:
-            return sw - u, v
-        if orientation == 3:
-            return sw - u, sh - v
-        if orientation == 4:
-            return u, sh - v
-        if orientation == 5:
-            return v, u
-        if orientation == 6:
-            return v, sh - u
-        if orientation == 7:
-            return sw - v, sh - u
-        if orientation == 8:
-            return sw - v, u
-        return u, v
-
-    (a, b), (c, d) = point(x0, y0), point(x1, y1)
-    return min(a, c), min(b, d), max(a, c), max(b, d)
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = im.getexif().get(0x0112, 1)
-        value = int(value)
-    except Exception:  # a damaged EXIF block must not lose the picture
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _swapped(orientation: int) -> bool:
-    return orientation in (5, 6, 7, 8)
-
-
 # --------------------------------------------------------------------------------------------------
 # Colour: modes to something resample() handles, ICC to sRGB, alpha over grey
 # --------------------------------------------------------------------------------------------------
@@ -564,8 +415,8 @@ def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, resp
     """
     src = _decode_source(Path(path), None, max_megapixels)
     im = _to_resample_mode(src.image)
-    if src.orientation in _ORIENT_TRANSPOSE:
-        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    if src.orientation in ORIENT_TRANSPOSE:
+        im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
     return _finish_rgb(im, src.icc, respect_icc)
 
 
@@ -573,14 +424,14 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
     """Resize + crop exactly as planned in upright coordinates, working in the stored frame."""
     s = spec.size
     fw, fh = src.full_size
-    upright_w, upright_h = (fh, fw) if _swapped(src.orientation) else (fw, fh)
-    plan = _plan(upright_w, upright_h, spec)
+    upright_w, upright_h = (fh, fw) if swaps_axes(src.orientation) else (fw, fh)
+    layout = plan(upright_w, upright_h, spec)
     # full-res upright box -> full-res stored box -> reduced stored box
-    box = _box_to_source(plan.box, src.orientation, fw, fh)
+    box = box_to_source(layout.box, src.orientation, fw, fh)
     kx, ky = src.content[0] / fw, src.content[1] / fh
     iw, ih = src.image.size
     box = (_clamp(box[0] * kx, iw), _clamp(box[1] * ky, ih), _clamp(box[2] * kx, iw), _clamp(box[3] * ky, ih))
-    out = (plan.out[1], plan.out[0]) if _swapped(src.orientation) else plan.out
+    out = (layout.out[1], layout.out[0]) if swaps_axes(src.orientation) else layout.out
 
     im = _to_resample_mode(src.image)
     gap = None if src.reduced else REDUCING_GAP
@@ -588,19 +439,14 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
         im = im.resize(out, spec.resample, box=box, reducing_gap=gap)
     except ValueError as e:  # a box outside the image would be our bug; say so clearly
         raise DecodeError("corrupt", f"cannot resample {im.size} with box {box}: {e}") from None
-    if src.orientation in _ORIENT_TRANSPOSE:
-        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    if src.orientation in ORIENT_TRANSPOSE:
+        im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
     im = _finish_rgb(im, src.icc, respect_icc)
     if im.size != (s, s):
         canvas = Image.new("RGB", (s, s), (spec.fill_color,) * 3)
-        canvas.paste(im, plan.offset)
+        canvas.paste(im, layout.offset)
         im = canvas
     return np.array(im, dtype=np.uint8)
-
-
-def _mp_text(mp: float) -> str:
-    """3600 -> '3600', 1.5 -> '1.5': exact enough to see why a file exceeds the limit."""
-    return f"{mp:.1f}".rstrip("0").rstrip(".")
 
 
 def _clamp(value: float, limit: int) -> float:
@@ -620,14 +466,10 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
                 raise DecodeError("truncated", f"JPEG cut after {len(head)} bytes (only the start marker is there)")
             raise DecodeError("not-an-image", _describe_non_image(head))
         if fmt == "RAW":
-            from rtagx.imaging import raw as decode_raw
-
-            return decode_raw.decode_raw(path, f, spec, max_megapixels)
+            return _from_raw(raw.decode_raw(path, spec, max_megapixels), spec, max_megapixels)
         if fmt == "HEIF":
-            from rtagx.imaging import heif as decode_heif
-
             try:
-                im = decode_heif.open_heif(f)
+                im = heif.open_heif(f)
             except DecodeError as e:
                 raise _truncated_or(e, f, "HEIF") from None
         elif fmt == "AVIF" and not _pillow_reads("AVIF"):
@@ -649,6 +491,17 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
         f.close()
 
 
+def _from_raw(picture: raw.RawPicture, spec: PreprocessSpec | None, max_megapixels: float) -> _Source:
+    """A RAW file's preview JPEG goes through the JPEG path (draft mode); pixels are used as they are."""
+    if picture.jpeg is not None:
+        bio = io.BytesIO(picture.jpeg)
+        im = _pil_open(bio, "JPEG")
+        return _load(im, "JPEG", bio, spec, max_megapixels, orientation=picture.orientation)
+    pixels = picture.image
+    assert pixels is not None
+    return _Source(pixels, pixels.size, (float(pixels.width), float(pixels.height)), picture.orientation, None, False)
+
+
 def _read_all(f: IO[bytes]) -> bytes:
     try:
         f.seek(0)
@@ -668,10 +521,9 @@ def _pillow_reads(fmt: str) -> bool:
 def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int) -> tuple[int, int]:
     """Smallest stored-frame size that still leaves DRAFT_MARGIN headroom over the resized target."""
     fw, fh = im.size
-    upright = (fh, fw) if _swapped(orientation) else (fw, fh)
-    plan = _plan(upright[0], upright[1], spec)
-    rw, rh = plan.resized
-    if _swapped(orientation):
+    upright = (fh, fw) if swaps_axes(orientation) else (fw, fh)
+    rw, rh = plan(upright[0], upright[1], spec).resized
+    if swaps_axes(orientation):
         rw, rh = rh, rw
     return max(1, int(rw * DRAFT_MARGIN + 0.999)), max(1, int(rh * DRAFT_MARGIN + 0.999))
 
@@ -690,9 +542,9 @@ def _load(
     ``orientation`` overrides the image's own EXIF (a RAW preview takes the RAW file's).
     """
     full_size = im.size
-    _check_megapixels(full_size, max_megapixels, fmt)
+    check_megapixels(full_size, max_megapixels, fmt)
     if orientation is None:
-        orientation = _orientation(im)
+        orientation = exif_orientation(im)
     icc = im.info.get("icc_profile") or None
     content: tuple[float, float] = (float(full_size[0]), float(full_size[1]))
     reduced = False
