@@ -436,9 +436,11 @@ def _panorama(folder: Path) -> Case:
 
 
 # HEIF / AVIF: rotation boxes, and HEIC with libheif thumbnails (issue item 4)
-def _heic(folder: Path, name: str, orientation: int, thumbnails: list[int]) -> Case:
+def _heic(
+    folder: Path, name: str, orientation: int, thumbnails: list[int], size: tuple[int, int] = (1200, 800)
+) -> Case:
     pillow_heif = pytest.importorskip("pillow_heif")
-    upright = camera_like(1200, 800, seed=50 + orientation)
+    upright = camera_like(*size, seed=50 + orientation)
     heif = pillow_heif.from_pillow(stored_frame(upright, orientation))
     heif.info["exif"] = exif_with(orientation).tobytes()
     path = folder / name
@@ -449,6 +451,8 @@ def _heic(folder: Path, name: str, orientation: int, thumbnails: list[int]) -> C
 case("heic-rotation-o6")(lambda folder: _heic(folder, "rot6.heic", 6, []))
 case("heic-mirror-o2")(lambda folder: _heic(folder, "mirror2.heic", 2, []))
 case("heic-thumbnails")(lambda folder: _heic(folder, "thumbs.heic", 1, [1024, 512, 256]))
+# at 64 px the 768-px thumbnail is exactly HEIF_THUMBNAIL_MARGIN (8) times the target: the threshold case
+case("heic-thumbnails-6mp")(lambda folder: _heic(folder, "thumbs6.heic", 1, [1536, 768, 384], (3000, 2000)))
 
 
 @case("avif-rotation-o6")
@@ -543,12 +547,13 @@ def test_flip_table_matches_libraw(tmp_path):
         assert np.array_equal(rendered, np.asarray(expected)), o
 
 
-def test_heic_ignores_aliased_thumbnails(tmp_path):
-    """The primary image is decoded even when a thumbnail would be large enough for draft mode."""
+def test_heic_thumbnail_below_the_margin_is_not_used(tmp_path):
+    """A 512x341 thumbnail is 5x a 64-px model's input: aliased at that ratio, so the primary is decoded."""
     pillow_heif = pytest.importorskip("pillow_heif")
     built = _heic(tmp_path, "t.heic", 1, [512])
     assert pillow_heif.open_heif(built.path).info["thumbnails"] == [512]
     assert fidelity_psnr(built, 64) >= 45
+    assert decode.HEIF_THUMBNAIL_MARGIN >= 6.9  # below 6.9x libheif's thumbnails measured under 42 dB
 
 
 def test_float_rgb_tiff_is_unsupported_format(tmp_path):

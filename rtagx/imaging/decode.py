@@ -10,9 +10,9 @@ doing far less work:
 * JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, to the smallest
   scale that still leaves ``DRAFT_MARGIN`` (1.5) times the resized target, so the final bicubic pass
   stays close to a full-resolution resize. RAW files use their embedded preview JPEG (``raw``).
-  HEIF always decodes its primary image: the embedded thumbnails libheif writes are aliased
-  (27-36 dB against the reference, below the 40 dB this module holds to), and camera HEICs carry
-  thumbnails too small for the model anyway.
+  HEIF uses an embedded thumbnail only when it is at least ``HEIF_THUMBNAIL_MARGIN`` (8) times the
+  resized target, else the primary image: libheif's thumbnails are aliased, and only that much
+  further reduction brings them back above the 40 dB this module holds to.
 * TIFF: a first page that is a reduced-resolution copy (NewSubfileType) is passed over for the
   first full-resolution page. Whether the loader already applied the EXIF orientation (Pillow's
   current TIFF loader does, older ones did not) is read from the loaded image, never from a
@@ -113,6 +113,14 @@ ALPHA_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 #: 12-MP photo for a 224 model at 1/8 (5-6x faster); 2.0 (Pillow's thumbnail default) gives >= 44 dB
 #: but decodes such a photo at 1/4. See bench/decode.py.
 DRAFT_MARGIN: float = 1.5
+
+#: HEIF: an embedded thumbnail is used only when its shorter side is at least this many times the
+#: resized target; otherwise the primary image is decoded. libheif writes thumbnails with a plain,
+#: aliasing downscale: against the full decode, a 12-MP HEIC's thumbnails score 34-35 dB at 1.5-3x
+#: the target, 41 dB at 3.4-6x, and 46-52 dB from 6.9x up (64 and 224 px; bench/decode.py's
+#: fidelity suite). 8 keeps the 40 dB bound with room to spare and still spares a 12-MP decode for a
+#: 64-px model when a 1024-px thumbnail is there. Camera HEICs carry 320-px thumbnails: never used.
+HEIF_THUMBNAIL_MARGIN: float = 8.0
 
 #: For formats without DCT scaling: Pillow's ``reducing_gap`` (box-reduce by an integer factor first,
 #: then bicubic over at least this gap). None means an exact, slower, full-resolution resize.
@@ -543,14 +551,14 @@ def _pillow_reads(fmt: str) -> bool:
     return True
 
 
-def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int) -> tuple[int, int]:
+def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int, margin: float) -> tuple[int, int]:
     """Smallest stored-frame size that still leaves DRAFT_MARGIN headroom over the resized target."""
     fw, fh = im.size
     upright = (fh, fw) if swaps_axes(orientation) else (fw, fh)
     rw, rh = plan(upright[0], upright[1], spec).resized
     if swaps_axes(orientation):
         rw, rh = rh, rw
-    return max(1, int(rw * DRAFT_MARGIN + 0.999)), max(1, int(rh * DRAFT_MARGIN + 0.999))
+    return max(1, int(rw * margin + 0.999)), max(1, int(rh * margin + 0.999))
 
 
 def _load(
@@ -562,7 +570,7 @@ def _load(
     *,
     orientation: int | None = None,
 ) -> _Source:
-    """Guard, draft (JPEG), decode the first full-resolution frame, and verify JPEG/PNG streams.
+    """Guard, draft (JPEG, HEIF), decode the first full-resolution frame, and verify JPEG/PNG streams.
 
     ``orientation`` overrides the image's own EXIF (a RAW preview takes the RAW file's).
     """
@@ -576,8 +584,8 @@ def _load(
     icc = im.info.get("icc_profile") or None
     content: tuple[float, float] = (float(full_size[0]), float(full_size[1]))
     reduced = False
-    if spec is not None and fmt == "JPEG":
-        want = _target_draft_size(im, spec, orientation)
+    if spec is not None and fmt in ("JPEG", "HEIF"):
+        want = _target_draft_size(im, spec, orientation, DRAFT_MARGIN if fmt == "JPEG" else HEIF_THUMBNAIL_MARGIN)
         try:
             drafted = im.draft("RGB", want)
         except Exception:

@@ -3,8 +3,9 @@
 The plugin class is used directly instead of ``register_heif_opener()``, so installing the extra
 changes nothing globally in Pillow. libheif applies the container's rotation and mirror boxes and
 pillow-heif resets the EXIF orientation to 1 to match, so the caller's EXIF step is a no-op for HEIF.
-Its ``draft()`` (an embedded thumbnail) is never used: libheif's thumbnails are aliased, so the
-primary image is decoded (see ``decode``).
+Its ``draft()`` picks an embedded thumbnail that is a scaled copy of the image; ``decode`` asks for
+one only when it is far larger than the model input (``HEIF_THUMBNAIL_MARGIN``), because libheif's
+thumbnails are aliased.
 """
 
 from __future__ import annotations
