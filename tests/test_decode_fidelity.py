@@ -585,5 +585,26 @@ def test_jxl_exif_box_orientation_is_not_applied_twice(tmp_path):
     assert out[1, 1, 0] > 200 and out[1, 1, 1] < 80, out[1, 1]  # as the codestream says: marker top-left
 
 
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (64, 48), (37, 1000), (1000, 37), (160, 90), (513, 300)])
+def test_jxl_header_size_matches_the_decoder(tmp_path, size):
+    pytest.importorskip("pillow_jxl")
+    from rtagx.imaging import jxl
+
+    for kw in ({"lossless": True}, {"quality": 80, "use_container": True}):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (1, 2, 3)).save(buf, "JXL", **kw)
+        assert jxl.header_size(buf.getvalue()) == size, kw
+
+
+def test_jxl_bomb_is_too_large_before_anything_is_decoded(tmp_path):
+    """A codestream header announcing 40000 x 40000 (ratio 1:1) is refused from its first bytes."""
+    bits = 0 | (2 << 1) | ((40000 - 1) << 3) | (1 << 21)  # div8 0, U32 selector 2 (18 bits), ratio 1
+    path = tmp_path / "bomb.jxl"
+    path.write_bytes(b"\xff\x0a" + bits.to_bytes(4, "little") + bytes(200))
+    with pytest.raises(DecodeError) as info:
+        decode_for_model(path, PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD))
+    assert info.value.reason == "too-large" and "40000x40000" in info.value.detail
+
+
 def test_jxl_is_scanned():
     assert ".jxl" in decode.SUPPORTED_EXTENSIONS

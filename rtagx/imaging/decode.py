@@ -499,6 +499,10 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
             except DecodeError as e:
                 raise _truncated_or(e, f, "HEIF") from None
         elif fmt == "JXL":
+            size = jxl.header_size(_read_all(f)[:4096])
+            if size is None:
+                raise _truncated_or(DecodeError("corrupt", "JPEG XL without a readable size header"), f, "JXL")
+            check_megapixels(size, max_megapixels, "JXL")
             try:
                 im = jxl.open_jxl(f)
             except DecodeError as e:
@@ -692,6 +696,8 @@ def _container_truncated(f: IO[bytes], fmt: str) -> bool:
             return len(head) == 8 and int.from_bytes(head[4:8], "little") + 8 > size
         if fmt not in ("AVIF", "HEIF", "JPEG2000", "JXL"):
             return False
+        if fmt == "JXL" and f.read(8)[4:8] != b"JXL ":
+            return False  # a bare codestream: no box sizes to judge by
         pos = 0
         while pos + 8 <= size:
             f.seek(pos)
