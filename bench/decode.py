@@ -1,7 +1,8 @@
 """Decode benchmark: rtagx's fast path against open_clip's reference preprocessing.
 
-    python bench/decode.py                 # all cases, best of 5
+    python bench/decode.py                 # all cases, best of 5, then the fidelity suite
     python bench/decode.py --repeat 9 --margin 2.0
+    python bench/decode.py --suite-only    # only the fidelity suite's minimum PSNR
 
 Reference = Image.open + full decode + ImageOps.exif_transpose + ICC->sRGB (when tagged) +
 open_clip.image_transform(size, is_train=False) (resize shorter side, bicubic antialias, centre crop,
@@ -12,6 +13,11 @@ Per case: ms per image for each (best of --repeat, single thread), speed-up, PSN
 preprocessed tensor in 8-bit pixel terms, and the cosine between the image vectors of the tiny CLIP
 the tests use (tests/conftest.py build_tiny_clip, 64 px input) -- and of the same tiny architecture
 at 224 px input for the 224 rows.
+
+Last, the decoding-fidelity suite of tests/test_decode_fidelity.py (every case of issue 20: TIFF
+orientations and compressions, PNG transparency, DNG previews under all eight flips, HEIC with
+thumbnails, JPEG XL, and the cases that were right already): its minimum PSNR per model size, the
+figure the tests hold at >= 40 dB.
 
 The 12-MP test image is synthetic but camera-like: a noise pyramid with a natural-image (about 1/f)
 spectrum and hard edges, saved at JPEG quality 92 at about 1.7 bits per pixel, the bit rate of the
@@ -139,6 +145,31 @@ def make_cases(workdir: Path) -> list[tuple[str, Path]]:
     return cases
 
 
+def fidelity_suite(workdir: Path) -> None:
+    """Build every case of the fidelity suite and print the minimum PSNR per model size."""
+    import pytest
+    from test_decode_fidelity import CASES, MIN_PSNR_DB, SIZES, fidelity_psnr
+
+    folder = workdir / "fidelity"
+    folder.mkdir()
+    worst = {size: (float("inf"), "") for size in SIZES}
+    skipped = []
+    for name, build in sorted(CASES.items()):
+        try:
+            built = build(folder)
+        except pytest.skip.Exception:
+            skipped.append(name)
+            continue
+        for size in SIZES:
+            worst[size] = min(worst[size], (fidelity_psnr(built, size), name))
+    print(f"\ndecoding-fidelity suite: {len(CASES) - len(skipped)} cases (tests/test_decode_fidelity.py)")
+    for size, (db, name) in worst.items():
+        verdict = "ok" if db >= MIN_PSNR_DB else f"BELOW {MIN_PSNR_DB:g} dB"
+        print(f"  {size:>3} px: PSNR min {db:.2f} dB ({name}) {verdict}")
+    if skipped:
+        print(f"  skipped (extra not installed): {', '.join(skipped)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5, help="best of N timings per case (default 5)")
@@ -146,16 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--samples",
         type=Path,
-        default=REPO.parent / "shared" / "fixtures" / "camera-samples",
-        help="camera samples folder (jpg/**/*.jpg)",
+        default=None,
+        help="camera samples folder (jpg/**/*.jpg); default: the ones the tests carry",
     )
+    ap.add_argument("--suite-only", action="store_true", help="only the decoding-fidelity suite's minimum PSNR")
     args = ap.parse_args(argv)
+    if args.samples is None:
+        import conftest
+
+        args.samples = conftest.SAMPLES
     if args.margin is not None:
         decode.DRAFT_MARGIN = args.margin
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="rtagx-bench-") as tmp:
         workdir = Path(tmp)
+        if args.suite_only:
+            fidelity_suite(workdir)
+            return 0
         models = tiny_models(workdir)
         cases = make_cases(workdir)
         print(f"draft margin {decode.DRAFT_MARGIN}, reducing gap {decode.REDUCING_GAP}, best of {args.repeat}\n")
@@ -191,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {size:>3} px: PSNR min {min(ps):.2f} dB ({worst}), median {statistics.median(ps):.2f} dB; "
                     f"tiny-CLIP cosine min {cosine(models[size], refs, ours):.6f}"
                 )
+        fidelity_suite(workdir)
     return 0
 
 

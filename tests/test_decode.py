@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
@@ -226,23 +225,14 @@ def test_camera_samples_cosine_on_tiny_model(samples_dir, tiny_model):
     assert float(cos.min()) >= 0.999, {p.name: round(float(c), 5) for p, c in zip(files, cos)}
 
 
-def test_big_jpeg_fast_path_is_faithful_and_fast(big_jpeg):
-    """Draft mode on a 12-MP JPEG: >= 40 dB against open_clip on the full decode, and much faster."""
+def test_big_jpeg_fast_path_is_faithful(big_jpeg):
+    """Draft mode on a 12-MP JPEG: >= 40 dB against open_clip on the full decode.
+
+    Its speed (5-6x a full decode) is bench/decode.py's to show: a timing assertion on shared CI
+    cores fails by chance.
+    """
     spec = SPEC224
-
-    def best(fn, n=3):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t)
-        return min(times), out
-
-    t_ref, ref = best(lambda: reference_of_file(big_jpeg, spec), 2)
-    t_fast, ours = best(lambda: fast(big_jpeg, spec), 3)
-    assert psnr(ours, ref, spec) >= 40
-    # bench/decode.py shows >= 5x on a quiet machine; CI cores are shared, so ask for less here.
-    assert t_ref / t_fast >= 3, (t_ref, t_fast)
+    assert psnr(fast(big_jpeg, spec), reference_of_file(big_jpeg, spec), spec) >= 40
 
 
 @pytest.mark.parametrize("mode", ["longest", "squash"])
@@ -337,3 +327,38 @@ def test_errors_are_decode_errors(tmp_path):
     with pytest.raises(DecodeError) as info:
         decode_for_model(tmp_path / "nope.jpg", SPEC224)
     assert info.value.reason == "missing" and info.value.detail
+
+
+# ---------------------------------------------------------------------------------------------------
+# the imaging package's shape
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_imaging_modules_use_no_private_names_and_form_no_cycle():
+    """Shared pieces live in geometry.py with public names; decode <-> raw (issue 12) stays broken."""
+    import ast
+
+    import rtagx.imaging
+
+    folder = Path(rtagx.imaging.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        deps, aliases = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rtagx.imaging"):
+                if node.module == "rtagx.imaging":
+                    deps |= {a.name for a in node.names}
+                    aliases |= {a.asname or a.name for a in node.names}
+                else:
+                    deps.add(node.module.rsplit(".", 1)[1])
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    assert not private, (path.name, private)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                assert not node.attr.startswith("_"), (path.name, f"{node.value.id}.{node.attr}")
+        graph[path.stem] = deps
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph.get(start, ()))
+
+    assert not [m for m in graph if reaches(m, m, set())]

@@ -88,6 +88,43 @@ def test_truncated_heif(tmp_path, samples_dir):
     assert reason_of(tmp_path / "cut.heic").reason == "truncated"
 
 
+@pytest.fixture
+def jxl_photo() -> dict[str, bytes]:
+    pytest.importorskip("pillow_jxl")
+    out = {}
+    for name, kw in {"bare": {"quality": 80}, "container": {"quality": 80, "use_container": True}}.items():
+        buf = io.BytesIO()
+        photo(96, 64).save(buf, "JXL", **kw)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_truncated_and_damaged_jxl(tmp_path, jxl_photo):
+    path = tmp_path / "x.jxl"
+    container = jxl_photo["container"]
+    path.write_bytes(container[: len(container) // 2])
+    assert reason_of(path).reason == "truncated"  # the container's box sizes say so
+    bare = jxl_photo["bare"]
+    path.write_bytes(bare[:40] + bytes(b ^ 0x5A for b in bare[40:]))
+    assert reason_of(path).reason == "corrupt"
+    path.write_bytes(bare[: len(bare) // 2])  # a bare codestream has no sizes to tell truncation by
+    assert reason_of(path).reason in ("corrupt", "truncated")
+
+
+def test_fuzzed_jxl_fails_cleanly(tmp_path, jxl_photo):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "f.jxl"
+    for i in range(60):
+        data = bytearray(jxl_photo["container" if i % 2 else "bare"])
+        for _ in range(int(rng.integers(0, 6))):
+            data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(data[: max(1, int(len(data) * rng.uniform(0.3, 1.0)))]))
+        try:
+            assert decode_for_model(path, SPEC).shape == (64, 64, 3)
+        except DecodeError as e:
+            assert e.reason in {"corrupt", "truncated", "not-an-image", "too-large"}, e
+
+
 def test_truncated_jpeg_with_restart_markers(tmp_path):
     buf = io.BytesIO()
     photo().save(buf, "JPEG", quality=90)

@@ -167,8 +167,10 @@ def test_identify_by_magic():
     assert decode.identify(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic") == "HEIF"
     assert decode.identify(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf") == "AVIF"
     assert decode.identify(b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf") == "AVIF"
+    assert decode.identify(b"\xff\x0a\xfa") == "JXL"  # bare codestream
+    assert decode.identify(b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ") == "JXL"  # container
     assert decode.identify(b"hello world, this is text") is None
-    for head in (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", b"%PDF-1.7\n", b"8BPS\x00\x01", b"\xff\x0a\xfa"):
+    for head in (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", b"%PDF-1.7\n", b"8BPS\x00\x01"):
         with pytest.raises(DecodeError) as info:
             decode.identify(head)
         assert info.value.reason == "unsupported-format"

@@ -9,8 +9,14 @@ doing far less work:
   file named ``.jpg`` is skipped as ``not-an-image``.
 * JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, to the smallest
   scale that still leaves ``DRAFT_MARGIN`` (1.5) times the resized target, so the final bicubic pass
-  stays close to a full-resolution resize. HEIF uses an embedded thumbnail the same way when one is
-  large enough (``decode_heif``); RAW files use their embedded preview JPEG (``decode_raw``).
+  stays close to a full-resolution resize. RAW files use their embedded preview JPEG (``raw``).
+  HEIF uses an embedded thumbnail only when it is at least ``HEIF_THUMBNAIL_MARGIN`` (8) times the
+  resized target, else the primary image: libheif's thumbnails are aliased, and only that much
+  further reduction brings them back above the 40 dB this module holds to.
+* TIFF: a first page that is a reduced-resolution copy (NewSubfileType) is passed over for the
+  first full-resolution page. Whether the loader already applied the EXIF orientation (Pillow's
+  current TIFF loader does, older ones did not) is read from the loaded image, never from a
+  version number, so the orientation is applied exactly once.
 * Only the pixels that survive the centre crop are resampled (``resize(box=...)``), and the EXIF
   orientation is applied to the small result, not the full image.
 * The megapixel guard is checked from the header, before any pixel is decoded. Pillow's own global
@@ -28,9 +34,10 @@ match sample 1 (untagged, sRGB) once it is honoured. ``respect_icc=False`` feeds
 they are, like open_clip's plain ``convert("RGB")``; CMYK is converted through its profile either
 way (Pillow's naive CMYK formula is far from what any viewer shows), and without one by that formula.
 HEIF ``nclx`` colour descriptions (no ICC) are treated as sRGB.
-Transparency is composited over a neutral grey (``ALPHA_BACKGROUND``), not dropped
-(dropping alpha exposes whatever colour the transparent pixels happen to hold). 16-bit and float
-images are scaled to 8 bits, palette and 1-bit images are expanded before resampling.
+Transparency (an alpha channel, a palette entry or a PNG tRNS colour key) is composited over a neutral
+grey (``ALPHA_BACKGROUND``), not dropped (dropping it exposes whatever colour the transparent pixels
+happen to hold). 16-bit and float images are scaled to 8 bits, palette and 1-bit images are expanded
+before resampling.
 
 Errors are :class:`rtagx.errors.DecodeError` with one of these reasons: ``missing``,
 ``broken-symlink``, ``permission-denied``, ``not-a-file``, ``empty``, ``not-an-image``,
@@ -57,12 +64,22 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
 from rtagx.errors import DecodeError
+from rtagx.imaging import heif, jxl, raw
 from rtagx.imaging.formats import (
     HEIF_EXTENSIONS,
     RAW_EXTENSIONS,
     SNIFF_BYTES,
     SUPPORTED_EXTENSIONS,
     identify,
+)
+from rtagx.imaging.geometry import (
+    ORIENT_TRANSPOSE,
+    PreprocessSpec,
+    box_to_source,
+    check_megapixels,
+    exif_orientation,
+    plan,
+    swaps_axes,
 )
 
 if TYPE_CHECKING:  # torch is heavy: imported only where a batch is built
@@ -88,7 +105,7 @@ DEFAULT_MAX_MEGAPIXELS: float = 200.0
 #: Transparent pixels are composited over this neutral mid grey.
 ALPHA_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 
-#: JPEG draft / HEIF thumbnail headroom: decode at the smallest DCT scale (1/2, 1/4, 1/8) that
+#: JPEG draft headroom: decode at the smallest DCT scale (1/2, 1/4, 1/8) that
 #: leaves at least this many times the resized target, so that the final bicubic pass still does a
 #: real reduction. 1.0 would be ``draft("RGB", (size, size))`` as is: fastest, but a leftover ratio
 #: near 1 (a 640x480 photo for a 224 model decoded at 1/2) turns the DCT's box filter into visible
@@ -97,6 +114,14 @@ ALPHA_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 #: but decodes such a photo at 1/4. See bench/decode.py.
 DRAFT_MARGIN: float = 1.5
 
+#: HEIF: an embedded thumbnail is used only when its shorter side is at least this many times the
+#: resized target; otherwise the primary image is decoded. libheif writes thumbnails with a plain,
+#: aliasing downscale: against the full decode, a 12-MP HEIC's thumbnails score 34-35 dB at 1.5-3x
+#: the target, 41 dB at 3.4-6x, and 46-52 dB from 6.9x up (64 and 224 px; bench/decode.py's
+#: fidelity suite). 8 keeps the 40 dB bound with room to spare and still spares a 12-MP decode for a
+#: 64-px model when a 1024-px thumbnail is there. Camera HEICs carry 320-px thumbnails: never used.
+HEIF_THUMBNAIL_MARGIN: float = 8.0
+
 #: For formats without DCT scaling: Pillow's ``reducing_gap`` (box-reduce by an integer factor first,
 #: then bicubic over at least this gap). None means an exact, slower, full-resolution resize.
 REDUCING_GAP: float | None = 3.0
@@ -104,60 +129,6 @@ REDUCING_GAP: float | None = 3.0
 # --------------------------------------------------------------------------------------------------
 # The preprocessing contract
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """What the image tower expects: open_clip's ``preprocess_cfg`` in a hashable value."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0  # padding colour of resize_mode "longest" (open_clip's fill_color)
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be positive, got {self.size}")
-        if self.interpolation not in ("bicubic", "bilinear", "random"):
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
-        if self.resize_mode not in ("shortest", "longest", "squash"):
-            raise ValueError(f"unknown resize_mode {self.resize_mode!r}")
-
-    @classmethod
-    def from_model(cls, model: Any) -> PreprocessSpec:
-        """Read ``model.visual.preprocess_cfg`` (open_clip), with OpenAI defaults for missing keys."""
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-        visual = getattr(model, "visual", model)
-        cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
-        size = cfg.get("size", getattr(visual, "image_size", 224))
-        if isinstance(size, (tuple, list)):
-            if len(set(size)) != 1:
-                raise ValueError(f"non-square model input {tuple(size)} is not supported")
-            size = size[0]
-        fill = cfg.get("fill_color", 0)
-        return cls(
-            size=int(size),
-            mean=_triple(cfg.get("mean") or OPENAI_DATASET_MEAN),
-            std=_triple(cfg.get("std") or OPENAI_DATASET_STD),
-            interpolation=cfg.get("interpolation") or "bicubic",
-            resize_mode=cfg.get("resize_mode") or "shortest",
-            fill_color=int(fill[0] if isinstance(fill, (tuple, list)) else fill),
-        )
-
-    @property
-    def resample(self) -> Image.Resampling:
-        # open_clip maps everything but "bilinear" (including "random" at eval) to bicubic.
-        return Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
-
-
-def _triple(value: Any) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    a, b, c = (float(v) for v in value)
-    return (a, b, c)
 
 
 def to_model_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
@@ -308,116 +279,15 @@ def _map_load_error(e: BaseException, fmt: str, part: str = "data") -> DecodeErr
         or "end of file" in low
     ):
         return DecodeError("truncated", f"{fmt} {part} ends early: {text}")
+    if "unknown pixel mode" in low:  # a well-formed TIFF whose sample layout Pillow has no mode for
+        return DecodeError(
+            "unsupported-format", f"{fmt} pixel layout this decoder cannot read, e.g. floating-point colour ({text})"
+        )
     if "too large" in low or "exceeds limit" in low:  # e.g. a PNG text-chunk bomb
         return DecodeError("too-large", f"{fmt} {part}: {text}")
     if isinstance(e, OSError) and e.errno is not None:
         return DecodeError("read-error", f"I/O error while reading: {e.strerror or text}")
     return DecodeError("corrupt", f"{fmt} {part} is damaged: {text}")
-
-
-def _check_megapixels(size: tuple[int, int], max_megapixels: float, what: str = "image") -> None:
-    w, h = size
-    if w <= 0 or h <= 0:
-        raise DecodeError("corrupt", f"{what} header gives an empty size {w}x{h}")
-    mp = w * h / 1e6
-    if max_megapixels and mp > max_megapixels:
-        raise DecodeError(
-            "too-large", f"{w}x{h} = {_mp_text(mp)} MP exceeds the {max_megapixels:g} MP limit (--max-megapixels)"
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry: the exact resize + crop open_clip would do, expressed as one source box
-# --------------------------------------------------------------------------------------------------
-
-# EXIF orientation -> Pillow transpose that makes the image upright (as ImageOps.exif_transpose).
-_ORIENT_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Resample ``box`` (upright full-resolution coordinates) to ``out`` pixels, paste at ``offset``."""
-
-    out: tuple[int, int]  # (w, h) of the resampled region, upright
-    box: tuple[float, float, float, float]  # source region, upright full-res coordinates
-    offset: tuple[int, int]  # where it lands on the size x size canvas
-    resized: tuple[int, int]  # (w, h) open_clip resizes the whole image to
-
-
-def _plan(width: int, height: int, spec: PreprocessSpec) -> _Plan:
-    """Mirror open_clip's eval transform for an upright image of ``width`` x ``height``."""
-    s = spec.size
-    if spec.resize_mode == "squash":
-        return _Plan((s, s), (0.0, 0.0, float(width), float(height)), (0, 0), (s, s))
-    if spec.resize_mode == "longest":  # ResizeKeepRatio(longest=1) + CenterCropOrPad
-        ratio = max(height / s, width / s)
-        rw, rh = round(width / ratio), round(height / ratio)
-        if rw > s or rh > s:  # rounding can overshoot by one: crop like CenterCropOrPad does
-            return _crop_plan(width, height, rw, rh, s, spec)
-        return _Plan((rw, rh), (0.0, 0.0, float(width), float(height)), ((s - rw) // 2, (s - rh) // 2), (rw, rh))
-    # "shortest": torchvision Resize(int) keeps the aspect ratio, truncating the long side.
-    if width <= height:
-        rw, rh = s, int(s * height / width)
-    else:
-        rw, rh = int(s * width / height), s
-    return _crop_plan(width, height, rw, rh, s, spec)
-
-
-def _crop_plan(width: int, height: int, rw: int, rh: int, s: int, spec: PreprocessSpec) -> _Plan:
-    cw, ch = min(s, rw), min(s, rh)
-    left = round((rw - cw) / 2.0)  # torchvision's CenterCrop rounding (banker's round)
-    top = round((rh - ch) / 2.0)
-    sx, sy = width / rw, height / rh
-    box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-    return _Plan((cw, ch), box, ((s - cw) // 2, (s - ch) // 2), (rw, rh))
-
-
-def _box_to_source(
-    box: tuple[float, float, float, float], orientation: int, sw: float, sh: float
-) -> tuple[float, float, float, float]:
-    """Map a box in upright coordinates back to the stored (un-rotated) frame of size sw x sh."""
-    x0, y0, x1, y1 = box
-
-    def point(u: float, v: float) -> tuple[float, float]:
-        if orientation == 2:
-            return sw - u, v
-        if orientation == 3:
-            return sw - u, sh - v
-        if orientation == 4:
-            return u, sh - v
-        if orientation == 5:
-            return v, u
-        if orientation == 6:
-            return v, sh - u
-        if orientation == 7:
-            return sw - v, sh - u
-        if orientation == 8:
-            return sw - v, u
-        return u, v
-
-    (a, b), (c, d) = point(x0, y0), point(x1, y1)
-    return min(a, c), min(b, d), max(a, c), max(b, d)
-
-
-def _orientation(im: Image.Image) -> int:
-    try:
-        value = im.getexif().get(0x0112, 1)
-        value = int(value)
-    except Exception:  # a damaged EXIF block must not lose the picture
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _swapped(orientation: int) -> bool:
-    return orientation in (5, 6, 7, 8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,6 +298,9 @@ def _swapped(orientation: int) -> bool:
 def _to_resample_mode(im: Image.Image) -> Image.Image:
     """Bring any decoded mode to one of L, LA, RGB, RGBA, CMYK (resampling palettes would be nearest)."""
     mode = im.mode
+    key = im.info.get("transparency")
+    if key is not None and mode in ("L", "RGB"):  # PNG tRNS colour key: that colour is transparent
+        return im.convert(mode + "A")
     if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
         return im
     if mode == "1":
@@ -442,7 +315,11 @@ def _to_resample_mode(im: Image.Image) -> Image.Image:
     if mode == "LAB":
         return _lab_to_rgb(im)
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return _high_depth_to_l(im)
+        grey = _high_depth_to_l(im)
+        if isinstance(key, int) and mode != "F":  # 16-bit grey PNG with a tRNS grey level
+            alpha = np.where(np.asarray(im) == key, 0, 255).astype(np.uint8)
+            return Image.merge("LA", (grey, Image.fromarray(alpha)))
+        return grey
     return im.convert("RGB")
 
 
@@ -564,8 +441,8 @@ def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, resp
     """
     src = _decode_source(Path(path), None, max_megapixels)
     im = _to_resample_mode(src.image)
-    if src.orientation in _ORIENT_TRANSPOSE:
-        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    if src.orientation in ORIENT_TRANSPOSE:
+        im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
     return _finish_rgb(im, src.icc, respect_icc)
 
 
@@ -573,14 +450,14 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
     """Resize + crop exactly as planned in upright coordinates, working in the stored frame."""
     s = spec.size
     fw, fh = src.full_size
-    upright_w, upright_h = (fh, fw) if _swapped(src.orientation) else (fw, fh)
-    plan = _plan(upright_w, upright_h, spec)
+    upright_w, upright_h = (fh, fw) if swaps_axes(src.orientation) else (fw, fh)
+    layout = plan(upright_w, upright_h, spec)
     # full-res upright box -> full-res stored box -> reduced stored box
-    box = _box_to_source(plan.box, src.orientation, fw, fh)
+    box = box_to_source(layout.box, src.orientation, fw, fh)
     kx, ky = src.content[0] / fw, src.content[1] / fh
     iw, ih = src.image.size
     box = (_clamp(box[0] * kx, iw), _clamp(box[1] * ky, ih), _clamp(box[2] * kx, iw), _clamp(box[3] * ky, ih))
-    out = (plan.out[1], plan.out[0]) if _swapped(src.orientation) else plan.out
+    out = (layout.out[1], layout.out[0]) if swaps_axes(src.orientation) else layout.out
 
     im = _to_resample_mode(src.image)
     gap = None if src.reduced else REDUCING_GAP
@@ -588,19 +465,14 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
         im = im.resize(out, spec.resample, box=box, reducing_gap=gap)
     except ValueError as e:  # a box outside the image would be our bug; say so clearly
         raise DecodeError("corrupt", f"cannot resample {im.size} with box {box}: {e}") from None
-    if src.orientation in _ORIENT_TRANSPOSE:
-        im = im.transpose(_ORIENT_TRANSPOSE[src.orientation])
+    if src.orientation in ORIENT_TRANSPOSE:
+        im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
     im = _finish_rgb(im, src.icc, respect_icc)
     if im.size != (s, s):
         canvas = Image.new("RGB", (s, s), (spec.fill_color,) * 3)
-        canvas.paste(im, plan.offset)
+        canvas.paste(im, layout.offset)
         im = canvas
     return np.array(im, dtype=np.uint8)
-
-
-def _mp_text(mp: float) -> str:
-    """3600 -> '3600', 1.5 -> '1.5': exact enough to see why a file exceeds the limit."""
-    return f"{mp:.1f}".rstrip("0").rstrip(".")
 
 
 def _clamp(value: float, limit: int) -> float:
@@ -620,16 +492,23 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
                 raise DecodeError("truncated", f"JPEG cut after {len(head)} bytes (only the start marker is there)")
             raise DecodeError("not-an-image", _describe_non_image(head))
         if fmt == "RAW":
-            from rtagx.imaging import raw as decode_raw
-
-            return decode_raw.decode_raw(path, f, spec, max_megapixels)
+            return _from_raw(raw.decode_raw(path, spec, max_megapixels), spec, max_megapixels)
         if fmt == "HEIF":
-            from rtagx.imaging import heif as decode_heif
-
             try:
-                im = decode_heif.open_heif(f)
+                im = heif.open_heif(f)
             except DecodeError as e:
                 raise _truncated_or(e, f, "HEIF") from None
+        elif fmt == "JXL":
+            size = jxl.header_size(_read_all(f)[:4096])
+            if size is None:
+                raise _truncated_or(DecodeError("corrupt", "JPEG XL without a readable size header"), f, "JXL")
+            check_megapixels(size, max_megapixels, "JXL")
+            try:
+                im = jxl.open_jxl(f)
+            except DecodeError as e:
+                raise _truncated_or(e, f, "JXL") from None
+            upright_already = not jxl.exif_orientation_applies(im)
+            return _load(im, fmt, f, spec, max_megapixels, orientation=1 if upright_already else None)
         elif fmt == "AVIF" and not _pillow_reads("AVIF"):
             raise DecodeError("needs-extra", "AVIF needs a Pillow built with libavif: pip install -U 'pillow>=11.3'")
         elif fmt in ("JPEG", "PNG"):
@@ -649,6 +528,17 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
         f.close()
 
 
+def _from_raw(picture: raw.RawPicture, spec: PreprocessSpec | None, max_megapixels: float) -> _Source:
+    """A RAW file's preview JPEG goes through the JPEG path (draft mode); pixels are used as they are."""
+    if picture.jpeg is not None:
+        bio = io.BytesIO(picture.jpeg)
+        im = _pil_open(bio, "JPEG")
+        return _load(im, "JPEG", bio, spec, max_megapixels, orientation=picture.orientation)
+    pixels = picture.image
+    assert pixels is not None
+    return _Source(pixels, pixels.size, (float(pixels.width), float(pixels.height)), picture.orientation, None, False)
+
+
 def _read_all(f: IO[bytes]) -> bytes:
     try:
         f.seek(0)
@@ -665,15 +555,14 @@ def _pillow_reads(fmt: str) -> bool:
     return True
 
 
-def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int) -> tuple[int, int]:
+def _target_draft_size(im: Image.Image, spec: PreprocessSpec, orientation: int, margin: float) -> tuple[int, int]:
     """Smallest stored-frame size that still leaves DRAFT_MARGIN headroom over the resized target."""
     fw, fh = im.size
-    upright = (fh, fw) if _swapped(orientation) else (fw, fh)
-    plan = _plan(upright[0], upright[1], spec)
-    rw, rh = plan.resized
-    if _swapped(orientation):
+    upright = (fh, fw) if swaps_axes(orientation) else (fw, fh)
+    rw, rh = plan(upright[0], upright[1], spec).resized
+    if swaps_axes(orientation):
         rw, rh = rh, rw
-    return max(1, int(rw * DRAFT_MARGIN + 0.999)), max(1, int(rh * DRAFT_MARGIN + 0.999))
+    return max(1, int(rw * margin + 0.999)), max(1, int(rh * margin + 0.999))
 
 
 def _load(
@@ -685,19 +574,22 @@ def _load(
     *,
     orientation: int | None = None,
 ) -> _Source:
-    """Guard, draft (JPEG/HEIF), decode the first frame, and verify JPEG entropy data.
+    """Guard, draft (JPEG, HEIF), decode the first full-resolution frame, and verify JPEG/PNG streams.
 
     ``orientation`` overrides the image's own EXIF (a RAW preview takes the RAW file's).
     """
+    if fmt == "TIFF":
+        _seek_full_resolution_page(im)
     full_size = im.size
-    _check_megapixels(full_size, max_megapixels, fmt)
+    check_megapixels(full_size, max_megapixels, fmt)
+    own_orientation = orientation is None
     if orientation is None:
-        orientation = _orientation(im)
+        orientation = exif_orientation(im)
     icc = im.info.get("icc_profile") or None
     content: tuple[float, float] = (float(full_size[0]), float(full_size[1]))
     reduced = False
     if spec is not None and fmt in ("JPEG", "HEIF"):
-        want = _target_draft_size(im, spec, orientation)
+        want = _target_draft_size(im, spec, orientation, DRAFT_MARGIN if fmt == "JPEG" else HEIF_THUMBNAIL_MARGIN)
         try:
             drafted = im.draft("RGB", want)
         except Exception:
@@ -714,7 +606,53 @@ def _load(
         raise _truncated_or(_map_load_error(e, fmt), f, fmt) from None
     if fmt in ("JPEG", "PNG"):
         _check_stream(f, fmt)
+    if not reduced:  # the frame as loaded, whatever size the header announced
+        full_size = im.size
+        content = (float(full_size[0]), float(full_size[1]))
+    if own_orientation and orientation != 1 and _loader_applied_orientation(im, orientation):
+        orientation = 1
     return _Source(im, full_size, content, orientation, icc, reduced)
+
+
+def _loader_applied_orientation(im: Image.Image, orientation: int) -> bool:
+    """Whether loading already turned the image upright, judged from the loaded image, not a version.
+
+    Current Pillow's TIFF loader transposes while loading and then deletes the orientation
+    tag; older versions leave both to the caller. A tag that vanished during loading means it was
+    applied. As a second check for TIFF, a quarter-turn orientation whose loaded size is the stored
+    frame's (ImageWidth x ImageLength) turned around was applied too, even if a loader kept the tag.
+    """
+    try:
+        if im.getexif().get(0x0112) is None:
+            return True
+    except Exception:
+        return False
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None and swaps_axes(orientation):
+        stored = (tags.get(256), tags.get(257))
+        return stored[0] != stored[1] and im.size == (stored[1], stored[0])
+    return False
+
+
+def _seek_full_resolution_page(im: ImageFile.ImageFile) -> None:
+    """A TIFF whose first page is a reduced-resolution copy (NewSubfileType bit 0) is read from its
+    first full-resolution page instead (bits 0 and 2 clear: not a thumbnail, not a mask)."""
+    if not _subfile_type(im) & 1:
+        return
+    try:
+        for page in range(1, getattr(im, "n_frames", 1)):
+            im.seek(page)
+            if not _subfile_type(im) & 0b101:
+                return
+        im.seek(0)
+    except (EOFError, OSError, ValueError, SyntaxError, struct_error):
+        im.seek(0)  # damaged later pages: keep the first one
+
+
+def _subfile_type(im: Image.Image) -> int:
+    tags = getattr(im, "tag_v2", None)
+    value = tags.get(254, 0) if tags is not None else 0
+    return value if isinstance(value, int) else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -740,7 +678,7 @@ def _png_stream_problem(data: bytes) -> tuple[str, str] | None:
 
 
 def _container_truncated(f: IO[bytes], fmt: str) -> bool:
-    """Whether a RIFF (WebP) or box-structured (AVIF, HEIF, JPEG 2000) file ends before its boxes do.
+    """Whether a RIFF (WebP) or box-structured (AVIF, HEIF, JPEG 2000, JPEG XL) file ends before its boxes do.
 
     Their decoders report a cut-off file as a generic failure; the container sizes tell the truth.
     """
@@ -756,8 +694,10 @@ def _container_truncated(f: IO[bytes], fmt: str) -> bool:
         if fmt == "WEBP":
             head = f.read(8)
             return len(head) == 8 and int.from_bytes(head[4:8], "little") + 8 > size
-        if fmt not in ("AVIF", "HEIF", "JPEG2000"):
+        if fmt not in ("AVIF", "HEIF", "JPEG2000", "JXL"):
             return False
+        if fmt == "JXL" and f.read(8)[4:8] != b"JXL ":
+            return False  # a bare codestream: no box sizes to judge by
         pos = 0
         while pos + 8 <= size:
             f.seek(pos)

@@ -50,14 +50,16 @@ PILLOW_EXTENSIONS: frozenset[str] = (
     JPEG_EXTENSIONS | TIFF_EXTENSIONS | {".png", ".apng", ".webp", ".bmp", ".dib", ".gif"}
 )
 JP2_EXTENSIONS: frozenset[str] = frozenset({".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"})
+JXL_EXTENSIONS: frozenset[str] = frozenset({".jxl"})
 
-#: Every extension the scanner should pick up. HEIF, AVIF and RAW are listed even when their extra is
-#: missing, so that such files are reported as ``needs-extra`` instead of silently ignored.
+#: Every extension the scanner should pick up. HEIF, AVIF, JPEG XL and RAW are listed even when their
+#: extra is missing, so that such files are reported as ``needs-extra`` instead of silently ignored.
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
     PILLOW_EXTENSIONS
     | (JP2_EXTENSIONS if features.check("jpg_2000") else set())
     | HEIF_EXTENSIONS
     | AVIF_EXTENSIONS
+    | JXL_EXTENSIONS
     | RAW_EXTENSIONS
 )
 
@@ -86,7 +88,7 @@ _VIDEO_BRANDS = {b"isom", b"iso2", b"mp41", b"mp42", b"qt  ", b"M4V ", b"3gp4", 
 
 
 def identify(head: bytes, ext: str = "") -> str | None:
-    """The container format from a file's first bytes: "JPEG", "PNG", ..., "HEIF", "AVIF", "RAW".
+    """The container format from a file's first bytes: "JPEG", "PNG", ..., "HEIF", "AVIF", "JXL", "RAW".
 
     Returns None for content that is no image at all. ``ext`` (lower case, with dot) only decides
     between a plain TIFF and a TIFF-based RAW (DNG, NEF, CR2, ARW, PEF share TIFF's magic).
@@ -115,7 +117,7 @@ def identify(head: bytes, ext: str = "") -> str | None:
     if head[4:8] == b"ftyp":
         return _identify_bmff(head)
     if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
-        raise DecodeError("unsupported-format", "JPEG XL is not supported yet")
+        return "JXL"
     if head.startswith(b"8BPS"):
         raise DecodeError("unsupported-format", "a Photoshop document (PSD): export it as JPEG or TIFF")
     if head.startswith(b"%PDF"):

@@ -3,8 +3,9 @@
 The plugin class is used directly instead of ``register_heif_opener()``, so installing the extra
 changes nothing globally in Pillow. libheif applies the container's rotation and mirror boxes and
 pillow-heif resets the EXIF orientation to 1 to match, so the caller's EXIF step is a no-op for HEIF.
-Its ``draft()`` picks an embedded thumbnail that is a scaled copy of the image when one is large
-enough, which is what makes HEIF fast here.
+Its ``draft()`` picks an embedded thumbnail that is a scaled copy of the image; ``decode`` asks for
+one only when it is far larger than the model input (``HEIF_THUMBNAIL_MARGIN``), because libheif's
+thumbnails are aliased.
 """
 
 from __future__ import annotations

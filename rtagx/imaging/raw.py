@@ -5,39 +5,51 @@ when its shorter side is large enough for the model (it is the camera's own rend
 so colours match what the photographer saw). Otherwise: a half-size demosaic with the camera's white
 balance (no interpolation, four times fewer pixels than a full one). LibRaw's ``flip`` gives the
 orientation for the preview; the demosaiced image comes out already upright.
+
+This module only gets pixels (or the preview's JPEG bytes) out of LibRaw; ``decode`` turns them
+into model input like any other image, so the preview JPEG goes through the same draft-mode path.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 from PIL import Image
 
 from rtagx.errors import DecodeError
-
-if TYPE_CHECKING:
-    from rtagx.imaging.decode import PreprocessSpec, _Source
+from rtagx.imaging.geometry import PreprocessSpec, check_megapixels, plan, swaps_axes
 
 EXTRA_HINT = "pip install 'rtagx[raw]'"
 
-# LibRaw's sizes.flip -> EXIF orientation
-_FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
+#: LibRaw's ``sizes.flip`` -> EXIF orientation. ``flip`` is dcraw's bit field (4: swap axes, then
+#: 2: reverse rows, 1: reverse columns), set from EXIF by ``flip = "50132467"[orientation & 7]``;
+#: this is that table inverted, all eight entries (the mirrored ones included).
+FLIP_TO_ORIENTATION: dict[int, int] = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
+
+
+@dataclass(frozen=True)
+class RawPicture:
+    """What a RAW file yields: the preview's JPEG bytes or decoded pixels, and the orientation still to apply."""
+
+    jpeg: bytes | None
+    image: Image.Image | None
+    orientation: int
+
 
 #: Without a model size (the full-resolution reference), a preview is used when it is at least
 #: this fraction of the sensor's width.
 FULL_PREVIEW_FRACTION = 0.5
 
 
-def decode_raw(path: Path, f: IO[bytes], spec: PreprocessSpec | None, max_megapixels: float) -> _Source:
-    """Decode a RAW file: embedded preview when big enough, else half-size demosaic."""
+def decode_raw(path: Path, spec: PreprocessSpec | None, max_megapixels: float) -> RawPicture:
+    """Decode a RAW file: embedded preview when big enough, else half-size demosaic (already upright)."""
     try:
         import rawpy
     except ImportError:
         raise DecodeError("needs-extra", f"camera RAW support is an optional extra: {EXTRA_HINT}") from None
-    from rtagx.imaging import decode as d
 
     try:
         raw = rawpy.imread(os.fspath(path))
@@ -46,24 +58,19 @@ def decode_raw(path: Path, f: IO[bytes], spec: PreprocessSpec | None, max_megapi
     with raw:
         try:
             sizes = raw.sizes
-            d._check_megapixels((sizes.raw_width, sizes.raw_height), max_megapixels, "RAW")
-            orientation = _FLIP_TO_ORIENTATION.get(int(sizes.flip), 1)
+            check_megapixels((sizes.raw_width, sizes.raw_height), max_megapixels, "RAW")
+            orientation = FLIP_TO_ORIENTATION.get(int(sizes.flip), 1)
             preview = _preview(raw, rawpy)
             if preview is not None and _preview_is_enough(preview, sizes, spec, orientation):
                 if isinstance(preview, bytes):
-                    bio = io.BytesIO(preview)
-                    im = d._pil_open(bio, "JPEG")
-                    return d._load(im, "JPEG", bio, spec, max_megapixels, orientation=orientation)
-                return d._Source(
-                    preview, preview.size, (float(preview.width), float(preview.height)), orientation, None, False
-                )
+                    return RawPicture(preview, None, orientation)
+                return RawPicture(None, preview, orientation)
             rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
         except DecodeError:
             raise
         except Exception as e:
             raise _map_rawpy_error(e, rawpy) from None
-    im = Image.fromarray(rgb, "RGB")
-    return d._Source(im, im.size, (float(im.width), float(im.height)), 1, None, False)
+    return RawPicture(None, Image.fromarray(rgb, "RGB"), 1)
 
 
 def _preview(raw, rawpy) -> bytes | Image.Image | None:
@@ -95,11 +102,9 @@ def _preview_is_enough(preview: bytes | Image.Image, sizes, spec: PreprocessSpec
         return False
     if spec is None:
         return max(size) >= FULL_PREVIEW_FRACTION * max(sizes.width, sizes.height, 1)
-    from rtagx.imaging.decode import _plan
-
     w, h = size
-    upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    rw, rh = _plan(upright[0], upright[1], spec).resized
+    upright = (h, w) if swaps_axes(orientation) else (w, h)
+    rw, rh = plan(upright[0], upright[1], spec).resized
     return upright[0] >= rw and upright[1] >= rh
 
 
