@@ -50,7 +50,7 @@ def check_torch(settings: Settings) -> list[Check]:
     out = [Check("OK", "torch", version)]
     try:
         device = resolve_device(settings.device)
-        precision = resolve_precision(settings.precision, device)
+        precision = resolve_precision(settings.precision, device, cpu_bf16=settings.cpu_bf16)
         threads = __import__("torch").get_num_threads()
         out.append(
             Check(

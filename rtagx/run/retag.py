@@ -103,7 +103,13 @@ def retag_one(
                 f"run `rtagx tag` again to re-embed with it"
             )
         with Timer(summary.timings, "load-model"):
-            return load_encoder(resolved, device=settings.device, precision=settings.precision, text_only=True)
+            return load_encoder(
+                resolved,
+                device=settings.device,
+                precision=settings.precision,
+                text_only=True,
+                cpu_bf16=settings.cpu_bf16,
+            )
 
     tagger.prepare_text(text_encoder)
     dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
