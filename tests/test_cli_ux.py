@@ -150,6 +150,25 @@ def test_declining_the_question_writes_nothing(tiny_clip, photo_dir, tmp_path, m
     assert "Go on?" not in result.output and result.exit_code == 3
 
 
+def test_retag_yes_does_what_tag_yes_does(tiny_clip, photo_dir, tmp_path, monkeypatch) -> None:
+    """A folder tagged into sidecars that retag would now write into: the same question as tag's,
+    and --yes skips it."""
+    from rtagx.cli import commands as cli_mod
+
+    env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
+    CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--write", "sidecar"], env=env)
+    monkeypatch.setattr(cli_mod, "_on_terminal", lambda: True)
+    before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
+    declined = CliRunner().invoke(cli, ["retag", "--write", "embed"], input="n\n", env=env)
+    assert declined.exit_code == 0 and "Go on?" in declined.output and "nothing was written" in declined.output
+    assert {p.name: p.read_bytes() for p in photo_dir.iterdir()} == before
+    same_target = CliRunner().invoke(cli, ["retag", "--top-k", "1"], input="", env=env)
+    assert "Go on?" not in same_target.output, same_target.output  # still sidecars: nothing to ask
+    result = CliRunner().invoke(cli, ["retag", "--write", "embed", "--yes"], env=env)
+    assert result.exit_code == 0 and "Go on?" not in result.output, result.output
+    assert (photo_dir / "Canon_40D.jpg").read_bytes() != before["Canon_40D.jpg"]
+
+
 def test_verbose_and_quiet(tiny_clip, photo_dir, tmp_path) -> None:
     env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
     loud = CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--yes", "-v"], env=env)
