@@ -686,7 +686,9 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
         renderer.close()
     for path in scored.missing:
         click.echo(
-            f"rtagx: {display_path(path)}: no vector (not an image rtagx can read; see `rtagx tag -v`)", err=True
+            f"rtagx: {display_path(path)}: no vector: not an image rtagx can read "
+            f"(`rtagx tag --dry-run -v {display_path(path)}` says why and writes nothing)",
+            err=True,
         )
     for path, row in zip(scored.paths, scored.scores):
         ex = explain_scores(
@@ -733,6 +735,15 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
             click.echo(f"  {v.rank:>4}  {v.score:7.4f}  {mark}  {v.keyword[:32]:<32} {v.reason}")
         click.echo(f"  chosen: {', '.join(ex.chosen) if ex.chosen else '(none)'}")
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _listed_counts(counts: dict[str, int], most: int = 10) -> str:
+    """'cat (3 images), dgo (1 image)': labels with how many images carry them."""
+    return _listed([f"{k} ({v} image{'s' if v != 1 else ''})" for k, v in sorted(counts.items())], most)
 
 
 def _score_labelled(ctx: Context, directory: Path, labels: Path | None, options: dict[str, Any]) -> Any:
@@ -795,7 +806,8 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
             click.echo(f"top-1 {report.top1:.3f}   top-5 {report.top5:.3f}")
         click.echo(
             f"precision {report.precision:.3f}   recall {report.recall:.3f}   F1 {report.f1:.3f}   "
-            f"macro-F1 {report.macro_f1:.3f}"
+            f"macro-F1 {report.macro_f1:.3f} (mean over the {sum(t.support > 0 for t in report.per_tag)} "
+            "labelled tags)"
         )
         if per_tag:
             click.echo(f"  {'tag':<32} {'support':>7} {'chosen':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
@@ -804,8 +816,7 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
                     f"  {t.keyword[:32]:<32} {t.support:>7} {t.predicted:>6} {t.precision:6.3f} {t.recall:6.3f} {t.f1:6.3f}"
                 )
         if unknown:
-            names = ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items())[:10])
-            click.echo(f"rtagx: labels that match no tag of the vocabulary: {names}", err=True)
+            click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
         if scored.missing:
             click.echo(f"rtagx: {len(scored.missing)} labelled images could not be read", err=True)
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
@@ -862,13 +873,28 @@ def calibrate(
         f"{len(result.tags)} tags calibrated on {result.images} images, {len(result.skipped)} kept their "
         f"threshold (fewer than {min_support} examples); wrote {output}"
     )
-    for t in sorted(result.tags, key=lambda t: -t.support)[:15]:
+    shown = 15
+    ranked = sorted(result.tags, key=lambda t: -t.support)
+    for t in ranked[:shown]:
         click.echo(
             f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
             f"F1 {t.previous_f1:.3f} -> {t.f1:.3f}  ({t.support} images)"
         )
+    if len(ranked) > shown:
+        click.echo(f"  ... and {len(ranked) - shown} more tags (every threshold is in {output})")
+    click.echo(
+        "F1 is each tag's alone, before --top-k, --min-tags, relative cuts and exclusive groups: "
+        f"`rtagx eval --tags {output} --top-k 0` reproduces it; tag's cuts can only lower recall."
+    )
+    everything = [t.keyword for t in result.tags if t.tags_every_image]
+    if everything:
+        click.echo(
+            f"rtagx: the best threshold keeps every labelled image for {_listed(everything)}: too few "
+            "images without the label, or a tag the model cannot tell apart; check it before use",
+            err=True,
+        )
     if unknown:
-        click.echo(f"rtagx: {sum(unknown.values())} labels match no tag of the vocabulary", err=True)
+        click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
@@ -1001,6 +1027,14 @@ def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_
     settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
     failed = 0
     for path in paths:
+        if path.is_dir():  # show is about one file's keywords; a folder has none of its own
+            failed += 1
+            click.echo(
+                f"rtagx: {display_path(path)}: a folder; show takes image files (e.g. `rtagx show "
+                f"{display_path(path)}/*.jpg`)",
+                err=True,
+            )
+            continue
         info = describe_file(path, settings, top=top)
         failed += "error" in info
         if as_json:
