@@ -428,3 +428,25 @@ def test_show_reports_owned_keywords_and_cached_scores(tiny_clip, photo_dir, tmp
     assert len(info["owned"]) == 2 and set(info["owned"]) <= set(info["keywords"])
     assert info["cached"] is True and len(info["scores"]) == 10
     assert [s[0] for s in info["scores"][:2]] == info["owned"]
+
+
+def test_retag_says_which_model_it_uses_and_cache_stats_tells_models_apart(
+    tiny_clip, tiny_clip_other, photo_dir, tmp_path
+) -> None:
+    env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
+    CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--write", "none"], env=env)
+    other_cfg, other_ckpt = tiny_clip_other
+    config = tmp_path / "c.toml"
+    config.write_text(f'model = "{other_cfg}"\npretrained = "{other_ckpt}"\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "retag", "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    said = [x for x in result.output.splitlines() if "the model it was last tagged with" in x]
+    assert len(said) == 1 and f"'model' in config file {config}" in said[0], result.output
+    assert f"`rtagx tag {photo_dir}` embeds it with that model" in said[0]
+    quiet = CliRunner().invoke(cli, ["retag", "--dry-run"], env=env)
+    assert "last tagged with" not in quiet.output  # the same model: nothing to say
+    # two models of one config name: cache stats shows what tells them apart
+    CliRunner().invoke(cli, [*_args(tiny_clip_other, photo_dir), "--write", "none"], env=env)
+    stats = CliRunner().invoke(cli, ["cache", "stats"], env=env)
+    models = [x for x in stats.output.splitlines() if x.startswith("model ")]
+    assert len(models) == 2 and models[0].split(":")[0] != models[1].split(":")[0], stats.output

@@ -927,6 +927,10 @@ def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
     settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
     with open_store(settings.cache_path(), readonly=True) as store:
         stats = store.stats()
+        for m in stats["models"]:  # what tells two models of one name apart: their weights
+            info = store.model_info(m["id"])
+            m["pretrained"] = info.get("pretrained")
+            m["weights"] = (info.get("checkpoint_hash") or "")[:12] or None
     if as_json:
         click.echo(json.dumps(stats, ensure_ascii=False))
         return
@@ -934,7 +938,8 @@ def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
     click.echo(f"files      {stats['files']} ({stats['contents']} distinct contents)")
     click.echo(f"vectors    {stats['vectors']} image, {stats['text_vectors']} prompt")
     for m in stats["models"]:
-        click.echo(f"model      {m['name']}: {m['vectors']} vectors  [{m['key']}]")
+        weights = f", weights {m['weights']}" if m["weights"] else ""
+        click.echo(f"model      {m['name']} ({m['pretrained']}{weights}): {m['vectors']} vectors  [{m['key']}]")
     for r in stats["roots"]:
         click.echo(f"root       {r}")
 

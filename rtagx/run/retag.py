@@ -17,7 +17,7 @@ from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.scan import ScannedFile
 from rtagx.run.stages import FileWork
 from rtagx.run.tagger import Tagger, handle_cached, root_settings
-from rtagx.settings import Settings, load_settings, validate_settings
+from rtagx.settings import Settings, load_settings, validate_settings, where
 from rtagx.tags import vocab as vocab_mod
 
 
@@ -56,6 +56,14 @@ def run_retag(
         for target, remembered in targets:
             settings = load_settings(overrides, config_path=config_path, base=remembered)
             validate_settings(settings)
+            differs = [k for k in ("model", "pretrained") if remembered and getattr(settings, k) != remembered.get(k)]
+            if differs:  # retag never embeds: it can only use the vectors the folder has
+                events.message(
+                    f"{target}: retag re-scores the vectors of {remembered.get('model')} "
+                    f"({remembered.get('pretrained')}), the model it was last tagged with, not "
+                    f"{settings.model} ({settings.pretrained}) from {where(settings, differs[0])}; "
+                    f"`rtagx tag {target}` embeds it with that model"
+                )
             retag_one(store, target, settings, remembered, summary, events, dry_run)
             if not dry_run and target.is_dir() and any(p == target for p, _, _ in roots):
                 store.put_root(
