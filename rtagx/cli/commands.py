@@ -1105,12 +1105,12 @@ def config_show(ctx: Context, as_json: bool) -> None:
 def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bool) -> None:
     """Check Python, torch and the device, the model weights, metadata libraries, extras and the cache."""
     from rtagx.analysis.doctor import run_checks
-    from rtagx.model.encoder import resolve_model
+    from rtagx.model.encoder import load_tokenizer, resolve_model
     from rtagx.settings import load_settings
 
     settings = load_settings(_overrides(model=model, pretrained=pretrained), config_path=ctx.config)
-    if download:
-        resolve_model(settings.model, settings.pretrained, offline=False)
+    if download:  # the weights, and the tokenizer files of models with a Hugging Face tokenizer
+        load_tokenizer(resolve_model(settings.model, settings.pretrained, offline=False))
     checks = run_checks(settings)
     for c in checks:
         line = f"{c.status:<5} {c.name:<12} {c.finding}"

@@ -455,6 +455,34 @@ def _quantize_int8(visual: Any) -> Any:
         return quantize(visual, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+#: The Python packages open_clip's Hugging Face tokenizers (SigLIP, ...) import, and the extra that
+#: brings them.
+TOKENIZER_PACKAGES = ("transformers", "sentencepiece", "tokenizers")
+TOKENIZER_EXTRA = "pip install 'rtagx[siglip]'"
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    """open_clip's tokenizer for the model; a missing tokenizer package or tokenizer file is one
+    clear :class:`ModelError` line instead of an internal error."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(resolved.open_clip_name)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        if any(p in missing for p in TOKENIZER_PACKAGES):
+            raise ModelError(
+                f"model {resolved.identity.name} needs a Hugging Face tokenizer, and the Python package "
+                f"'{missing}' is not installed: {TOKENIZER_EXTRA}"
+            ) from None
+        raise
+    except OSError as e:  # tokenizer files neither in the Hugging Face cache nor downloadable
+        raise ModelError(
+            f"the tokenizer of model {resolved.identity.name} cannot be loaded "
+            f"({str(e).splitlines()[0][:200]}): run `rtagx doctor --download` once on a connected machine"
+        ) from None
+
+
 def load_encoder(
     resolved: ResolvedModel,
     *,
@@ -479,7 +507,7 @@ def load_encoder(
     precision = resolve_precision(precision, device, cpu_bf16=cpu_bf16)
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = open_clip.get_tokenizer(resolved.open_clip_name)
+    tokenizer = load_tokenizer(resolved)
     if text_only:
         try:
             built = _load_text_tower(resolved)
