@@ -252,6 +252,16 @@ def test_one_line_errors(args, code, words, tmp_path, monkeypatch) -> None:
     assert ":0:" not in result.output  # no made-up line numbers
 
 
+def test_readme_exit_code_table_is_the_codes_the_cli_uses() -> None:
+    from rtagx import errors
+    from rtagx.cli import commands
+
+    table = re.findall(r"^\| (\d+) \|", _readme_section("Exit codes"), flags=re.M)
+    raised = {c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.RtagxError)}
+    decided = {commands.EXIT_OK, commands.EXIT_SKIPPED, commands.EXIT_INTERRUPTED}
+    assert sorted(int(x) for x in table) == sorted(raised | decided)
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(

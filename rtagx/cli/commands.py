@@ -1,7 +1,8 @@
 """The ``rtagx`` command line: parse options, call the library, render results. No logic here.
 
-Exit codes: 0 all good; 1 fatal error; 2 usage error; 3 finished but some files were skipped or
-failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted (Ctrl-C).
+Exit codes: 0 all good (a declined first-write question and a folder without images too); 1 fatal
+error; 2 usage error (an option, argument, variable or config key); 3 finished but some files were
+skipped or failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from rtagx import __version__
 from rtagx.errors import RtagxError, UsageError
 from rtagx.settings import CHOICES, DEFAULT_MAX_MEGAPIXELS
 
-EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SKIPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: The codes the CLI itself decides; errors carry theirs (RtagxError 1, UsageError 2, LockBusyError 4).
+EXIT_OK, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 3, 130
+EXIT_FATAL, EXIT_USAGE = RtagxError.exit_code, UsageError.exit_code
 log = logging.getLogger("rtagx")
 
 
@@ -98,7 +101,7 @@ def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 is_flag=True,
                 expose_value=False,
                 callback=_verbosity("quiet"),
-                help="Only errors and the final summary; no progress bars.",
+                help="Only errors, skipped files with their reason, and the summary; no progress bars.",
             ),
             click.option(
                 "--verbose",
@@ -351,7 +354,12 @@ class OneLineErrorsGroup(click.Group):
     help="Config file (TOML). [default: the platform's config folder, rtagx/config.toml]",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary; no progress bars.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Only errors, skipped files with their reason, and the summary; no progress bars.",
+)
 @click.option(
     "--verbose", "-v", count=True, help="More detail: -v lists every file and its reason, -vv logs debug messages."
 )
@@ -1084,7 +1092,7 @@ def config_show(ctx: Context, as_json: bool) -> None:
     click.echo(f"# config file: {ctx.config or os.environ.get('RTAGX_CONFIG') or default_config_path()}")
     for key, value in values.items():
         shown = (
-            ""
+            "auto"  # the setting's own default applies (the model's threshold, CPU detection, ...)
             if value is None
             else ",".join(value)
             if isinstance(value, tuple)
