@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rtagx.errors import UsageError
+from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.tags import scoring
 from rtagx.tags.scoring import ScoringOptions
 from rtagx.tags.vocab import Tag, Vocabulary, serialize_vocabulary
@@ -203,15 +204,11 @@ def load_labels_folders(root: str | Path, extensions: frozenset[str] | None = No
     base = Path(root)
     if not base.is_dir():
         raise UsageError(f"{base}: not a folder of label folders")
-    if extensions is None:
-        try:
-            from rtagx.imaging.decode import SUPPORTED_EXTENSIONS as extensions
-        except ImportError:  # decode is another module's; keep eval usable without it
-            extensions = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"})
+    wanted = frozenset(SUPPORTED_EXTENSIONS) if extensions is None else extensions
     out: dict[Path, list[str]] = {}
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for image in sorted(folder.rglob("*")):
-            if image.is_file() and image.suffix.lower() in extensions and not image.name.startswith("."):
+            if image.is_file() and image.suffix.lower() in wanted and not image.name.startswith("."):
                 out.setdefault(image, []).append(folder.name)
     if not out:
         raise UsageError(f"{base}: no images in label folders")
@@ -442,7 +439,7 @@ def calibrate(
         prev = float(current[i])
         prev_pred = s[:, i] >= prev
         _, _, prev_f1 = _prf(int((prev_pred & gold[:, i]).sum()), int(prev_pred.sum()), support)
-        tags[i] = replace(tag, threshold=max(thr, -1.0))
-        every = not dropped.size
-        done.append(CalibratedTag(tag.keyword, tags[i].threshold, support, f1, prev, prev_f1, every))
+        fitted = max(thr, -1.0)
+        tags[i] = replace(tag, threshold=fitted)
+        done.append(CalibratedTag(tag.keyword, fitted, support, f1, prev, prev_f1, not dropped.size))
     return Calibration(replace(vocab, tags=tags), done, skipped, int(s.shape[0]), model_name)
