@@ -208,6 +208,8 @@ def test_untag_speaks_of_removal_not_of_scores(tiny_clip, photo_dir, tmp_path) -
     written = [x for x in result.output.splitlines() if x.startswith("written ")]
     assert len(written) == 4 and all(": removed " in x for x in written), result.output
     assert "threshold" not in result.output
+    assert "5 files: removed rtagx's keywords from 4, unchanged 1, skipped 0" in result.output
+    assert "embedded" not in result.output and "tagged" not in result.output
 
 
 def test_csv_output(tiny_clip, photo_dir, tmp_path) -> None:

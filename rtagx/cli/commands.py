@@ -488,7 +488,7 @@ class Renderer:
         if self.as_json:
             click.echo(json_line(summary.as_json()))
         elif not self.as_csv:
-            for line in summary_lines(summary):
+            for line in summary_lines(summary, removal=self.removal):
                 click.echo(line, err=self.as_csv)
         if summary.interrupted:
             return EXIT_INTERRUPTED

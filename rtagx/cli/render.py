@@ -49,7 +49,8 @@ def outcome_line(outcome: FileOutcome, *, show_scores: bool = True, removal: boo
     return f"{outcome.action:<12}{path}: {tags}{changes}"
 
 
-def summary_lines(summary: RunSummary) -> list[str]:
+def summary_lines(summary: RunSummary, *, removal: bool = False) -> list[str]:
+    """The summary: counts, then timings. ``removal``: untag's, in words of removal."""
     s = summary
     verb = "would write" if s.dry_run else "written"
     skipped = f"skipped {s.skipped}"
@@ -59,6 +60,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{s.seen} files: embedded {s.embedded}, reused {s.reused}, tagged {s.tagged}, "
         f"{verb} {s.written}, unchanged {s.unchanged}, {skipped}"
     )
+    if removal:
+        removed = "would remove rtagx's keywords from" if s.dry_run else "removed rtagx's keywords from"
+        first = f"{s.seen} files: {removed} {s.written}, unchanged {s.unchanged}, {skipped}"
     stages = [f"{name} {s.timings[name]:.2f}s" for name in STAGE_ORDER if s.timings.get(name, 0) >= 0.005]
     rate = f", {s.embedded / s.wall_seconds:.1f} images/s" if s.embedded and s.wall_seconds else ""
     second = f"time {s.wall_seconds:.1f}s{rate}" + (" (" + ", ".join(stages) + ")" if stages else "")
