@@ -40,6 +40,12 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("rtagx", appauthor=False)) / "config.toml"
 
 
+#: The decompression-bomb guard (``--max-megapixels``), the one source of its default: larger images
+#: are skipped as ``too-large`` before decoding. 200 MP admits every current camera (the biggest
+#: phone sensors are 200 MP, medium format 150 MP) and stops decompression bombs.
+DEFAULT_MAX_MEGAPIXELS = 200.0
+
+
 @dataclass
 class Settings:
     """All options of a run. Field names are the long option names with underscores."""
@@ -67,7 +73,7 @@ class Settings:
     keyword_root: str = ""
     with_ancestors: bool = False
     preserve_mtime: bool = False
-    max_megapixels: float = 0.0  # 0 -> decode's default
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # 0: no limit
     extensions: str = ""  # "" -> every supported format; else ".jpg,.png"
     exclude: tuple[str, ...] = ()
     include_hidden: bool = False
@@ -75,6 +81,10 @@ class Settings:
     offline: bool = False
     no_wait: bool = False
     rehash: bool = False  # hash every file's image data, whatever its size/mtime/ctime/inode say
+    # Settings without a command-line option (config file or RTAGX_* only):
+    decode_timeout: float = 120.0  # seconds one image may take to decode before it is skipped
+    cpu_bf16: bool | None = None  # does this CPU multiply bf16 in hardware? None: detect
+    no_progress: bool = False  # never draw progress bars, even on a terminal
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def cache_path(self) -> Path:
@@ -85,56 +95,119 @@ class Settings:
 
 
 #: The one list of allowed values for each option that takes a choice: the CLI builds its
-#: ``click.Choice`` from it, the keyword writer and validation check against it.
+#: ``click.Choice`` from it, the keyword writer, the encoder and validation check against it.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("auto", "fp32", "fp16", "bf16", "int8"),
     "write": ("auto", "embed", "sidecar", "txt", "none"),
     "mode": ("merge", "replace-own", "replace-all"),
     "sidecar_style": ("ext", "stem"),
 }
 
+#: Config keys that are spelled like the command-line option rather than the field (``--ext``,
+#: ``--hidden``): the README promises that config keys are the long option names.
+OPTION_ALIASES: dict[str, str] = {"ext": "extensions", "hidden": "include_hidden"}
+
+#: Each field's range check: (is the value fine, what a valid value is).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "threshold": (lambda v: v is None or -1.0 <= v <= 1.0, "a cosine or probability within [-1, 1]"),
+    "batch_size": (lambda v: v >= 0, "a whole number >= 0"),
+    "workers": (lambda v: v >= 0, "a whole number >= 0"),
+    "threads": (lambda v: v >= 0, "a whole number >= 0"),
+    "top_k": (lambda v: v is None or v >= 0, "a whole number >= 0"),
+    "min_tags": (lambda v: v >= 0, "a whole number >= 0"),
+    "max_megapixels": (lambda v: v >= 0, "a number >= 0"),
+    "margin": (lambda v: v is None or 0.0 <= v <= 2.0, "a cosine difference within [0, 2]"),
+    "min_share": (lambda v: v is None or 0.0 <= v <= 1.0, "a softmax share within [0, 1]"),
+    "temperature": (lambda v: v is None or v > 0, "a number > 0"),
+    "decode_timeout": (lambda v: v > 0, "a number of seconds > 0"),
+}
+
+
+def where(settings: Settings, name: str) -> str:
+    """Where a setting's value came from, in the words a person can act on: the option, the
+    environment variable, or the key in the config file."""
+    origin = settings.sources.get(name, "option")
+    return origin_label(name, origin)
+
+
+def origin_label(name: str, origin: str) -> str:
+    """``--top-k``, ``RTAGX_TOP_K``, ``'top-k' in config file PATH`` or the folder's last run."""
+    if origin.startswith("env "):
+        return origin[4:]
+    if origin.startswith("config "):
+        return f"'{config_key(name)}' in config file {origin[7:]}"
+    if origin == "last run":
+        return f"'{config_key(name)}' remembered from the folder's last run"
+    return "--" + config_key(name)
+
 
 def validate_settings(settings: Settings) -> None:
-    """Option values that can be checked before anything runs."""
-    if settings.threshold is not None and not -1.0 <= settings.threshold <= 1.0:
-        raise UsageError(f"--threshold must be within [-1, 1] (a cosine), got {settings.threshold}")
-    if settings.write not in CHOICES["write"]:
-        raise UsageError(f"--write must be one of {', '.join(CHOICES['write'])}, got '{settings.write}'")
-    if settings.mode not in CHOICES["mode"]:
-        raise UsageError(f"--mode must be one of {', '.join(CHOICES['mode'])}, got '{settings.mode}'")
-    if settings.sidecar_style not in CHOICES["sidecar_style"]:
-        raise UsageError(
-            f"--sidecar-style must be one of {', '.join(CHOICES['sidecar_style'])}, got '{settings.sidecar_style}'"
-        )
-    if settings.batch_size < 0 or settings.workers < 0 or settings.min_tags < 0 or (settings.top_k or 0) < 0:
-        raise UsageError("--batch-size, --workers, --top-k and --min-tags must not be negative")
-    if settings.max_megapixels < 0:
-        raise UsageError("--max-megapixels must not be negative")
-    if settings.margin is not None and not 0.0 <= settings.margin <= 2.0:
-        raise UsageError(f"--margin must be within [0, 2] (a cosine difference), got {settings.margin}")
-    if settings.min_share is not None and not 0.0 <= settings.min_share <= 1.0:
-        raise UsageError(f"--min-share must be within [0, 1] (a softmax share), got {settings.min_share}")
-    if settings.temperature is not None and not settings.temperature > 0:
-        raise UsageError(f"--temperature must be greater than 0, got {settings.temperature}")
+    """Option values that can be checked before anything runs; the message names where the bad
+    value came from (option, variable or config file) and what a valid value is."""
+    for name, allowed in CHOICES.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise UsageError(f"{where(settings, name)}: bad value '{value}' (choose from {', '.join(allowed)})")
+    for name, (fine, expected) in _RANGES.items():
+        value = getattr(settings, name)
+        if not fine(value):
+            raise UsageError(f"{where(settings, name)}: bad value {value!r} (expected {expected})")
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Settings) if f.name != "sources")
 _ENV_PREFIX = "RTAGX_"
 
 
+def env_name(name: str) -> str:
+    """The environment variable of a setting, its config key in capitals: ``top_k`` -> ``RTAGX_TOP_K``,
+    ``extensions`` -> ``RTAGX_EXT``."""
+    return _ENV_PREFIX + config_key(name).upper().replace("-", "_")
+
+
+def config_key(name: str) -> str:
+    """The config-file key of a setting, as the README shows it: the long option name."""
+    aliases = {field: key for key, field in OPTION_ALIASES.items()}
+    return aliases.get(name, name.replace("_", "-"))
+
+
+def _expected(name: str) -> str:
+    """What a valid value of a field looks like, for error messages."""
+    if name in CHOICES:
+        return "one of " + ", ".join(CHOICES[name])
+    ftype = str({f.name: f.type for f in fields(Settings)}[name])
+    if "bool" in ftype:
+        return "true or false" + (" (or auto)" if "None" in ftype else "")
+    if "float" in ftype:
+        return "a number" + (" (or auto)" if "None" in ftype else "")
+    if "int" in ftype:
+        return "a whole number" + (" (or auto)" if "None" in ftype else "")
+    if "tuple" in ftype:
+        return "a list of text"
+    return "text"
+
+
 def _coerce(name: str, value: Any, origin: str) -> Any:
-    """Turn a config/env value into the field's type; a bad one is a usage error naming its origin."""
+    """Turn a config/env value into the field's type; a bad one is a usage error naming its origin
+    (the variable, or the key and the file) and what a valid value is."""
     default = getattr(Settings(), name)
     ftype = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if isinstance(default, bool):
+        if "bool" in str(ftype):
             if isinstance(value, bool):
                 return value
+            if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+                if "None" in str(ftype):
+                    return None
+                raise ValueError(value)
             text = str(value).strip().lower()
             if text in ("1", "true", "yes", "on"):
                 return True
             if text in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
+        if isinstance(value, bool) or (isinstance(value, (dict, list)) and not isinstance(default, tuple)):
+            raise TypeError(value)
         if isinstance(default, tuple):
             if isinstance(value, (list, tuple)):
                 return tuple(str(v) for v in value)
@@ -151,7 +224,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return int(value)
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{origin}: bad value {value!r} for '{name.replace('_', '-')}'") from None
+        raise UsageError(f"{origin_label(name, origin)}: bad value {value!r} (expected {_expected(name)})") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -164,9 +237,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} cannot be read: {e}") from None
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = OPTION_ALIASES.get(key.replace("_", "-"), key.replace("-", "_"))
         if name not in OPTION_NAMES:
-            raise UsageError(f"config file {path}: unknown setting '{key}' (see `rtagx config show`)")
+            raise UsageError(f"config file {path}: unknown setting '{key}' (`rtagx config show` lists the keys)")
         out[name] = value
     return out
 
@@ -199,11 +272,11 @@ def load_settings(
         apply(read_config_file(cfg), f"config {cfg}")
     env_values = {}
     for name in OPTION_NAMES:
-        var = _ENV_PREFIX + name.upper()
+        var = env_name(name)
         if var in environ:
             env_values[name] = environ[var]
     for name, value in env_values.items():
-        apply({name: value}, f"env {_ENV_PREFIX + name.upper()}")
+        apply({name: value}, f"env {env_name(name)}")
     if overrides:
         apply({k: v for k, v in overrides.items() if v is not None}, "option")
     settings.sources = sources

@@ -120,7 +120,7 @@ def test_calibrate_writes_a_vocabulary_that_loads_and_reaches_its_f1(tiny_clip, 
     root = _labelled_folder(photo_dir, tmp_path)
     csv_path = root / "labels.csv"
     csv_path.write_text(
-        "path,labels\ndog/Canon_40D.jpg,dog;food\ncar/Nikon_D70.jpg,car;food\ndog/Pentax_K10D.jpg,dog\n",
+        "path,labels\ndog/Canon_40D.jpg,dog;food\ncar/Nikon_D70.jpg,car;food;zebra\ndog/Pentax_K10D.jpg,dog\n",
         encoding="utf-8",
     )
     out = tmp_path / "calibrated.txt"
@@ -134,15 +134,35 @@ def test_calibrate_writes_a_vocabulary_that_loads_and_reaches_its_f1(tiny_clip, 
     assert result.exit_code == 0, result.output
     assert "2 tags calibrated" in result.output  # dog and food have 2 examples each; car has 1
     assert "@threshold=" in out.read_text()
+    assert "labels that match no tag of the vocabulary: zebra (1 image)" in result.output  # names the label
+    assert f"`rtagx eval --tags {out} --top-k 0` reproduces it" in result.output  # which F1 is promised
     # evaluated with its own thresholds, each calibrated tag reaches the F1 calibrate reported
     again = invoke(
         "eval", [str(root), "--labels", str(csv_path), "--tags", str(out), "--top-k", "0", "--json"], tiny_clip, cache
     )
     report = json.loads(again.output.strip().splitlines()[-1])
     per_tag = {t["keyword"]: t for t in report["per_tag"]}
-    for line in result.output.splitlines()[1:]:
+    rows = [x for x in result.output.splitlines() if x.startswith("  ") and " threshold " in x]
+    assert len(rows) == 2
+    for line in rows:
         name, f1 = line.split()[0], float(line.split("F1")[1].split("->")[1].split()[0])
         assert per_tag[name]["f1"] == pytest.approx(f1, abs=1e-3)
+
+
+def test_explain_on_a_non_image_points_to_a_command_that_writes_nothing(tiny_clip, vocab_file, tmp_path):
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo", encoding="utf-8")
+    result = invoke("explain", [str(notes), "--tags", str(vocab_file)], tiny_clip, tmp_path / "c.db")
+    assert result.exit_code == 3, result.output
+    assert f"{notes}: no vector: not an image" in result.output
+    assert f"`rtagx tag --dry-run -v {notes}`" in result.output and "writes nothing" in result.output
+
+
+def test_show_on_a_folder_says_it_takes_files(photo_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["show", str(photo_dir)], env={"RTAGX_CACHE": str(tmp_path / "c.db")})
+    assert result.exit_code == 3, result.output
+    assert f"{photo_dir}: a folder; show takes image files" in result.output
+    assert "keywords: (none)" not in result.output
 
 
 def _make_dng(path: Path, image: Image.Image) -> None:

@@ -46,13 +46,21 @@ def test_precision_choices() -> None:
         resolve_precision("fp8", "cpu")
 
 
-def test_cpu_bf16_detection_can_be_forced(monkeypatch) -> None:
-    monkeypatch.setenv("RTAGX_CPU_BF16", "0")
-    assert cpu_has_native_bf16() is False
-    assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setenv("RTAGX_CPU_BF16", "1")
-    assert cpu_has_native_bf16() is True
-    assert resolve_precision("auto", "cpu") == "bf16"
+def test_cpu_bf16_detection_can_be_forced_by_the_setting(tmp_path) -> None:
+    """RTAGX_CPU_BF16 is the cpu_bf16 setting (config key cpu-bf16), layered like every other one."""
+    from rtagx.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text("cpu-bf16 = true\n", encoding="utf-8")
+    assert load_settings(config_path=config, environ={}).cpu_bf16 is True
+    off = load_settings(config_path=config, environ={"RTAGX_CPU_BF16": "0"})
+    assert off.cpu_bf16 is False and off.sources["cpu_bf16"] == "env RTAGX_CPU_BF16"
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    assert load_settings(config_path=empty, environ={}).cpu_bf16 is None  # None: detect
+    assert resolve_precision("auto", "cpu", cpu_bf16=off.cpu_bf16) == "fp32"
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_bf16_weights_match_fp32(resolved, reference) -> None:

@@ -180,3 +180,26 @@ def test_score_images_then_evaluate_end_to_end() -> None:
     images = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     r = evaluate(score_images(images, matrix), [[0], [1], [0, 1]], vocab, ScoringOptions(threshold=0.5))
     assert r.f1 == 1.0
+
+
+def test_calibrated_thresholds_sit_midway_between_neighbouring_scores() -> None:
+    """Never a hair from a sample score (decode noise of 1e-3 must not flip a decision): midway
+    between the lowest kept and the highest dropped score, shortened only within that gap's middle."""
+    vocab = parse_vocabulary("dog\n")
+    scores = np.array([[0.30], [0.29], [0.104910], [0.104880], [0.05], [0.04]])
+    truth = [[0], [0], [0], [], [], []]
+    cal = calibrate(scores, truth, vocab, min_support=1)
+    thr = cal.tags[0].threshold
+    lower, upper = 0.104880, 0.104910
+    assert lower + (upper - lower) / 4 <= thr <= upper - (upper - lower) / 4, thr
+    scores = np.array([[0.30], [0.29], [0.2], [0.1]])
+    thr = calibrate(scores, [[0], [0], [], []], vocab, min_support=1).tags[0].threshold
+    assert thr == 0.245  # the midpoint of 0.29 and 0.2, as short as it gets
+    assert not calibrate(scores, [[0], [0], [], []], vocab, min_support=1).tags[0].tags_every_image
+
+
+def test_calibrate_says_when_the_best_threshold_keeps_every_image() -> None:
+    vocab = parse_vocabulary("dog\n")
+    scores = np.array([[0.30], [0.29], [0.28], [0.27]])
+    cal = calibrate(scores, [[0], [0], [], [0]], vocab, min_support=1)  # keeping all 4: F1 6/7
+    assert cal.tags[0].tags_every_image and cal.tags[0].threshold < 0.27

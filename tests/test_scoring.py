@@ -179,3 +179,34 @@ def test_tiny_clip_ensemble_matches_direct_computation(tiny_clip) -> None:
     np.testing.assert_allclose(scores, image @ matrix.T, atol=1e-6)
     chosen = choose_tags(scores, vocab, ScoringOptions(threshold=-1))
     assert [c.tag.keyword for c in chosen[0]] == [vocab.tags[i].keyword for i in np.argsort(-scores[0])]
+
+
+def test_tag_and_retag_score_with_the_same_prompt_vectors(tiny_clip, photo_dir, tmp_path) -> None:
+    """A first `tag` encodes the prompts; it must score with what the cache keeps of them (float16),
+    as `retag`, `explain` and every later run do: else a keyword written at a threshold a hair
+    below its score is removed by the next retag at the same threshold."""
+    from rtagx.run.events import RunEvents
+    from rtagx.run.retag import run_retag
+    from rtagx.run.tag import run_tag
+    from rtagx.settings import load_settings
+
+    cfg, ckpt = tiny_clip
+    options = {
+        "model": str(cfg),
+        "pretrained": str(ckpt),
+        "cache": str(tmp_path / "c.db"),
+        "tags": "coco",
+        "threshold": -1.0,
+        "top_k": 0,
+        "write": "none",
+    }
+    settings = load_settings(options, environ={})
+
+    def scores(run) -> dict[str, list[tuple[str, float]]]:
+        seen: dict[str, list[tuple[str, float]]] = {}
+        run(RunEvents(on_file=lambda o: seen.__setitem__(o.path.name, list(o.tags))))
+        return {k: v for k, v in seen.items() if v}
+
+    first = scores(lambda ev: run_tag([photo_dir], settings, events=ev))
+    again = scores(lambda ev: run_retag([photo_dir], options, dry_run=True, events=ev, base_settings=settings))
+    assert len(first) == 4 and first == again  # exactly equal, not within 1e-3

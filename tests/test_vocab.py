@@ -158,7 +158,7 @@ def test_errors_name_file_and_line(text: str, line: int, message: str, tmp_path:
 
 
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(VocabularyError, match=r"no-such\.txt:0: no such vocabulary file"):
+    with pytest.raises(VocabularyError, match=r"no-such\.txt: no such vocabulary file"):
         load_vocabulary(tmp_path / "no-such.txt")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"dog\ncaf\xe9\n")

@@ -65,7 +65,7 @@ def test_arbitrary_text_raises_only_vocabulary_error(text: str) -> None:
     try:
         v = parse_vocabulary(text, "h.txt", base_dir=EMPTY_DIR)
     except VocabularyError as exc:
-        assert str(exc).startswith("h.txt:") or ":0:" in str(exc)
+        assert str(exc).startswith("h.txt")  # names the file (and the line, where there is one)
         return
     assert v.tags
     for tag in v.tags:

@@ -50,7 +50,7 @@ def check_torch(settings: Settings) -> list[Check]:
     out = [Check("OK", "torch", version)]
     try:
         device = resolve_device(settings.device)
-        precision = resolve_precision(settings.precision, device)
+        precision = resolve_precision(settings.precision, device, cpu_bf16=settings.cpu_bf16)
         threads = __import__("torch").get_num_threads()
         out.append(
             Check(
@@ -108,7 +108,11 @@ def check_metadata() -> list[Check]:
 
 def check_extras() -> list[Check]:
     out = []
-    for module, extra, what in (("pillow_heif", "heif", "HEIC/HEIF/AVIF"), ("rawpy", "raw", "RAW files")):
+    for module, extra, what in (
+        ("pillow_heif", "heif", "HEIC/HEIF/AVIF"),
+        ("rawpy", "raw", "RAW files"),
+        ("transformers", "siglip", "Hugging Face tokenizers (SigLIP models)"),
+    ):
         v = _version(module)
         out.append(
             Check(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rtagx.errors import UsageError
+from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.tags import scoring
 from rtagx.tags.scoring import ScoringOptions
 from rtagx.tags.vocab import Tag, Vocabulary, serialize_vocabulary
@@ -203,15 +204,11 @@ def load_labels_folders(root: str | Path, extensions: frozenset[str] | None = No
     base = Path(root)
     if not base.is_dir():
         raise UsageError(f"{base}: not a folder of label folders")
-    if extensions is None:
-        try:
-            from rtagx.imaging.decode import SUPPORTED_EXTENSIONS as extensions
-        except ImportError:  # decode is another module's; keep eval usable without it
-            extensions = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"})
+    wanted = frozenset(SUPPORTED_EXTENSIONS) if extensions is None else extensions
     out: dict[Path, list[str]] = {}
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for image in sorted(folder.rglob("*")):
-            if image.is_file() and image.suffix.lower() in extensions and not image.name.startswith("."):
+            if image.is_file() and image.suffix.lower() in wanted and not image.name.startswith("."):
                 out.setdefault(image, []).append(folder.name)
     if not out:
         raise UsageError(f"{base}: no images in label folders")
@@ -347,6 +344,7 @@ class CalibratedTag:
     f1: float  # on the sample, at the new threshold (this tag alone: top_k and groups ignored)
     previous_threshold: float
     previous_f1: float
+    tags_every_image: bool = False  # the best F1 came from keeping every labelled image: worth a look
 
 
 @dataclass
@@ -392,6 +390,15 @@ def best_f1_threshold(scores: np.ndarray, positives: np.ndarray) -> tuple[float,
     return float(np.clip(threshold, -1.0, 1.0)), float(f1[best])
 
 
+def _short_decimal(value: float, slack: float, decimals: int) -> float:
+    """The shortest decimal (at least ``decimals`` places) within ``slack`` of ``value``."""
+    for places in range(decimals, 10):
+        rounded = round(value, places)
+        if abs(rounded - value) <= slack:
+            return rounded
+    return value
+
+
 def calibrate(
     scores: np.ndarray,
     truth: Sequence[Sequence[int]],
@@ -405,9 +412,11 @@ def calibrate(
 ) -> Calibration:
     """Per-tag thresholds that maximize F1 on the labelled sample.
 
-    Each tag is fitted alone (``score >= threshold`` against its labels); tags with fewer than
-    ``min_support`` positive images keep their threshold. Thresholds are rounded down to
-    ``decimals`` when that changes no decision on the sample.
+    Each tag is fitted alone (``score >= threshold`` against its labels), before top_k, min_tags,
+    relative cuts and exclusive groups: ``eval --top-k 0`` on the same sample reproduces its F1.
+    Tags with fewer than ``min_support`` positive images keep their threshold. A threshold sits
+    midway between the two neighbouring sample scores, so decode noise (1e-3) cannot flip a
+    decision; it is shortened to ``decimals`` only where that keeps it in the middle half of that gap.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(truth) or s.shape[1] != len(vocab.tags):
@@ -417,19 +426,20 @@ def calibrate(
     tags = list(vocab.tags)
     done: list[CalibratedTag] = []
     skipped: list[str] = []
-    scale = 10.0**decimals
     for i, tag in enumerate(vocab.tags):
         support = int(gold[:, i].sum())
         if support < max(min_support, 1):
             skipped.append(tag.keyword)
             continue
         thr, f1 = best_f1_threshold(s[:, i], gold[:, i])
-        rounded = float(np.floor(thr * scale) / scale)
-        if np.array_equal(s[:, i] >= rounded, s[:, i] >= thr):
-            thr = rounded
+        kept, dropped = s[:, i][s[:, i] >= thr], s[:, i][s[:, i] < thr]
+        upper = float(kept.min())
+        lower = float(dropped.max()) if dropped.size else upper - 0.01
+        thr = _short_decimal(thr, (upper - lower) / 4, decimals)
         prev = float(current[i])
         prev_pred = s[:, i] >= prev
         _, _, prev_f1 = _prf(int((prev_pred & gold[:, i]).sum()), int(prev_pred.sum()), support)
-        tags[i] = replace(tag, threshold=max(thr, -1.0))
-        done.append(CalibratedTag(tag.keyword, tags[i].threshold, support, f1, prev, prev_f1))
+        fitted = max(thr, -1.0)
+        tags[i] = replace(tag, threshold=fitted)
+        done.append(CalibratedTag(tag.keyword, fitted, support, f1, prev, prev_f1, not dropped.size))
     return Calibration(replace(vocab, tags=tags), done, skipped, int(s.shape[0]), model_name)

@@ -1,7 +1,8 @@
 """The ``rtagx`` command line: parse options, call the library, render results. No logic here.
 
-Exit codes: 0 all good; 1 fatal error; 2 usage error; 3 finished but some files were skipped or
-failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted (Ctrl-C).
+Exit codes: 0 all good (a declined first-write question and a folder without images too); 1 fatal
+error; 2 usage error (an option, argument, variable or config key); 3 finished but some files were
+skipped or failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from rtagx import __version__
-from rtagx.errors import RtagxError
+from rtagx.errors import RtagxError, UsageError
+from rtagx.settings import CHOICES, DEFAULT_MAX_MEGAPIXELS
 
-EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SKIPPED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: The codes the CLI itself decides; errors carry theirs (RtagxError 1, UsageError 2, LockBusyError 4).
+EXIT_OK, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 3, 130
+EXIT_FATAL, EXIT_USAGE = RtagxError.exit_code, UsageError.exit_code
 log = logging.getLogger("rtagx")
 
 
@@ -66,12 +70,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not -1.0 <= value <= 1.0:
-        raise click.BadParameter(f"{value} is not within the cosine range [-1, 1]")
-    return value
-
-
 def _set_logging(verbose: int) -> None:
     """-v: rtagx's own info messages; -vv: debug messages from rtagx and the libraries (open_clip
     logs on the root logger)."""
@@ -103,7 +101,7 @@ def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 is_flag=True,
                 expose_value=False,
                 callback=_verbosity("quiet"),
-                help="Only errors and the final summary; no progress bars.",
+                help="Only errors, skipped files with their reason, and the summary; no progress bars.",
             ),
             click.option(
                 "--verbose",
@@ -143,13 +141,13 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--device",
-                type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                type=click.Choice(CHOICES["device"]),
                 default=None,
                 help="Where to run the model; auto picks cuda, then mps, then cpu. [default: auto]",
             ),
             click.option(
                 "--precision",
-                type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
+                type=click.Choice(CHOICES["precision"]),
                 default=None,
                 help="Inference precision. auto: fp16 autocast on GPUs; on the CPU bf16 weights where the CPU has bf16 instructions (AVX512-BF16/AMX; 2-4x fp32, cosine >= 0.9999), else fp32. int8: opt-in dynamic int8 image tower on the CPU (faster than fp32, cosine >= 0.99, a few tags change). [default: auto]",
             ),
@@ -172,7 +170,8 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--max-megapixels",
                 type=click.FloatRange(min=0),
                 default=None,
-                help="Skip images larger than this (decompression-bomb guard).",
+                help="Skip images larger than this (decompression-bomb guard; 0: no limit). "
+                f"[default: {DEFAULT_MAX_MEGAPIXELS:g}]",
             ),
             click.option("--offline", is_flag=True, default=None, help="Never try to download model weights."),
         ]
@@ -197,9 +196,8 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--threshold",
-                type=float,
+                type=click.FloatRange(-1, 1),
                 default=None,
-                callback=_threshold,
                 help="Keep tags scoring at least this, in [-1, 1]: a cosine for CLIP models, a probability for SigLIP models (-1 keeps every tag). [default: per model: 0.25 cosine, 0.05 SigLIP]",
             ),
             click.option(
@@ -244,19 +242,19 @@ def write_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--write",
                 "write",
-                type=click.Choice(["auto", "embed", "sidecar", "txt", "none"]),
+                type=click.Choice(CHOICES["write"]),
                 default=None,
                 help="Where keywords go: auto embeds into JPEG/TIFF/PNG/WebP and uses XMP sidecars for RAW/HEIC/others. [default: auto]",
             ),
             click.option(
                 "--mode",
-                type=click.Choice(["merge", "replace-own", "replace-all"]),
+                type=click.Choice(CHOICES["mode"]),
                 default=None,
                 help="merge only adds; replace-own replaces rtagx's earlier keywords; replace-all replaces every keyword. [default: replace-own]",
             ),
             click.option(
                 "--sidecar-style",
-                type=click.Choice(["ext", "stem"]),
+                type=click.Choice(CHOICES["sidecar_style"]),
                 default=None,
                 help="Sidecar name: IMG.CR2.xmp (ext) or IMG.xmp (stem). [default: ext]",
             ),
@@ -315,7 +313,39 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrorsGroup(click.Group):
+    """click prints usage errors as three lines (``Usage: ... Try ... Error: ...``); rtagx promises
+    one line, ``rtagx: error: ...`` naming the option or argument, with exit code 2."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `rtagx` or `rtagx cache`: the help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"rtagx: error: {e.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            click.echo(f"rtagx: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at a question
+            click.echo("rtagx: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", "-V", prog_name="rtagx")
 @click.option(
     "--config",
@@ -324,7 +354,12 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     help="Config file (TOML). [default: the platform's config folder, rtagx/config.toml]",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary; no progress bars.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Only errors, skipped files with their reason, and the summary; no progress bars.",
+)
 @click.option(
     "--verbose", "-v", count=True, help="More detail: -v lists every file and its reason, -vv logs debug messages."
 )
@@ -353,18 +388,30 @@ def cli(ctx: click.Context, config: Path | None, debug: bool, quiet: bool, verbo
 class Renderer:
     """Builds the RunEvents for a command: progress bars on a terminal, text or JSON lines."""
 
-    def __init__(self, ctx: Context, *, as_json: bool, as_csv: bool, list_files: bool) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        as_json: bool,
+        as_csv: bool,
+        list_files: bool,
+        progress: bool = True,
+        removal: bool = False,
+    ) -> None:
+        from rtagx.cli.render import CSV_HEADER
         from rtagx.run.events import RunEvents
 
         self.ctx = ctx
         self.as_json = as_json
         self.as_csv = as_csv
-        self.list_files = list_files or ctx.verbose >= 1
+        # -q: errors, skipped files and the summary, even where the command lists files (--dry-run)
+        self.list_files = (list_files and not ctx.quiet) or ctx.verbose >= 1
+        self.removal = removal
         self.bars: dict[str, Any] = {}
-        self.progress_enabled = (not ctx.quiet) and sys.stderr.isatty() and not os.environ.get("RTAGX_NO_PROGRESS")
+        self.progress_enabled = progress and not ctx.quiet and sys.stderr.isatty()
         self.csv_writer = csv.writer(sys.stdout) if as_csv else None
         if self.csv_writer:
-            self.csv_writer.writerow(["path", "tag", "score", "action"])
+            self.csv_writer.writerow(CSV_HEADER)
         self.events = RunEvents(
             on_file=self.file,
             on_stage=self.stage,
@@ -425,19 +472,14 @@ class Renderer:
             click.echo(text)
 
     def file(self, outcome: Any) -> None:
-        from rtagx.cli.render import display_path, json_line, outcome_line
+        from rtagx.cli.render import csv_rows, json_line, outcome_line
 
         if self.as_json:
             self._echo(json_line(outcome.as_json()))
         elif self.csv_writer is not None:
-            if outcome.action == "skipped":
-                self.csv_writer.writerow([display_path(outcome.path), "", "", f"skipped:{outcome.reason}"])
-            for tag, score in outcome.tags if outcome.action != "skipped" else []:
-                self.csv_writer.writerow([display_path(outcome.path), tag, f"{score:.4f}", outcome.action])
+            self.csv_writer.writerows(csv_rows(outcome))
         elif self.list_files or outcome.action == "skipped":
-            if outcome.action == "skipped" and self.ctx.quiet:
-                return
-            self._echo(outcome_line(outcome))
+            self._echo(outcome_line(outcome, removal=self.removal))
 
     def finish(self, summary: Any) -> int:
         from rtagx.cli.render import json_line, summary_lines
@@ -446,7 +488,7 @@ class Renderer:
         if self.as_json:
             click.echo(json_line(summary.as_json()))
         elif not self.as_csv:
-            for line in summary_lines(summary):
+            for line in summary_lines(summary, removal=self.removal):
                 click.echo(line, err=self.as_csv)
         if summary.interrupted:
             return EXIT_INTERRUPTED
@@ -462,19 +504,52 @@ def _on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
+#: The --write targets that put keywords into the original files (the others write beside them).
+WRITES_ORIGINALS = ("auto", "embed")
+
+
 def _confirm_first_write(settings: Any, paths: tuple[Path, ...], dry_run: bool, yes: bool) -> None:
     """Ask once before writing into a folder's originals for the first time, on a terminal only."""
-    if yes or dry_run or settings.write not in ("auto", "embed"):
+    if yes or dry_run or settings.write not in WRITES_ORIGINALS:
         return
     if not _on_terminal():
         return
     from rtagx.run.retag import known_roots
 
-    new = [p for p in paths if Path(p).resolve() not in known_roots(settings)]
+    _ask_before_writing([p for p in paths if Path(p).resolve() not in known_roots(settings)])
+
+
+def _confirm_retag_writes(
+    ctx: Context, settings: Any, paths: tuple[Path, ...], overrides: dict[str, Any], dry_run: bool, yes: bool
+) -> None:
+    """retag asks what tag asks, before it first writes into a folder's originals: a folder last
+    tagged with --write sidecar, txt or none that retag's options now send into the files."""
+    if yes or dry_run or not _on_terminal() or not settings.cache_path().exists():
+        return
+    from rtagx.cache.store import open_store
+    from rtagx.settings import load_settings
+
+    with open_store(settings.cache_path(), readonly=True) as store:
+        roots = store.roots()
+    wanted = [Path(p).resolve() for p in paths]
+    new = []
+    for root, remembered, _ in roots:
+        if wanted and not any(root == w or root in w.parents or w in root.parents for w in wanted):
+            continue
+        effective = load_settings(overrides, config_path=ctx.config, base=remembered).write
+        if effective in WRITES_ORIGINALS and remembered.get("write", "auto") not in WRITES_ORIGINALS:
+            new.append(root)
+    _ask_before_writing(new)
+
+
+def _ask_before_writing(new: list[Path]) -> None:
     if not new:
         return
     names = ", ".join(str(p) for p in new[:3]) + (" ..." if len(new) > 3 else "")
-    click.confirm(f"rtagx will write keywords into the original files under {names}. Go on?", abort=True)
+    if not click.confirm(f"rtagx will write keywords into the original files under {names}. Go on?"):
+        # A person's "no" is an answer, not a failure: nothing was touched, exit 0.
+        click.echo("rtagx: nothing was written (--dry-run shows what would change; --yes skips this question)")
+        sys.exit(EXIT_OK)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -528,11 +603,16 @@ def tag(
         overrides["exclude"] = exclude
     settings = load_settings(overrides, config_path=ctx.config)
     _confirm_first_write(settings, paths, dry_run, yes)
-    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run, progress=not settings.no_progress)
     try:
         summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events)
     finally:
         renderer.close()
+    if summary.seen == 0 and not summary.interrupted:
+        from rtagx.run.scan import selected_extensions
+
+        looked_for = " ".join(sorted(selected_extensions(settings)))
+        click.echo(f"rtagx: no image found under {', '.join(map(str, paths))} (looked for {looked_for})", err=True)
     sys.exit(renderer.finish(summary))
 
 
@@ -556,12 +636,14 @@ def retag(
     processed is covered, each with the settings it was last tagged with unless options say else.
     """
     from rtagx.run.retag import run_retag
+    from rtagx.settings import load_settings
 
-    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    overrides = _overrides(**options)
+    settings = load_settings(overrides, config_path=ctx.config)
+    _confirm_retag_writes(ctx, settings, paths, overrides, dry_run, yes)
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run, progress=not settings.no_progress)
     try:
-        summary = run_retag(
-            list(paths), _overrides(**options), dry_run=dry_run, events=renderer.events, config_path=ctx.config
-        )
+        summary = run_retag(list(paths), overrides, dry_run=dry_run, events=renderer.events, config_path=ctx.config)
     finally:
         renderer.close()
     sys.exit(renderer.finish(summary))
@@ -573,9 +655,9 @@ def _analysis_settings(ctx: Context, options: dict[str, Any]) -> Any:
     return load_settings(_overrides(**options), config_path=ctx.config)
 
 
-def _analysis_renderer(ctx: Context) -> Renderer:
+def _analysis_renderer(ctx: Context, settings: Any) -> Renderer:
     """Progress bars while images are embedded; no per-file lines (the command prints its own)."""
-    renderer = Renderer(ctx, as_json=False, as_csv=False, list_files=False)
+    renderer = Renderer(ctx, as_json=False, as_csv=False, list_files=False, progress=not settings.no_progress)
     renderer.list_files = False
     renderer.file = lambda outcome: None  # type: ignore[method-assign]
     from rtagx.run.events import RunEvents
@@ -611,14 +693,16 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
     from rtagx.cli.render import display_path
 
     settings = _analysis_settings(ctx, options)
-    renderer = _analysis_renderer(ctx)
+    renderer = _analysis_renderer(ctx, settings)
     try:
         scored = score_images_at(list(images), settings, events=renderer.events)
     finally:
         renderer.close()
     for path in scored.missing:
         click.echo(
-            f"rtagx: {display_path(path)}: no vector (not an image rtagx can read; see `rtagx tag -v`)", err=True
+            f"rtagx: {display_path(path)}: no vector: not an image rtagx can read "
+            f"(`rtagx tag --dry-run -v {display_path(path)}` says why and writes nothing)",
+            err=True,
         )
     for path, row in zip(scored.paths, scored.scores):
         ex = explain_scores(
@@ -667,13 +751,23 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
+def _listed(names: list[str], most: int = 10) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _listed_counts(counts: dict[str, int], most: int = 10) -> str:
+    """'cat (3 images), dgo (1 image)': labels with how many images carry them."""
+    return _listed([f"{k} ({v} image{'s' if v != 1 else ''})" for k, v in sorted(counts.items())], most)
+
+
 def _score_labelled(ctx: Context, directory: Path, labels: Path | None, options: dict[str, Any]) -> Any:
     """What eval and calibrate share: settings, progress bars, and the labelled images' scores."""
     from rtagx.analysis.analyze import score_labelled
 
-    renderer = _analysis_renderer(ctx)
+    settings = _analysis_settings(ctx, options)
+    renderer = _analysis_renderer(ctx, settings)
     try:
-        return score_labelled(directory, labels, _analysis_settings(ctx, options), events=renderer.events)
+        return score_labelled(directory, labels, settings, events=renderer.events)
     finally:
         renderer.close()
 
@@ -726,7 +820,8 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
             click.echo(f"top-1 {report.top1:.3f}   top-5 {report.top5:.3f}")
         click.echo(
             f"precision {report.precision:.3f}   recall {report.recall:.3f}   F1 {report.f1:.3f}   "
-            f"macro-F1 {report.macro_f1:.3f}"
+            f"macro-F1 {report.macro_f1:.3f} (mean over the {sum(t.support > 0 for t in report.per_tag)} "
+            "labelled tags)"
         )
         if per_tag:
             click.echo(f"  {'tag':<32} {'support':>7} {'chosen':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
@@ -735,8 +830,7 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
                     f"  {t.keyword[:32]:<32} {t.support:>7} {t.predicted:>6} {t.precision:6.3f} {t.recall:6.3f} {t.f1:6.3f}"
                 )
         if unknown:
-            names = ", ".join(f"{k} ({v})" for k, v in sorted(unknown.items())[:10])
-            click.echo(f"rtagx: labels that match no tag of the vocabulary: {names}", err=True)
+            click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
         if scored.missing:
             click.echo(f"rtagx: {len(scored.missing)} labelled images could not be read", err=True)
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
@@ -793,13 +887,28 @@ def calibrate(
         f"{len(result.tags)} tags calibrated on {result.images} images, {len(result.skipped)} kept their "
         f"threshold (fewer than {min_support} examples); wrote {output}"
     )
-    for t in sorted(result.tags, key=lambda t: -t.support)[:15]:
+    shown = 15
+    ranked = sorted(result.tags, key=lambda t: -t.support)
+    for t in ranked[:shown]:
         click.echo(
             f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
             f"F1 {t.previous_f1:.3f} -> {t.f1:.3f}  ({t.support} images)"
         )
+    if len(ranked) > shown:
+        click.echo(f"  ... and {len(ranked) - shown} more tags (every threshold is in {output})")
+    click.echo(
+        "F1 is each tag's alone, before --top-k, --min-tags, relative cuts and exclusive groups: "
+        f"`rtagx eval --tags {output} --top-k 0` reproduces it; tag's cuts can only lower recall."
+    )
+    everything = [t.keyword for t in result.tags if t.tags_every_image]
+    if everything:
+        click.echo(
+            f"rtagx: the best threshold keeps every labelled image for {_listed(everything)}: too few "
+            "images without the label, or a tag the model cannot tell apart; check it before use",
+            err=True,
+        )
     if unknown:
-        click.echo(f"rtagx: {sum(unknown.values())} labels match no tag of the vocabulary", err=True)
+        click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
@@ -832,6 +941,10 @@ def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
     settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
     with open_store(settings.cache_path(), readonly=True) as store:
         stats = store.stats()
+        for m in stats["models"]:  # what tells two models of one name apart: their weights
+            info = store.model_info(m["id"])
+            m["pretrained"] = info.get("pretrained")
+            m["weights"] = (info.get("checkpoint_hash") or "")[:12] or None
     if as_json:
         click.echo(json.dumps(stats, ensure_ascii=False))
         return
@@ -839,7 +952,8 @@ def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
     click.echo(f"files      {stats['files']} ({stats['contents']} distinct contents)")
     click.echo(f"vectors    {stats['vectors']} image, {stats['text_vectors']} prompt")
     for m in stats["models"]:
-        click.echo(f"model      {m['name']}: {m['vectors']} vectors  [{m['key']}]")
+        weights = f", weights {m['weights']}" if m["weights"] else ""
+        click.echo(f"model      {m['name']} ({m['pretrained']}{weights}): {m['vectors']} vectors  [{m['key']}]")
     for r in stats["roots"]:
         click.echo(f"root       {r}")
 
@@ -874,12 +988,15 @@ def cache_prune(
 @click.option(
     "--write",
     "write",
-    type=click.Choice(["auto", "embed", "sidecar", "txt"]),
+    type=click.Choice([c for c in CHOICES["write"] if c != "none"]),
     default=None,
     help="Where rtagx wrote keywords. [default: as recorded in the cache, else auto]",
 )
 @click.option(
-    "--sidecar-style", type=click.Choice(["ext", "stem"]), default=None, help="Sidecar naming used when writing."
+    "--sidecar-style",
+    type=click.Choice(CHOICES["sidecar_style"]),
+    default=None,
+    help="Sidecar naming used when writing.",
 )
 @click.option("--caption-ext", default=None, help="Extension of the --write txt caption files. [default: as recorded]")
 @click.option("--preserve-mtime", is_flag=True, default=None, help="Keep files' modification times.")
@@ -894,7 +1011,9 @@ def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, a
     from rtagx.settings import load_settings
 
     settings = load_settings(_overrides(**options), config_path=ctx.config)
-    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=True)
+    renderer = Renderer(
+        ctx, as_json=as_json, as_csv=as_csv, list_files=True, progress=not settings.no_progress, removal=True
+    )
     try:
         summary = run_untag(list(paths), settings, dry_run=dry_run, events=renderer.events)
     finally:
@@ -921,6 +1040,14 @@ def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_
     settings = load_settings(_overrides(cache=cache), config_path=ctx.config)
     failed = 0
     for path in paths:
+        if path.is_dir():  # show is about one file's keywords; a folder has none of its own
+            failed += 1
+            click.echo(
+                f"rtagx: {display_path(path)}: a folder; show takes image files (e.g. `rtagx show "
+                f"{display_path(path)}/*.jpg`)",
+                err=True,
+            )
+            continue
         info = describe_file(path, settings, top=top)
         failed += "error" in info
         if as_json:
@@ -952,7 +1079,7 @@ def config_group() -> None:
 @handle_errors
 def config_show(ctx: Context, as_json: bool) -> None:
     """Print every setting, its value and where it came from (default, config file, env, option)."""
-    from rtagx.settings import default_config_path, load_settings
+    from rtagx.settings import config_key, default_config_path, load_settings
 
     settings = load_settings(config_path=ctx.config)
     values = settings.as_dict()
@@ -964,8 +1091,16 @@ def config_show(ctx: Context, as_json: bool) -> None:
         return
     click.echo(f"# config file: {ctx.config or os.environ.get('RTAGX_CONFIG') or default_config_path()}")
     for key, value in values.items():
-        shown = "" if value is None else ",".join(value) if isinstance(value, tuple) else value
-        click.echo(f"{key.replace('_', '-'):<16} = {shown!s:<28} # {settings.sources.get(key)}")
+        shown = (
+            "auto"  # the setting's own default applies (the model's threshold, CPU detection, ...)
+            if value is None
+            else ",".join(value)
+            if isinstance(value, tuple)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else value
+        )
+        click.echo(f"{config_key(key):<16} = {shown!s:<28} # {settings.sources.get(key)}")
 
 
 @cli.command()
@@ -978,12 +1113,12 @@ def config_show(ctx: Context, as_json: bool) -> None:
 def doctor(ctx: Context, model: str | None, pretrained: str | None, download: bool) -> None:
     """Check Python, torch and the device, the model weights, metadata libraries, extras and the cache."""
     from rtagx.analysis.doctor import run_checks
-    from rtagx.model.encoder import resolve_model
+    from rtagx.model.encoder import load_tokenizer, resolve_model
     from rtagx.settings import load_settings
 
     settings = load_settings(_overrides(model=model, pretrained=pretrained), config_path=ctx.config)
-    if download:
-        resolve_model(settings.model, settings.pretrained, offline=False)
+    if download:  # the weights, and the tokenizer files of models with a Hugging Face tokenizer
+        load_tokenizer(resolve_model(settings.model, settings.pretrained, offline=False))
     checks = run_checks(settings)
     for c in checks:
         line = f"{c.status:<5} {c.name:<12} {c.finding}"

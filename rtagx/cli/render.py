@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from collections.abc import Iterable
 from typing import Any
 
 from rtagx.run.events import FileOutcome, RunSummary
@@ -35,11 +32,15 @@ def json_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=False)
 
 
-def outcome_line(outcome: FileOutcome, *, show_scores: bool = True) -> str:
-    """One line per file: what happened and the tags (with scores)."""
+def outcome_line(outcome: FileOutcome, *, show_scores: bool = True, removal: bool = False) -> str:
+    """One line per file: what happened and the tags (with scores). ``removal``: an ``untag``
+    outcome, told in words of removal rather than of scoring."""
     path = display_path(outcome.path)
     if outcome.action == "skipped":
         return f"{'skipped':<12}{path}: {outcome.reason}" + (f" ({outcome.detail})" if outcome.detail else "")
+    if removal:
+        removed = ", ".join(outcome.removed)
+        return f"{outcome.action:<12}{path}: " + (f"removed {removed}" if removed else "no keyword of rtagx's")
     tags = ", ".join(f"{t} {s:.3f}" if show_scores else t for t, s in outcome.tags) or "(no tag above the threshold)"
     changes = ""
     if outcome.added or outcome.removed:
@@ -49,7 +50,8 @@ def outcome_line(outcome: FileOutcome, *, show_scores: bool = True) -> str:
     return f"{outcome.action:<12}{path}: {tags}{changes}{warned}"
 
 
-def summary_lines(summary: RunSummary) -> list[str]:
+def summary_lines(summary: RunSummary, *, removal: bool = False) -> list[str]:
+    """The summary: counts, then timings. ``removal``: untag's, in words of removal."""
     s = summary
     verb = "would write" if s.dry_run else "written"
     skipped = f"skipped {s.skipped}"
@@ -59,6 +61,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{s.seen} files: embedded {s.embedded}, reused {s.reused}, tagged {s.tagged}, "
         f"{verb} {s.written}, unchanged {s.unchanged}, {skipped}"
     )
+    if removal:
+        removed = "would remove rtagx's keywords from" if s.dry_run else "removed rtagx's keywords from"
+        first = f"{s.seen} files: {removed} {s.written}, unchanged {s.unchanged}, {skipped}"
     stages = [f"{name} {s.timings[name]:.2f}s" for name in STAGE_ORDER if s.timings.get(name, 0) >= 0.005]
     rate = f", {s.embedded / s.wall_seconds:.1f} images/s" if s.embedded and s.wall_seconds else ""
     second = f"time {s.wall_seconds:.1f}s{rate}" + (" (" + ", ".join(stages) + ")" if stages else "")
@@ -68,17 +73,16 @@ def summary_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-def csv_text(outcomes: Iterable[FileOutcome]) -> str:
-    """path,tag,score rows for every chosen tag (and one row with an empty tag for untagged files)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "tag", "score", "action"])
-    for o in outcomes:
-        if o.action == "skipped":
-            writer.writerow([display_path(o.path), "", "", f"skipped:{o.reason}"])
-            continue
-        if not o.tags:
-            writer.writerow([display_path(o.path), "", "", o.action])
-        for tag, score in o.tags:
-            writer.writerow([display_path(o.path), tag, f"{score:.4f}", o.action])
-    return buf.getvalue()
+#: The header row of ``--csv``.
+CSV_HEADER = ("path", "tag", "score", "action")
+
+
+def csv_rows(outcome: FileOutcome) -> list[list[str]]:
+    """The ``--csv`` rows of one file: one per chosen tag; a file with no tag (or skipped, as
+    ``skipped:REASON``) still gets one row with an empty tag, so every file seen is listed."""
+    path = display_path(outcome.path)
+    if outcome.action == "skipped":
+        return [[path, "", "", f"skipped:{outcome.reason}"]]
+    if not outcome.tags:
+        return [[path, "", "", outcome.action]]
+    return [[path, tag, f"{score:.4f}", outcome.action] for tag, score in outcome.tags]

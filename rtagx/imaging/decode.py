@@ -81,6 +81,7 @@ from rtagx.imaging.geometry import (
     plan,
     swaps_axes,
 )
+from rtagx.settings import DEFAULT_MAX_MEGAPIXELS  # larger images are skipped as too-large
 
 if TYPE_CHECKING:  # torch is heavy: imported only where a batch is built
     import torch
@@ -97,10 +98,6 @@ __all__ = [
     "open_rgb",
     "to_model_batch",
 ]
-
-#: Larger images are skipped as ``too-large`` before decoding. 200 MP admits every current camera
-#: (the biggest phone sensors are 200 MP, medium format 150 MP) and stops decompression bombs.
-DEFAULT_MAX_MEGAPIXELS: float = 200.0
 
 #: Transparent pixels are composited over this neutral mid grey.
 ALPHA_BACKGROUND: tuple[int, int, int] = (128, 128, 128)

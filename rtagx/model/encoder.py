@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rtagx.errors import ModelError, UsageError
+from rtagx.settings import CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ DEFAULT_MODEL = "ViT-B-16"
 # Best published ImageNet-1k zero-shot top-1 among open_clip's ViT-B-16 weights: Apple's DFN-2B
 # (76.2%; datacomp_xl_s13b_b90k 73.5%, laion2b_s34b_b88k 70.2%, openai 68.3%).
 DEFAULT_PRETRAINED = "dfn2b"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+DEVICES = CHOICES["device"]
+PRECISIONS = CHOICES["precision"]
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
@@ -264,11 +265,9 @@ def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX-BF16).
 
     Without it oneDNN emulates bf16 and a bf16 model is slower than fp32, so ``auto`` stays fp32.
-    ``RTAGX_CPU_BF16=0/1`` overrides the detection.
+    The ``cpu_bf16`` setting (``RTAGX_CPU_BF16=0/1``, ``cpu-bf16`` in the config file) overrides this
+    detection: see :func:`resolve_precision`.
     """
-    forced = os.environ.get("RTAGX_CPU_BF16", "").strip().lower()
-    if forced in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        return forced in ("1", "true", "yes", "on")
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -456,6 +455,34 @@ def _quantize_int8(visual: Any) -> Any:
         return quantize(visual, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+#: The Python packages open_clip's Hugging Face tokenizers (SigLIP, ...) import, and the extra that
+#: brings them.
+TOKENIZER_PACKAGES = ("transformers", "sentencepiece", "tokenizers")
+TOKENIZER_EXTRA = "pip install 'rtagx[siglip]'"
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    """open_clip's tokenizer for the model; a missing tokenizer package or tokenizer file is one
+    clear :class:`ModelError` line instead of an internal error."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(resolved.open_clip_name)
+    except ImportError as e:
+        missing = getattr(e, "name", None) or str(e)
+        if any(p in missing for p in TOKENIZER_PACKAGES):
+            raise ModelError(
+                f"model {resolved.identity.name} needs a Hugging Face tokenizer, and the Python package "
+                f"'{missing}' is not installed: {TOKENIZER_EXTRA}"
+            ) from None
+        raise
+    except OSError as e:  # tokenizer files neither in the Hugging Face cache nor downloadable
+        raise ModelError(
+            f"the tokenizer of model {resolved.identity.name} cannot be loaded "
+            f"({str(e).splitlines()[0][:200]}): run `rtagx doctor --download` once on a connected machine"
+        ) from None
+
+
 def load_encoder(
     resolved: ResolvedModel,
     *,
@@ -464,21 +491,23 @@ def load_encoder(
     text_only: bool = False,
     threads: int | None = None,
     channels_last: bool = False,
+    cpu_bf16: bool | None = None,
 ) -> Encoder:
     """Build the network for a resolved model. Errors become one-line :class:`ModelError`s.
 
     ``threads``: torch intra-op threads (None/0: torch's default, one per core). ``channels_last``:
     NHWC memory format for the image tower's convolutions (helps convolutional towers; a ViT has
-    only its patch embedding, see bench/cpu_options.py).
+    only its patch embedding, see bench/cpu_options.py). ``cpu_bf16``: the ``cpu_bf16`` setting
+    (None: detect the CPU's bf16 instructions).
     """
     import open_clip
     import torch
 
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, cpu_bf16=cpu_bf16)
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = open_clip.get_tokenizer(resolved.open_clip_name)
+    tokenizer = load_tokenizer(resolved)
     if text_only:
         try:
             built = _load_text_tower(resolved)

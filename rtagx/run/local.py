@@ -32,17 +32,9 @@ from rtagx.run.stages import (
 from rtagx.run.tagger import Tagger
 from rtagx.settings import Settings
 
-#: Files whose decoder thread never returned (see :func:`decode_timeout`); the CLI exits without
+#: Files whose decoder thread never returned (``settings.decode_timeout``); the CLI exits without
 #: waiting for those threads.
 STUCK_DECODERS: list[Path] = []
-
-
-def decode_timeout() -> float:
-    """Seconds one image may take to decode before it is skipped (``RTAGX_DECODE_TIMEOUT``, 120)."""
-    try:
-        return max(0.1, float(os.environ.get("RTAGX_DECODE_TIMEOUT", "120")))
-    except ValueError:
-        return 120.0
 
 
 def bounded_map(
@@ -197,7 +189,7 @@ def embed(
     try:
         for work, future in bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
             try:
-                array = future.result(timeout=decode_timeout())
+                array = future.result(timeout=settings.decode_timeout)
             except FutureTimeout:
                 # A decoder that loops must not stop the run: skip the file; its thread is
                 # abandoned (Python cannot kill it) and the process exits without waiting for it.
@@ -208,7 +200,7 @@ def embed(
                         "skip",
                         work.file.path,
                         "decode-timeout",
-                        f"decoding took longer than {decode_timeout():g} s (RTAGX_DECODE_TIMEOUT)",
+                        f"decoding took longer than {settings.decode_timeout:g} s (decode-timeout setting)",
                     )
                 )
                 continue

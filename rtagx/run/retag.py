@@ -17,7 +17,7 @@ from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.scan import ScannedFile
 from rtagx.run.stages import FileWork, Skip, file_row, fingerprint_or_skip, same_identity
 from rtagx.run.tagger import Tagger, handle_cached, root_settings
-from rtagx.settings import Settings, load_settings, validate_settings
+from rtagx.settings import Settings, load_settings, validate_settings, where
 
 
 def run_retag(
@@ -56,6 +56,14 @@ def run_retag(
         for owner, (remembered, records) in groups.items():
             settings = load_settings(overrides, config_path=config_path, base=remembered)
             validate_settings(settings)
+            differs = [k for k in ("model", "pretrained") if remembered and getattr(settings, k) != remembered.get(k)]
+            if differs and owner is not None:  # retag never embeds: it can only use the vectors the folder has
+                events.message(
+                    f"{owner}: retag re-scores the vectors of {remembered.get('model')} "
+                    f"({remembered.get('pretrained')}), the model it was last tagged with, not "
+                    f"{settings.model} ({settings.pretrained}) from {where(settings, differs[0])}; "
+                    f"`rtagx tag {owner}` embeds it with that model"
+                )
             retag_files(store, records, settings, remembered, summary, events, dry_run)
             if not dry_run and owner is not None and owner in root_paths and owner in scopes:
                 store.put_root(owner, root_settings(settings, remembered.get("model_key", "")))
@@ -140,7 +148,13 @@ def retag_files(
                 f"run `rtagx tag` again to re-embed with it"
             )
         with Timer(summary.timings, "load-model"):
-            return load_encoder(resolved, device=settings.device, precision=settings.precision, text_only=True)
+            return load_encoder(
+                resolved,
+                device=settings.device,
+                precision=settings.precision,
+                text_only=True,
+                cpu_bf16=settings.cpu_bf16,
+            )
 
     tagger.prepare_text(text_encoder)
     dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtagx.errors import UsageError
 from rtagx.imaging.decode import SUPPORTED_EXTENSIONS
-from rtagx.settings import Settings
+from rtagx.settings import Settings, where
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ def selected_extensions(settings: Settings) -> frozenset[str]:
         ext = ext.strip().lower()
         if ext:
             exts.add(ext if ext.startswith(".") else "." + ext)
+    unknown = sorted(exts - set(SUPPORTED_EXTENSIONS))
+    if unknown:  # a typo (--ext .jpgg) would otherwise scan nothing and say nothing
+        raise UsageError(
+            f"{where(settings, 'extensions')}: rtagx cannot read {', '.join(unknown)} "
+            f"(supported: {' '.join(sorted(SUPPORTED_EXTENSIONS))})"
+        )
     return frozenset(exts)
 
 

@@ -31,6 +31,7 @@ def run_tag(
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
     validate_settings(settings)
+    selected_extensions(settings)  # an unknown --ext is a usage error before anything runs
     roots = check_paths(paths)
     vocabulary = load_vocabulary_for(settings)
 
@@ -81,7 +82,11 @@ def tag_with_store(
         if not encoder_box or not encoder_box[0].has_image_tower:
             with Timer(summary.timings, "load-model"):
                 enc = load_encoder(
-                    resolved(), device=settings.device, precision=settings.precision, threads=settings.threads or None
+                    resolved(),
+                    device=settings.device,
+                    precision=settings.precision,
+                    threads=settings.threads or None,
+                    cpu_bf16=settings.cpu_bf16,
                 )
             store.model_id(
                 identity.key, identity.as_dict(), dim=None, logit_scale=enc.logit_scale, logit_bias=enc.logit_bias
@@ -148,6 +153,7 @@ def tag_with_store(
                         precision=settings.precision,
                         text_only=True,
                         threads=settings.threads or None,
+                        cpu_bf16=settings.cpu_bf16,
                     )
                 )
             store.model_id(

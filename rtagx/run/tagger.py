@@ -139,9 +139,9 @@ class Tagger:
                 step = 256
                 for start in range(0, len(missing), step):
                     chunk = missing[start : start + step]
-                    vecs = encoder.encode_texts(chunk)
-                    self.store.put_text_vectors(self.model_id, chunk, vecs)
-                    cached.update(zip(chunk, vecs))
+                    self.store.put_text_vectors(self.model_id, chunk, encoder.encode_texts(chunk))
+                    # score with what the cache keeps (float16), as retag, explain and later runs do
+                    cached.update(self.store.text_vectors(self.model_id, chunk))
                     self.events.progress("prompts", len(chunk))
             self.tag_matrix = scoring.build_tag_matrix(self.vocab, cached)
         info = self.store.model_info(self.model_id)

@@ -198,7 +198,7 @@ def with_templates(vocab: Vocabulary, spec: str) -> Vocabulary:
 def _resolve(spec: str, base_dir: Path | None) -> Path:
     """An existing file (relative to ``base_dir`` when given), else a shipped vocabulary."""
     if not spec.strip():
-        raise VocabularyError("<vocabulary>:0: empty vocabulary name")
+        raise VocabularyError("empty vocabulary name (--tags)")
     exists = False
     try:
         candidate = Path(spec).expanduser()
@@ -213,9 +213,9 @@ def _resolve(spec: str, base_dir: Path | None) -> Path:
     if shipped is not None:
         return shipped
     if exists:
-        raise VocabularyError(f"{spec}:0: not a vocabulary file (a folder?)")
+        raise VocabularyError(f"{spec}: not a vocabulary file (a folder?)")
     raise VocabularyError(
-        f"{spec}:0: no such vocabulary file or shipped vocabulary "
+        f"{spec}: no such vocabulary file or shipped vocabulary "
         f"(shipped: {', '.join(shipped_vocabularies()) or 'none found'})"
     )
 
@@ -223,10 +223,10 @@ def _resolve(spec: str, base_dir: Path | None) -> Path:
 def _parse_file(path: Path, label: str, stack: tuple[Path, ...]) -> _Parsed:
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
-            raise VocabularyError(f"{label}:0: larger than {_MAX_FILE_BYTES >> 20} MiB: not a vocabulary")
+            raise VocabularyError(f"{label}: larger than {_MAX_FILE_BYTES >> 20} MiB: not a vocabulary")
         data = path.read_bytes()
     except OSError as exc:
-        raise VocabularyError(f"{label}:0: cannot read: {exc.strerror or exc}") from None
+        raise VocabularyError(f"{label}: cannot read: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
