@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from rtagx.analysis.duplicates import complete_linkage, similar_pairs
@@ -114,6 +116,7 @@ def test_text_search_equals_brute_force_over_the_cache(library):
     code, out = rtagx("search", "a red car", "--top", "100", "--json", "--cache", str(cache))
     assert code == 0, out
     first, summary = json_lines(out)
+    assert "load-numpy-text" in summary["timings"] and "load-model" not in summary["timings"]  # no torch
     files = cached_image_vectors(cache)
     assert summary["compared"] == len(files) - 1  # the byte-identical copy shares its original's vector
     # the second search reads the query vector the first one cached: no model is loaded
@@ -187,6 +190,31 @@ def test_min_score_cuts_and_errors_are_one_line(library, tmp_path):
     assert code == 2 and "no query" in out
     code, out = rtagx("search", "beach", "-", "beach", "--cache", str(cache))
     assert code == 2 and "cancel out" in out
+
+
+def test_numpy_text_tower_equals_open_clip(tiny_clip):
+    from rtagx.model.encoder import load_encoder, resolve_model
+    from rtagx.model.numpy_text import load_text_tower
+
+    resolved = resolve_model(str(tiny_clip[0]), str(tiny_clip[1]), offline=True)
+    tower = load_text_tower(resolved.identity.as_dict())
+    assert tower is not None
+    texts = ["a dog", "Beach + sunset, at 5pm!", "Crème brûlée, 東京 &amp; ümlauts", 'it\'s "quoted"', "word " * 90]
+    reference = load_encoder(resolved, device="cpu", precision="fp32", text_only=True)
+    assert (tower.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+    tokens = reference.tokenizer(texts).numpy()
+    assert (tower.tokenizer(texts, 77) == tokens).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40))
+def test_tokenizer_equals_open_clip_on_any_text(text):
+    import open_clip
+
+    from rtagx.model.numpy_text import open_clip_dir, tokenizer_at
+
+    ours = tokenizer_at(open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz")
+    assert (ours([text], 77) == open_clip.tokenize([text]).numpy()).all()
 
 
 def test_parse_query():

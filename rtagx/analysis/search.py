@@ -196,6 +196,17 @@ def query_vector(
             raise UsageError(f"query image not found: {t.value}")
         else:
             images_to_embed.append(t.value)
+    if missing_texts and not images_to_embed:
+        started = time.perf_counter()
+        tower = numpy_text_tower(store, model.id)
+        if tower is not None:
+            timings["load-numpy-text"] = time.perf_counter() - started
+            started = time.perf_counter()
+            encoded = tower.encode_texts(missing_texts)
+            timings["encode-query"] = time.perf_counter() - started
+            vectors.update({("text", k): v for k, v in zip(missing_texts, encoded)})
+            remember_text_vectors(store.path, model.id, missing_texts, encoded)
+            missing_texts = []
     if missing_texts or images_to_embed:
         started = time.perf_counter()
         encoder = cached_model_encoder(store, model.id, settings, text_only=not images_to_embed)
@@ -216,6 +227,21 @@ def query_vector(
     if norm < 1e-6:
         raise UsageError("the query's terms cancel out: nothing is left to search for")
     return total / norm
+
+
+def numpy_text_tower(store: Store, model_id: int) -> Any:
+    """The model's text tower in numpy (no torch import: ~0.2 s instead of ~4 s), when the cache's
+    record of the model's files shows them unchanged since ``tag`` resolved them (the check a no-op
+    ``tag`` trusts) and the model has a standard CLIP text tower; else None (load it with torch)."""
+    from rtagx.model.numpy_text import load_text_tower
+
+    info = store.model_info(model_id)
+    name = info.get("config_path") or info.get("name") or ""
+    for pretrained in dict.fromkeys((info.get("pretrained"), info.get("checkpoint_path"))):
+        remembered = remembered_identity(store, name, pretrained)
+        if remembered is not None and remembered.key == info["key"]:
+            return load_text_tower(info)
+    return None
 
 
 def embed_image(encoder: Any, path: Path, settings: Settings) -> np.ndarray:
