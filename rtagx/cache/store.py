@@ -661,6 +661,49 @@ class Store:
     def integrity_ok(self) -> bool:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+    # -- whole-library reads for search and duplicates (rtagx/analysis) ---------------------------
+    def model_id_for_key(self, key: str) -> int | None:
+        """The id of a model identity the cache knows, without registering it."""
+        row = self.conn.execute("SELECT id FROM models WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else None
+
+    def vector_dim(self, model_id: int) -> int | None:
+        """The size of a model's cached vectors (from a stored row), or None when it has none."""
+        row = self.conn.execute("SELECT length(vector) FROM vectors WHERE model_id = ? LIMIT 1", (model_id,)).fetchone()
+        return int(row[0]) // np.dtype(np.float16).itemsize if row else None
+
+    def iter_vectors(self, model_id: int, dim: int, block_rows: int = 32768) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every vector of a model as blocks of (content ids int64, float16 rows): memory stays at one
+        block however large the library. Read in table order (one sequential pass; NOT INDEXED keeps
+        SQLite from visiting the rows through the primary-key index, one b-tree descent per row)."""
+        cur = self.conn.execute("SELECT content_id, vector FROM vectors NOT INDEXED WHERE model_id = ?", (model_id,))
+        while rows := cur.fetchmany(block_rows):
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join([r[1] for r in rows])
+            if len(blob) != len(rows) * dim * 2:
+                raise CacheError(f"cache {self.path}: vectors of model #{model_id} are not {dim}-dimensional")
+            yield ids, np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim)
+
+    def iter_files(self) -> Iterator[FileRecord]:
+        """Every file row, in path order."""
+        make = FileRecord._make
+        for row in self.conn.execute("SELECT path, size, mtime_ns, fingerprint, content_id FROM files"):
+            yield make(row)
+
+    def files_with_contents(self, content_ids: Iterable[int]) -> list[FileRecord]:
+        """The files holding the given contents (one pass over ``files`` per 900 ids: there is no
+        index by content, so ask for few ids at a time, as search does for its best results)."""
+        ids = list(set(content_ids))
+        out: list[FileRecord] = []
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            q = (
+                "SELECT path, size, mtime_ns, fingerprint, content_id FROM files "
+                f"WHERE content_id IN ({','.join('?' * len(chunk))})"
+            )
+            out.extend(FileRecord._make(r) for r in self.conn.execute(q, chunk))
+        return out
+
 
 def _migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])

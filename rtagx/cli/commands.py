@@ -1144,3 +1144,209 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
     sys.exit(code)
+
+
+# -- find photos: search and duplicates from the cache (rtagx/analysis/search.py, duplicates.py) --------
+
+
+def _cached_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Which cached vectors to use."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--model",
+                "-m",
+                default=None,
+                help="Use the vectors of this model (name or config path). [default: the model that tagged PATHS, else the newest in the cache]",
+            ),
+            click.option("--pretrained", "-p", default=None, help="Weights of --model (tag or checkpoint path)."),
+            click.option(
+                "--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]"
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _write_html(ctx: Context, target: Path, page: str) -> None:
+    from rtagx.analysis.html import write_page
+
+    write_page(target, page)
+    if not ctx.quiet:
+        click.echo(f"rtagx: wrote {target}", err=True)
+
+
+@cli.command()
+@click.argument("query", nargs=-1)
+@click.option(
+    "--like",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Find images like this one (repeatable; embedded on the fly when the cache lacks it).",
+)
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="How many images to list.")
+@click.option(
+    "--min-score",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Only images whose cosine with the query is at least this.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a page of the results with thumbnails (self-contained).",
+)
+@_cached_model_options
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default=None,
+    help="Where to encode query texts and images the cache lacks (cached query texts need no model). [default: auto]",
+)
+@click.option("--offline", is_flag=True, default=None, help="Never try to download model weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one object per image, then a summary object.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print rank,score,path CSV rows.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def search(
+    ctx: Context,
+    query: tuple[str, ...],
+    like: tuple[Path, ...],
+    top: int,
+    min_score: float | None,
+    html_file: Path | None,
+    as_json: bool,
+    as_csv: bool,
+    **options: Any,
+) -> None:
+    """Find cached images by text or by example: one path per line, best first.
+
+    \b
+    QUERY words form one text; + and - combine texts and images, W: weights a term:
+      rtagx search dog on a beach ~/Photos
+      rtagx search "beach + sunset - people"
+      rtagx search 2:mountain - snow --like ~/Photos/IMG_0042.jpg
+    Arguments that are existing folders limit the search to them (default: the whole cache);
+    an argument that is an image file is an image query. No image of the library is decoded.
+    """
+    from rtagx.analysis.search import search as run_search
+    from rtagx.cli.render import display_path, json_line
+
+    words = [q for q in query if not os.path.isdir(os.path.expanduser(q))]
+    scope = [Path(q) for q in query if os.path.isdir(os.path.expanduser(q))]
+    result = run_search(words, _analysis_settings(ctx, options), scope=scope, like=like, top=top, min_score=min_score)
+    if as_json:
+        for hit in result.hits:
+            click.echo(json_line(hit.as_json()))
+        click.echo(
+            json_line(
+                {
+                    "summary": True,
+                    "results": len(result.hits),
+                    "compared": result.compared,
+                    "model": result.model.name,
+                    "timings": {k: round(v, 4) for k, v in result.timings.items()},
+                }
+            )
+        )
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["rank", "score", "path"])
+        for hit in result.hits:
+            writer.writerow([hit.rank, f"{hit.score:.4f}", display_path(hit.path)])
+    else:
+        for hit in result.hits:
+            click.echo(f"{hit.score:.4f}  {display_path(hit.path)}" if ctx.verbose else display_path(hit.path))
+        if ctx.verbose:
+            took = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+            click.echo(
+                f"{len(result.hits)} of {result.compared} cached images, model {result.model.name} ({took})", err=True
+            )
+    if html_file:
+        from rtagx.analysis.html import search_page
+
+        _write_html(ctx, html_file, search_page(result))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--min-score",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Cosine at which two photos count as duplicates. [default: auto, from the model's scale in this library (about 0.955 for CLIP ViT-B: an estimate)]",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a page of the groups side by side, keepers marked (self-contained).",
+)
+@_cached_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one object per group, then a summary object.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print group,keeper,score,width,height,taken,path CSV rows.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def duplicates(
+    ctx: Context,
+    paths: tuple[Path, ...],
+    min_score: float | None,
+    html_file: Path | None,
+    as_json: bool,
+    as_csv: bool,
+    **options: Any,
+) -> None:
+    """Group near-duplicate and identical photos from the cache; suggest which one to keep.
+
+    Re-encoded, resized and lightly cropped copies and bursts are found by their cached vectors,
+    byte-identical copies by their shared content. The keeper has the most pixels, then the
+    oldest date. Nothing is ever deleted or moved.
+    """
+    from rtagx.analysis.duplicates import find_duplicates
+    from rtagx.cli.render import display_path, json_line
+
+    result = find_duplicates(_analysis_settings(ctx, options), scope=list(paths), min_score=min_score)
+    spare = sum(len(g.members) - 1 for g in result.groups)
+    if as_json:
+        for number, group in enumerate(result.groups, 1):
+            click.echo(json_line(group.as_json(number)))
+        click.echo(
+            json_line(
+                {
+                    "summary": True,
+                    "groups": len(result.groups),
+                    "spare_files": spare,
+                    "compared": result.compared,
+                    "min_score": round(result.threshold, 5),
+                    "min_score_source": result.threshold_source,
+                    "model": result.model.name,
+                }
+            )
+        )
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["group", "keeper", "score", "width", "height", "taken", "path"])
+        for number, group in enumerate(result.groups, 1):
+            for m in group.members:
+                writer.writerow(
+                    [number, int(m.keeper), f"{m.score:.4f}", m.width, m.height, m.taken, display_path(m.path)]
+                )
+    else:
+        for number, group in enumerate(result.groups, 1):
+            click.echo(f"group {number}: {len(group.members)} files, keep {group.keeper.path.name}: {group.why}")
+            for m in group.members:
+                mark = "keep" if m.keeper else "same" if m.same_content else f"{m.score:.4f}"
+                size = f"{m.width}x{m.height}" if m.width else "?"
+                click.echo(f"  {mark:<7} {size:>11}  {m.taken:<26} {display_path(m.path)}")
+        click.echo(
+            f"{len(result.groups)} groups, {spare} files that could go (nothing was deleted or moved); "
+            f"{result.compared} cached images, min score {result.threshold:.4f} ({result.threshold_source})"
+        )
+    if html_file:
+        from rtagx.analysis.html import duplicates_page
+
+        _write_html(ctx, html_file, duplicates_page(result))

@@ -138,23 +138,8 @@ def retag_files(
     tagger = Tagger(store, settings, vocabulary, model_id, model_key or "", events, summary, dry_run)
 
     def text_encoder() -> Encoder:
-        info = store.model_info(model_id)
-        name = str(info.get("config_path") or info.get("name") or "")
-        pretrained = info.get("checkpoint_path") or info.get("pretrained")
-        resolved = resolve_model(name, pretrained, offline=True if settings.offline else None)
-        if resolved.identity.key != model_key:
-            raise ModelError(
-                f"the model that made the cached vectors ({name}, {pretrained}) has changed on disk; "
-                f"run `rtagx tag` again to re-embed with it"
-            )
         with Timer(summary.timings, "load-model"):
-            return load_encoder(
-                resolved,
-                device=settings.device,
-                precision=settings.precision,
-                text_only=True,
-                cpu_bf16=settings.cpu_bf16,
-            )
+            return cached_model_encoder(store, model_id, settings, text_only=True)
 
     tagger.prepare_text(text_encoder)
     dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
@@ -202,6 +187,23 @@ def retag_files(
     summary.reused += len(works)
     events.stage("write", len(works))
     handle_cached(tagger, works, dim)
+
+
+def cached_model_encoder(store: Store, model_id: int, settings: Settings, *, text_only: bool) -> Encoder:
+    """Load the model that made a cache's vectors (as the cache remembers it), text tower only when
+    ``text_only``; a model whose files changed since is refused: its vectors would not match."""
+    info = store.model_info(model_id)
+    name = str(info.get("config_path") or info.get("name") or "")
+    pretrained = info.get("checkpoint_path") or info.get("pretrained")
+    resolved = resolve_model(name, pretrained, offline=True if settings.offline else None)
+    if resolved.identity.key != info["key"]:
+        raise ModelError(
+            f"the model that made the cached vectors ({name}, {pretrained}) has changed on disk; "
+            f"run `rtagx tag` again to re-embed with it"
+        )
+    return load_encoder(
+        resolved, device=settings.device, precision=settings.precision, text_only=text_only, cpu_bf16=settings.cpu_bf16
+    )
 
 
 def known_roots(settings: Settings) -> set[Path]:

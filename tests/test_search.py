@@ -1,0 +1,386 @@
+"""``rtagx search`` and ``rtagx duplicates`` on real camera photos with the tiny CLIP.
+
+The rankings are checked against a brute-force computation that reads the cache with plain
+sqlite3 and numpy (not through rtagx's Store), the duplicate groups against planted copies (the
+original re-encoded at lower quality and half size, a 5% crop, a byte-identical copy), and the
+HTML pages by rendering them in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from rtagx.analysis.duplicates import complete_linkage, similar_pairs
+from rtagx.analysis.search import QueryTerm, parse_query
+from rtagx.cli.commands import cli
+
+ORIGINALS = ("Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg")
+
+
+def plant_copy(source: Path, target: Path, quality: int = 60) -> None:
+    """The original re-encoded at lower quality and scaled to half size."""
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save(target, quality=quality)
+
+
+def plant_crop(source: Path, target: Path) -> None:
+    """A light crop: 5% off every side."""
+    with Image.open(source) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(target, quality=90)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_clip, samples_dir) -> dict:
+    """Every camera-sample JPEG (not the corrupt one) plus planted duplicates, tagged into a cache."""
+    root = tmp_path_factory.mktemp("library")
+    photos = root / "photos"
+    (photos / "planted").mkdir(parents=True)
+    for p in sorted((samples_dir / "jpg").glob("*.jpg")):
+        if p.name != "corrupted.jpg":
+            shutil.copy2(p, photos / p.name)
+    for name in ORIGINALS:
+        plant_copy(photos / name, photos / "planted" / f"half_{name}")
+        plant_crop(photos / name, photos / "planted" / f"crop_{name}")
+    shutil.copy2(photos / "Ricoh_Caplio_RR330.jpg", photos / "planted" / "copy_of_Ricoh.jpg")
+    vocab = root / "tags.txt"
+    vocab.write_text("dog\ncat\ncar\nbeach\n", encoding="utf-8")
+    cache = root / "cache.sqlite3"
+    cfg, ckpt = tiny_clip
+    model = ["--model", str(cfg), "--pretrained", str(ckpt)]
+    args = ["tag", str(photos), *model, "--cache", str(cache), "--tags", str(vocab), "--write", "none", "--yes", "-q"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "photos": photos, "cache": cache, "model": (cfg, ckpt)}
+
+
+def rtagx(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def json_lines(output: str) -> tuple[list[dict], dict]:
+    objs = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [o for o in objs if not o.get("summary")], next(o for o in objs if o.get("summary"))
+
+
+def cached_image_vectors(cache: Path) -> dict[str, np.ndarray]:
+    """path -> cached vector (float32), read with sqlite3 directly: the independent side."""
+    with sqlite3.connect(cache) as conn:
+        rows = conn.execute(
+            "SELECT f.path, v.vector FROM files f JOIN vectors v ON v.content_id = f.content_id"
+        ).fetchall()
+    return {os.fsdecode(p): np.frombuffer(v, dtype=np.float16).astype(np.float32) for p, v in rows}
+
+
+def cached_text_vector(cache: Path, text: str) -> np.ndarray:
+    with sqlite3.connect(cache) as conn:
+        (blob,) = conn.execute("SELECT vector FROM text_vectors WHERE prompt = ?", (text,)).fetchone()
+    return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+def brute_force(cache: Path, query: np.ndarray, under: Path | None = None) -> list[tuple[str, float]]:
+    query = query / np.linalg.norm(query)
+    scores = [
+        (p, float(v @ query))
+        for p, v in cached_image_vectors(cache).items()
+        if under is None or p.startswith(f"{under}/")
+    ]
+    return sorted(scores, key=lambda t: (-t[1], t[0]))
+
+
+def assert_same_ranking(hits: list[dict], expected: list[tuple[str, float]]) -> None:
+    """Same files in the same order with the same scores (files of one content tie: path order)."""
+    assert [h["path"] for h in hits] == [p for p, _ in expected]
+    assert [h["score"] for h in hits] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+
+def test_text_search_equals_brute_force_over_the_cache(library):
+    cache = library["cache"]
+    code, out = rtagx("search", "a red car", "--top", "100", "--json", "--cache", str(cache))
+    assert code == 0, out
+    first, summary = json_lines(out)
+    assert "load-numpy-text" in summary["timings"] and "load-model" not in summary["timings"]  # no torch
+    files = cached_image_vectors(cache)
+    assert summary["compared"] == len(files) - 1  # the byte-identical copy shares its original's vector
+    # the second search reads the query vector the first one cached: no model is loaded
+    code, out = rtagx("search", "a red car", "--top", "100", "--json", "--cache", str(cache))
+    hits, summary = json_lines(out)
+    assert "load-model" not in summary["timings"]
+    expected = brute_force(cache, cached_text_vector(cache, "a red car"))
+    assert len(hits) == len(expected) == len(files)  # every file is listed, copies too
+    assert_same_ranking(hits, expected)
+    assert [h["path"] for h in first] == [h["path"] for h in hits] or all(
+        abs(a["score"] - b["score"]) < 2e-3 for a, b in zip(first, hits)
+    )
+
+
+def test_combined_query_equals_weighted_sum_of_unit_vectors(library):
+    cache = library["cache"]
+    code, out = rtagx("search", "beach + 2:sunset - people", "--top", "10", "--json", "--cache", str(cache))
+    assert code == 0, out
+    code, out = rtagx("search", "beach", "+", "2:sunset", "-", "people", "--top", "10", "--json", "--cache", str(cache))
+    hits, _ = json_lines(out)
+    unit = {t: (v := cached_text_vector(cache, t)) / np.linalg.norm(v) for t in ("beach", "sunset", "people")}
+    expected = brute_force(cache, unit["beach"] + 2 * unit["sunset"] - unit["people"])[:10]
+    assert_same_ranking(hits, expected)
+
+
+def test_image_query_from_the_cache_and_embedded_on_the_fly(library, tmp_path):
+    cache, photos = library["cache"], library["photos"]
+    code, out = rtagx("search", "--like", str(photos / "Nikon_D70.jpg"), "--top", "3", "--cache", str(cache))
+    assert code == 0, out
+    found = out.splitlines()
+    assert found[0] == str(photos / "Nikon_D70.jpg")
+    assert set(found[1:]) == {str(photos / "planted" / f"{k}_Nikon_D70.jpg") for k in ("half", "crop")}
+    # an image the cache has never seen, given as a query word: embedded with the tag pipeline's stages
+    outside = tmp_path / "new_copy_of_pentax.jpg"
+    plant_copy(photos / "Pentax_K10D.jpg", outside, quality=40)  # other bytes than the planted copy
+    code, out = rtagx("search", str(outside), "--top", "1", "--json", "--cache", str(cache))
+    assert code == 0, out
+    hits, summary = json_lines(out)
+    assert "load-model" in summary["timings"]
+    assert hits[0]["path"] in {str(photos / "Pentax_K10D.jpg"), str(photos / "planted" / "half_Pentax_K10D.jpg")}
+    assert hits[0]["score"] > 0.99
+
+
+def test_folders_limit_the_scope_and_plain_output_pipes(library):
+    cache, photos = library["cache"], library["photos"]
+    planted = photos / "planted"
+    code, out = rtagx("search", "a dog", str(planted), "--top", "50", "--cache", str(cache))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert len(lines) == 7 and all(line.startswith(f"{planted}/") and os.path.isfile(line) for line in lines)
+    code, out = rtagx("search", "a dog", str(planted), "--top", "50", "--json", "--cache", str(cache))
+    assert_same_ranking(json_lines(out)[0], brute_force(cache, cached_text_vector(cache, "a dog"), planted))
+    code, out = rtagx("search", "-v", "a dog", "--top", "2", "--min-score", "-1", "--cache", str(cache))
+    score, path = out.splitlines()[0].split("  ", 1)
+    assert -1 <= float(score) <= 1 and os.path.isfile(path)
+    code, out = rtagx("search", "a dog", "--top", "3", "--csv", "--cache", str(cache))
+    assert out.splitlines()[0] == "rank,score,path" and len(out.splitlines()) == 4
+
+
+def test_min_score_cuts_and_errors_are_one_line(library, tmp_path):
+    cache = library["cache"]
+    _, out = rtagx("search", "a dog", "--top", "100", "--json", "--cache", str(cache))
+    hits, _ = json_lines(out)
+    k = next(k for k in range(4, len(hits)) if hits[k]["score"] > hits[k + 1]["score"])  # not between copies
+    cut = (hits[k]["score"] + hits[k + 1]["score"]) / 2
+    _, out = rtagx("search", "a dog", "--top", "100", "--min-score", str(cut), "--json", "--cache", str(cache))
+    assert [h["path"] for h in json_lines(out)[0]] == [h["path"] for h in hits[: k + 1]]
+    code, out = rtagx("search", "a dog", "--cache", str(tmp_path / "none.sqlite3"))
+    assert code == 1 and "no cache" in out
+    code, out = rtagx("search", "--cache", str(cache))
+    assert code == 2 and "no query" in out
+    code, out = rtagx("search", "beach", "-", "beach", "--cache", str(cache))
+    assert code == 2 and "cancel out" in out
+
+
+def test_numpy_text_tower_equals_open_clip(tiny_clip):
+    from rtagx.model.encoder import load_encoder, resolve_model
+    from rtagx.model.numpy_text import load_text_tower
+
+    resolved = resolve_model(str(tiny_clip[0]), str(tiny_clip[1]), offline=True)
+    tower = load_text_tower(resolved.identity.as_dict())
+    assert tower is not None
+    texts = ["a dog", "Beach + sunset, at 5pm!", "Crème brûlée, 東京 &amp; ümlauts", 'it\'s "quoted"', "word " * 90]
+    reference = load_encoder(resolved, device="cpu", precision="fp32", text_only=True)
+    assert (tower.encode_texts(texts) * reference.encode_texts(texts)).sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+    tokens = reference.tokenizer(texts).numpy()
+    assert (tower.tokenizer(texts, 77) == tokens).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40))
+def test_tokenizer_equals_open_clip_on_any_text(text):
+    import open_clip
+
+    from rtagx.model.numpy_text import open_clip_dir, tokenizer_at
+
+    ours = tokenizer_at(open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz")
+    assert (ours([text], 77) == open_clip.tokenize([text]).numpy()).all()
+
+
+def test_parse_query():
+    assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
+    expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]
+    assert parse_query(["beach", "+", "sunset", "-", "people"]) == expected
+    assert parse_query(["beach + sunset - people"]) == expected
+    assert parse_query(["red car", "-", "0.5:blue sky"]) == [
+        QueryTerm("text", "red car"),
+        QueryTerm("text", "blue sky", -0.5),
+    ]
+    assert parse_query(["well-lit room"]) == [QueryTerm("text", "well-lit room")]
+    with pytest.raises(Exception, match="positive"):
+        parse_query(["-", "people"])
+
+
+# -- duplicates -----------------------------------------------------------------------------------
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        st = p.stat()
+        h.update(f"{p}:{st.st_mtime_ns}:{st.st_size}".encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_planted_duplicates_are_grouped_at_the_default_threshold(library):
+    cache, photos = library["cache"], library["photos"]
+    before = tree_digest(photos)
+    code, out = rtagx("duplicates", "--json", "--cache", str(cache))
+    assert code == 0, out
+    groups, summary = json_lines(out)
+    assert summary["min_score_source"].startswith("auto")
+    found = {frozenset(Path(f["path"]).name for f in g["files"]) for g in groups}
+    planted = {frozenset({n, f"half_{n}", f"crop_{n}"}) for n in ORIGINALS}
+    planted.add(frozenset({"Ricoh_Caplio_RR330.jpg", "copy_of_Ricoh.jpg"}))
+    assert found == planted  # every planted group, and no distinct photos grouped
+    for g in groups:
+        keeper = g["files"][0]
+        assert keeper["keeper"] and Path(g["keeper"]).name == Path(keeper["path"]).name
+        if "Ricoh" in g["keeper"]:
+            assert g["files"][1]["same_content"] and g["files"][1]["score"] == 1.0
+        else:  # the original has the most pixels
+            assert Path(g["keeper"]).name in ORIGINALS and g["why"].startswith("most pixels")
+            assert all(f["score"] >= summary["min_score"] for f in g["files"][1:])
+    assert tree_digest(photos) == before  # nothing deleted, moved or touched
+    code, out = rtagx("duplicates", str(photos / "planted"), "--cache", str(cache))
+    assert code == 0 and "0 groups" in out  # only copies in scope: no original to pair with
+
+
+def test_duplicates_text_output_and_explicit_threshold(library):
+    cache = library["cache"]
+    code, out = rtagx("duplicates", "--min-score", "0.99995", "--cache", str(cache))
+    assert code == 0, out
+    assert out.splitlines()[-1].startswith("1 groups, 1 files that could go")  # only the identical copy
+    assert "same" in out
+
+
+def test_similar_pairs_equal_brute_force_across_tiles():
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((300, 64)).astype(np.float32)
+    near = base[:40] + 0.15 * rng.standard_normal((40, 64)).astype(np.float32)
+    x = np.concatenate([base, near])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    full = x.astype(np.float32) @ x.astype(np.float32).T
+    threshold = 0.9
+    truth = {(a, b) for a, b in zip(*np.nonzero(np.triu(full, 1) >= threshold))}
+    assert len(truth) >= 30
+    for rows, cols in ((17, 50), (64, 64), (1000, 1000)):
+        i, j, s = similar_pairs(x, threshold, rows=rows, cols=cols)
+        assert set(zip(i.tolist(), j.tolist())) == truth
+        assert np.allclose(s, full[i, j], atol=1e-5)
+
+
+def test_complete_linkage_does_not_chain():
+    # 0~1 and 1~2 are close, 0~2 is not: 2 must not join 0's group
+    i, j, s = np.array([0, 1, 3]), np.array([1, 2, 4]), np.array([0.99, 0.98, 0.97])
+    assert sorted(complete_linkage(i, j, s)) == [[0, 1], [3, 4]]
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download: the system one)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    executable = chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def render(browser, page_file: Path) -> tuple[object, list[str]]:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(page_file.as_uri())
+    page.wait_for_load_state("load")
+    return page, requests
+
+
+def images_shown(page) -> list[list]:
+    """[complete, natural width, rendered width] of every <img>: decoded and laid out, not just present."""
+    return page.evaluate(
+        "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
+    )
+
+
+def test_search_page_renders_in_chromium(library, browser, tmp_path):
+    cache = library["cache"]
+    target = tmp_path / "search.html"
+    code, out = rtagx("search", "a dog", "--top", "8", "--json", "--html", str(target), "--cache", str(cache))
+    assert code == 0, out
+    hits, _ = json_lines(out)
+    page, requests = render(browser, target)
+    assert requests == [target.as_uri()]  # self-contained: the page is the only thing fetched
+    assert page.title() == "Search: a dog"
+    shown = images_shown(page)
+    assert len(shown) == 8 and all(ok and natural > 0 and width > 100 for ok, natural, width in shown)
+    cards = page.locator(".card.hit")
+    assert cards.count() == 8
+    assert cards.locator(".name").all_inner_texts() == [Path(h["path"]).name for h in hits]
+    assert [float(v) for v in cards.locator(".value").all_inner_texts()] == pytest.approx(
+        [h["score"] for h in hits], abs=1e-4
+    )
+    assert cards.nth(0).locator(".badge").inner_text() == "#1"
+    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+
+
+def test_duplicates_page_marks_the_keepers_in_chromium(library, browser, tmp_path):
+    cache = library["cache"]
+    target = tmp_path / "duplicates.html"
+    code, out = rtagx("duplicates", "--json", "--html", str(target), "--cache", str(cache))
+    assert code == 0, out
+    groups, _ = json_lines(out)
+    page, requests = render(browser, target)
+    assert requests == [target.as_uri()]
+    shown = images_shown(page)
+    assert len(shown) == sum(len(g["files"]) for g in groups)
+    assert all(ok and natural > 0 for ok, natural, _ in shown)
+    sections = page.locator("section.group")
+    assert sections.count() == len(groups)
+    for k, g in enumerate(groups):
+        cards = sections.nth(k).locator(".card")
+        assert cards.count() == len(g["files"])
+        first = cards.nth(0)
+        assert "keeper" in (first.get_attribute("class") or "") and first.locator(".badge").inner_text() == "KEEP"
+        assert first.locator(".name").inner_text() == Path(g["keeper"]).name
+        # the keeper is marked by a visible green frame, the others are not
+        assert first.evaluate("e => getComputedStyle(e).borderTopColor") == "rgb(63, 185, 80)"
+        assert cards.nth(1).evaluate("e => getComputedStyle(e).borderTopColor") != "rgb(63, 185, 80)"
+        # side by side: the cards of a group share one row
+        boxes = [cards.nth(n).bounding_box() for n in range(cards.count())]
+        assert len({round(b["y"]) for b in boxes}) == 1
+    page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
