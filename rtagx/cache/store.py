@@ -493,6 +493,13 @@ class Store:
         with self.transaction() as c:
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
 
+    def forget_files(self, keys: Sequence[bytes]) -> None:
+        """Drop deleted files (and what rtagx wrote into them); their vectors stay for a file of the
+        same content that turns up under another name (a move), until ``prune``."""
+        with self.transaction() as c:
+            c.executemany("DELETE FROM files WHERE path = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
+
     # -- roots -----------------------------------------------------------------------------------
     def put_root(self, root: Path, settings: dict[str, Any]) -> None:
         with self.transaction() as c:
