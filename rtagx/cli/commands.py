@@ -1106,8 +1106,11 @@ def watch_cmd(
 
     def on_round(r: Any) -> None:
         if as_json:
-            record = {k: v for k, v in r.summary.as_json().items() if k != "summary"}
             at = datetime.datetime.fromtimestamp(r.started_at).isoformat(timespec="seconds")
+            if r.kind == "forget":
+                click.echo(json_line({"forgot": r.files, "at": at}))
+                return
+            record = {k: v for k, v in r.summary.as_json().items() if k != "summary"}
             click.echo(json_line({"round": r.number, "kind": r.kind, "files": r.files, "at": at, **record}))
         elif not as_csv and not ctx.quiet:
             click.echo(_round_line(r))
