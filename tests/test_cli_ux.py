@@ -55,7 +55,7 @@ def _args(tiny_clip, folder: Path) -> list[str]:
 def test_readme_command_reference_matches_help() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert reference.current_block(readme) == reference.command_reference().strip(), (
-        "README's command reference is stale: run `python -m rtagx.reference --write README.md`"
+        "README's command reference is stale: run `python -m rtagx.cli.reference --write README.md`"
     )
 
 

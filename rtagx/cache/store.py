@@ -543,6 +543,13 @@ class Store:
         with self.transaction() as c:
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
 
+    def forget_files(self, keys: Sequence[bytes]) -> None:
+        """Drop deleted files (and what rtagx wrote into them); their vectors stay for a file of the
+        same content that turns up under another name (a move), until ``prune``."""
+        with self.transaction() as c:
+            c.executemany("DELETE FROM files WHERE path = ?", [(k,) for k in keys])
+            c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
+
     # -- permanent failures ----------------------------------------------------------------------
     def put_failures(self, rows: Sequence[tuple[Path, int, int, str, str]]) -> None:
         """Remember (path, size, mtime_ns, reason, detail) of files that failed for good."""

@@ -1350,3 +1350,151 @@ def duplicates(
         from rtagx.analysis.html import duplicates_page
 
         _write_html(ctx, html_file, duplicates_page(result))
+# -- watch (issue 17): a separate block, kept at the end of the file ------------------------------
+
+
+def _round_line(r: Any) -> str:
+    """One log line per round, with the wall-clock time (cron and service logs have none)."""
+    import datetime
+
+    at = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    if r.kind == "forget":
+        return f"{at} forgot {r.files} deleted file{'s' * (r.files != 1)}"
+    s = r.summary
+    what = f"{r.files} folder{'s' * (r.files != 1)}" if r.roots else f"{r.files} file{'s' * (r.files != 1)}"
+    skipped = f"skipped {s.skipped}"
+    if s.skip_reasons:
+        skipped += " (" + ", ".join(f"{k} {n}" for k, n in sorted(s.skip_reasons.items())) + ")"
+    return (
+        f"{at} round {r.number} ({r.kind}, {what}): {s.seen} seen, embedded {s.embedded}, reused {s.reused}, "
+        f"{'would write' if s.dry_run else 'written'} {s.written}, unchanged {s.unchanged}, {skipped}, "
+        f"{s.wall_seconds:.1f}s"
+    )
+
+
+@cli.command("watch")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds a new or changed file's size and mtime must hold still before it is tagged.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Scan for changes every SECONDS instead of using file-system events (network mounts, where none arrive).",
+)
+@click.option(
+    "--print-service",
+    type=click.Choice(["systemd", "launchd"]),
+    default=None,
+    help="Print a systemd user unit or a launchd agent plist running this command line, and exit.",
+)
+@click.pass_obj
+@handle_errors
+def watch_cmd(
+    ctx: Context,
+    paths: tuple[Path, ...],
+    settle: float,
+    poll: float | None,
+    print_service: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    as_csv: bool,
+    exclude: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Tag photos the moment they land in the folders PATHS; takes every option of `tag`.
+
+    Catches up like `tag`, then follows file-system events. A file is tagged once its size and mtime
+    held still for --settle seconds; new files are tagged in rounds with the model kept loaded. rtagx's
+    own writes never start a round; moves reuse the cache, deleted files are forgotten, an edited
+    vocabulary or config file is reloaded, a folder that disappears is caught up when it comes back.
+    SIGTERM or Ctrl-C finishes the round in flight, prints the summary and exits 0.
+
+    \b
+    rtagx watch ~/Pictures --print-service systemd > ~/.config/systemd/user/rtagx-watch.service
+    systemctl --user daemon-reload && systemctl --user enable --now rtagx-watch
+    """
+    import datetime
+    import signal
+
+    from rtagx.cli.render import json_line, summary_lines
+    from rtagx.run import watch as watch_mod
+    from rtagx.settings import default_config_path, load_settings
+
+    if not paths:
+        raise click.UsageError("give at least one PATH (a folder to watch)")
+    if print_service:
+        command = watch_mod.service_command(sys.argv[0], sys.argv[1:], paths, sys.executable)
+        env = watch_mod.service_environment(os.environ)
+        click.echo(watch_mod.service_file(print_service, command, os.getcwd(), env), nl=False)
+        return
+    overrides = _overrides(**options)
+    if exclude:
+        overrides["exclude"] = exclude
+    settings = load_settings(overrides, config_path=ctx.config)
+    _confirm_first_write(settings, paths, dry_run, yes)
+    config_path = ctx.config or Path(os.environ.get("RTAGX_CONFIG") or default_config_path())
+    renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)
+    renderer.progress_enabled = False  # a long-running log: one line per round, no bars
+
+    def on_round(r: Any) -> None:
+        if as_json:
+            at = datetime.datetime.fromtimestamp(r.started_at).isoformat(timespec="seconds")
+            if r.kind == "forget":
+                click.echo(json_line({"forgot": r.files, "at": at}))
+                return
+            record = {k: v for k, v in r.summary.as_json().items() if k != "summary"}
+            click.echo(json_line({"round": r.number, "kind": r.kind, "files": r.files, "at": at, **record}))
+        elif not as_csv and not ctx.quiet:
+            click.echo(_round_line(r))
+
+    watcher = watch_mod.Watcher(
+        list(paths),
+        lambda: load_settings(overrides, config_path=ctx.config),
+        options=watch_mod.WatchOptions(settle=settle, poll=poll, dry_run=dry_run),
+        events=renderer.events,
+        on_round=on_round,
+        config_path=config_path,
+    )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # The first signal ends the watcher after the round in flight; a catch-up over whole folders
+        # (or a second signal) is interrupted like `tag` on Ctrl-C: every finished batch is kept.
+        catching_up = watcher.in_round and watcher.round_kind != "new"
+        again = watcher.stopping
+        watcher.stop()
+        if again or catching_up:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not ctx.quiet and not as_json and not as_csv:
+        how = f"polling every {poll:g} s" if poll else "file-system events"
+        click.echo(
+            f"rtagx: watching {', '.join(str(p) for p in paths)} ({how}, settle {settle:g} s); "
+            "Ctrl-C or SIGTERM stops after the round in flight",
+            err=True,
+        )
+    try:
+        result = watcher.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        renderer.close()
+    total = result.total
+    if as_json:
+        click.echo(json_line({**total.as_json(), "rounds": result.rounds, "forgotten": result.forgotten}))
+    elif not as_csv:
+        for line in summary_lines(total):
+            click.echo(line)
+        click.echo(f"{result.rounds} rounds, {result.forgotten} deleted files forgotten")
+    sys.exit(EXIT_OK)
+
+
+# Every option of `tag` (one source: its own parameter list), then the watcher's own.
+watch_cmd.params[1:1] = [p for p in tag.params if not isinstance(p, click.Argument)]

@@ -65,6 +65,23 @@ def _excluded(name: str, rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
 
 
+def scan_would_yield(
+    path: Path, root: Path, extensions: frozenset[str], *, exclude: Sequence[str] = (), include_hidden: bool = False
+) -> bool:
+    """Whether a walk of ``root`` would reach the file ``path`` (no stat): the same hidden, exclude
+    and extension rules as :func:`iter_scan`, applied to each folder on the way down. For callers
+    told about single files (``rtagx watch``)."""
+    rel_parts = os.path.relpath(path, root).split(os.sep)
+    if rel_parts[0] in (os.pardir, os.curdir):
+        return False
+    for depth, name in enumerate(rel_parts):
+        if not include_hidden and name.startswith("."):
+            return False
+        if exclude and _excluded(name, os.path.join(*rel_parts[: depth + 1]), exclude):
+            return False
+    return os.path.splitext(rel_parts[-1])[1].lower() in extensions
+
+
 def iter_scan(
     roots: Iterable[Path],
     extensions: frozenset[str],

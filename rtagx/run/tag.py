@@ -12,6 +12,7 @@ from pathlib import Path
 from rtagx.cache.store import FileRecord, Store
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
+from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
@@ -24,9 +25,15 @@ from rtagx.tags import vocab as vocab_mod
 
 
 def run_tag(
-    paths: Sequence[Path], settings: Settings, *, dry_run: bool = False, events: RunEvents | None = None
+    paths: Sequence[Path],
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    events: RunEvents | None = None,
+    models: LoadedModels | None = None,
 ) -> RunSummary:
-    """Embed what is new, tag every file under ``paths``, write keywords. See module docstring."""
+    """Embed what is new, tag every file under ``paths``, write keywords. See module docstring.
+    ``models`` keeps the model loaded from one call to the next (``rtagx watch``)."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
@@ -42,7 +49,9 @@ def run_tag(
         if not resolved_box:
             with Timer(summary.timings, "resolve-model"):
                 resolved_box.append(
-                    resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None)
+                    (models.resolve if models else resolve_model)(
+                        settings.model, settings.pretrained, offline=True if settings.offline else None
+                    )
                 )
         return resolved_box[0]
 
@@ -54,7 +63,8 @@ def run_tag(
         if identity is None:
             identity = resolved().identity
             remember_identity(store, settings.model, settings.pretrained, identity)
-        tag_with_store(store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run)
+        load = models.load if models else load_encoder
+        tag_with_store(store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run, load)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -73,6 +83,7 @@ def tag_with_store(
     summary: RunSummary,
     events: RunEvents,
     dry_run: bool,
+    load: Callable[..., Encoder] = load_encoder,
 ) -> None:
     model_id = store.model_id(identity.key, identity.as_dict())
     tagger = Tagger(store, settings, vocabulary, model_id, identity.key, events, summary, dry_run)
@@ -81,7 +92,7 @@ def tag_with_store(
     def full_encoder() -> Encoder:
         if not encoder_box or not encoder_box[0].has_image_tower:
             with Timer(summary.timings, "load-model"):
-                enc = load_encoder(
+                enc = load(
                     resolved(),
                     device=settings.device,
                     precision=settings.precision,
@@ -147,7 +158,7 @@ def tag_with_store(
         if not encoder_box:
             with Timer(summary.timings, "load-model"):
                 encoder_box.append(
-                    load_encoder(
+                    load(
                         resolved(),
                         device=settings.device,
                         precision=settings.precision,
