@@ -1350,6 +1350,8 @@ def duplicates(
         from rtagx.analysis.html import duplicates_page
 
         _write_html(ctx, html_file, duplicates_page(result))
+
+
 # -- watch (issue 17): a separate block, kept at the end of the file ------------------------------
 
 
