@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtagx.cache.fingerprint import fingerprint_file
-from rtagx.cache.store import Store, open_store
+from rtagx.cache.store import open_store
 from rtagx.errors import CacheError
 from rtagx.model.encoder import resolve_model
 from rtagx.model.memo import remembered_identity
@@ -68,14 +67,13 @@ def score_images_at(
             remembered_identity(store, settings.model, settings.pretrained)
             or resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None).identity
         )
-        found = store.find_model(identity.key)
-        if found is None:
+        model_id = store.find_model(identity.key)
+        if model_id is None:
             raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
-        model_id = found
         info = store.model_info(model_id)
         texts = store.text_vectors(model_id, vocabulary.all_prompts())
         matrix = scoring.build_tag_matrix(vocabulary, texts)
-        records: dict[Path, int | None] = {path: _content_of(store, path) for path in wanted}
+        records: dict[Path, int | None] = {path: store.content_of(path) for path in wanted}
         have = store.contents_with_vectors(model_id, [c for c in records.values() if c is not None])
         found: list[tuple[Path, int]] = []
         missing: list[Path] = []
@@ -119,22 +117,6 @@ def score_labelled(
     scored = score_images_at([directory], settings, images=list(data), events=events)
     truth_by_path, unknown = match_labels({p: data[p] for p in scored.paths}, scored.vocabulary)
     return scored, [truth_by_path.get(p, []) for p in scored.paths], unknown
-
-
-def _content_of(store: Store, path: Path) -> int | None:
-    """The cached content id of a file: by path when the cache knows it unchanged, else by fingerprint
-    (a dry run does not record copies and renames of known contents under their new paths)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    rec = store.file(path)
-    if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
-        return rec.content_id
-    try:
-        return store.content_for_fingerprint(fingerprint_file(path))
-    except OSError:
-        return None
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.cache.store import FileRecord, Store, fingerprint_file, key_path, open_store, path_key
+from rtagx.cache.store import FileRecord, Store, key_path, open_store, path_key
 from rtagx.errors import CacheError, LockBusyError, UsageError
 from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.model.memo import remembered_identity
@@ -159,21 +159,6 @@ def choose_model(store: Store, settings: Settings, scope: Sequence[Path]) -> Cac
     return CachedModel(model_id, info["key"], info.get("name") or "", store.vector_dim(model_id) or 0)
 
 
-def cached_content_id(store: Store, path: Path) -> int | None:
-    """The cached content of a file: by path when unchanged since, else by its fingerprint."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    rec = store.file(path)
-    if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
-        return rec.content_id
-    try:
-        return store.content_for_fingerprint(fingerprint_file(path, st.st_size))
-    except OSError:
-        return None
-
-
 def query_vector(
     store: Store, model: CachedModel, terms: Sequence[QueryTerm], settings: Settings, timings: dict[str, float]
 ) -> np.ndarray:
@@ -189,7 +174,7 @@ def query_vector(
     for t in terms:
         if t.kind != "image":
             continue
-        cid = cached_content_id(store, Path(t.value))
+        cid = store.content_of(Path(t.value))
         if cid is not None and cid in store.contents_with_vectors(model.id, [cid]):
             vectors[("image", t.value)] = store.vectors(model.id, [cid], model.dim)[0]
         elif not os.path.isfile(t.value):

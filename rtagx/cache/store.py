@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.errors import CacheError, LockBusyError
 
 SCHEMA_VERSION = 4
@@ -384,6 +385,21 @@ class Store:
     def content_for_fingerprint(self, fingerprint: str) -> int | None:
         r = self.conn.execute("SELECT content_id FROM fingerprints WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return int(r[0]) if r else None
+
+    def content_of(self, path: Path) -> int | None:
+        """The cached content of a file: by path while its size and mtime are as recorded, else by
+        the fingerprint of its image data (a copy or rename the cache has not recorded yet)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        rec = self.file(path)
+        if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            return rec.content_id
+        try:
+            return self.content_for_fingerprint(fingerprint_file(path, st.st_size))
+        except OSError:
+            return None
 
     def contents_for_fingerprints(self, fingerprints: Iterable[str]) -> dict[str, int]:
         """The content each known fingerprint names."""
