@@ -2,7 +2,9 @@
 
 Each value remembers where it came from, so ``rtagx config show`` can say why a setting is what it
 is. The config file is TOML with the same names as the command-line options (dashes or
-underscores), e.g.::
+underscores; ``ext`` and ``hidden`` as in ``--ext`` and ``--hidden``), a few settings have no option
+(``decode-timeout``, ``cpu-bf16``, ``no-progress``), and the environment variable of each is its key
+in capitals (``RTAGX_TOP_K``), e.g.::
 
     model = "ViT-B-16"
     threshold = 0.27
@@ -14,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 OPTION_ALIASES: dict[str, str] = {"ext": "extensions", "hidden": "include_hidden"}
 
 #: Each field's range check: (is the value fine, what a valid value is).
-_RANGES: dict[str, tuple[Any, str]] = {
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threshold": (lambda v: v is None or -1.0 <= v <= 1.0, "a cosine or probability within [-1, 1]"),
     "batch_size": (lambda v: v >= 0, "a whole number >= 0"),
     "workers": (lambda v: v >= 0, "a whole number >= 0"),

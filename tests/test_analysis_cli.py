@@ -149,6 +149,23 @@ def test_calibrate_writes_a_vocabulary_that_loads_and_reaches_its_f1(tiny_clip, 
         assert per_tag[name]["f1"] == pytest.approx(f1, abs=1e-3)
 
 
+def test_calibrate_warns_when_a_threshold_keeps_every_image(tiny_clip, photo_dir, vocab_file, tmp_path):
+    root = _labelled_folder(photo_dir, tmp_path)
+    csv_path = root / "labels.csv"
+    csv_path.write_text(
+        "path,labels\ndog/Canon_40D.jpg,food\ncar/Nikon_D70.jpg,food\ndog/Pentax_K10D.jpg,food\n", encoding="utf-8"
+    )
+    out = tmp_path / "calibrated.txt"
+    result = invoke(
+        "calibrate",
+        [str(root), "--labels", str(csv_path), "--tags", str(vocab_file), "-o", str(out), "--min-support", "2"],
+        tiny_clip,
+        tmp_path / "c.db",
+    )
+    assert result.exit_code == 0, result.output
+    assert "the best threshold keeps every labelled image for food" in result.output
+
+
 def test_explain_on_a_non_image_points_to_a_command_that_writes_nothing(tiny_clip, vocab_file, tmp_path):
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo", encoding="utf-8")

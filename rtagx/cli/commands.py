@@ -900,6 +900,13 @@ def calibrate(
         "F1 is each tag's alone, before --top-k, --min-tags, relative cuts and exclusive groups: "
         f"`rtagx eval --tags {output} --top-k 0` reproduces it; tag's cuts can only lower recall."
     )
+    negative = [t.keyword for t in result.tags if t.threshold < 0 and not t.tags_every_image]
+    if negative:
+        click.echo(
+            f"rtagx: negative thresholds for {_listed(negative)}: such a tag is written on nearly every "
+            "photo; check it before use",
+            err=True,
+        )
     everything = [t.keyword for t in result.tags if t.tags_every_image]
     if everything:
         click.echo(
