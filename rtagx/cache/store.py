@@ -710,7 +710,7 @@ class Store:
     def iter_files(self) -> Iterator[FileRecord]:
         """Every file row, in path order."""
         make = FileRecord._make
-        for row in self.conn.execute("SELECT path, size, mtime_ns, fingerprint, content_id FROM files"):
+        for row in self.conn.execute(f"SELECT {self._file_columns} FROM files"):
             yield make(row)
 
     def files_with_contents(self, content_ids: Iterable[int]) -> list[FileRecord]:
@@ -721,7 +721,7 @@ class Store:
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
             q = (
-                "SELECT path, size, mtime_ns, fingerprint, content_id FROM files "
+                f"SELECT {self._file_columns} FROM files "
                 f"WHERE content_id IN ({','.join('?' * len(chunk))})"
             )
             out.extend(FileRecord._make(r) for r in self.conn.execute(q, chunk))
