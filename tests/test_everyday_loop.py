@@ -212,6 +212,14 @@ def test_fingerprint_ignores_metadata_and_sees_pixels_and_orientation(tmp_path) 
             fp = fingerprint_file(path)
             subprocess.run([EXIFTOOL, "-q", "-q", "-overwrite_original", "-Orientation#=6", str(path)], check=True)
             assert fingerprint_file(path) != fp, path.name  # decoded upright: another picture
+    if EXIFTOOL:  # EXIF added for other fields, or an upright orientation: the same picture
+        for path in _one_of_each(tmp_path / "fresh"):
+            fp = fingerprint_file(path)
+            subprocess.run(
+                [EXIFTOOL, "-q", "-q", "-overwrite_original", "-Artist=someone", "-Orientation#=1", str(path)],
+                check=True,
+            )
+            assert fingerprint_file(path) == fp, path.name
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"\xff\xd8\xff\xe0\x00")  # a JPEG that does not parse: hashed whole
     assert fingerprint_file(garbage).startswith("file:")

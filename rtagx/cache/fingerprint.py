@@ -125,6 +125,12 @@ def exif_orientation(tiff: bytes) -> int:
     return 0
 
 
+def _turned(orientation: int) -> bytes:
+    """What the orientation adds to the hash: nothing when the picture is shown as stored (no tag,
+    or 1), so that a program adding an EXIF block for other fields changes nothing."""
+    return b"" if orientation in (0, 1) else b"orientation%d" % orientation
+
+
 def _jpeg(f: BinaryIO, h: _Hasher) -> None:
     if _read(f, 2) != b"\xff\xd8":
         raise _Malformed("no SOI")
@@ -147,7 +153,7 @@ def _jpeg(f: BinaryIO, h: _Hasher) -> None:
             if marker == 0xE1:
                 body = _read(f, length - 2)
                 if body.startswith(b"Exif\x00\x00"):
-                    h.update(b"orientation%d" % exif_orientation(body[6:]))
+                    h.update(_turned(exif_orientation(body[6:])))
             elif marker in (0xE2, 0xEE):
                 body = _read(f, length - 2)
                 if marker == 0xEE or body.startswith(b"ICC_PROFILE\x00"):
@@ -175,7 +181,7 @@ def _png(f: BinaryIO, h: _Hasher) -> None:
             h.update(kind)
             _copy(f, h, length)
         elif kind == b"eXIf":
-            h.update(b"orientation%d" % exif_orientation(_read(f, length)))
+            h.update(_turned(exif_orientation(_read(f, length))))
         else:
             f.seek(length, os.SEEK_CUR)
         _read(f, 4)  # CRC
@@ -194,7 +200,7 @@ def _webp(f: BinaryIO, h: _Hasher) -> None:
             _copy(f, h, padded)
         elif kind == b"EXIF":
             body = _read(f, padded)
-            h.update(b"orientation%d" % exif_orientation(body[6:] if body.startswith(b"Exif\x00\x00") else body))
+            h.update(_turned(exif_orientation(body[6:] if body.startswith(b"Exif\x00\x00") else body)))
         else:
             f.seek(padded, os.SEEK_CUR)
 
@@ -230,6 +236,8 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
                 f.seek(offset)
                 value = _read(f, nbytes)
                 f.seek(pos)
+            if tag == 274 and typ == 3 and n == 1 and struct.unpack(order + "H", value[:2])[0] == 1:
+                continue  # Orientation 1 is the same picture as no orientation
             entries[tag] = (typ, n, value)
         h.update(b"IFD")
         for tag in sorted(entries):
