@@ -69,10 +69,10 @@ def score_images_at(
             remembered_identity(store, settings.model, settings.pretrained)
             or resolve_model(settings.model, settings.pretrained, offline=True if settings.offline else None).identity
         )
-        found = store.find_model(identity.key)
-        if found is None:
+        known_model = store.find_model(identity.key)
+        if known_model is None:
             raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
-        model_id = found
+        model_id = known_model
         info = store.model_info(model_id)
         texts = store.text_vectors(model_id, vocabulary.all_prompts())
         matrix = scoring.build_tag_matrix(vocabulary, texts)
