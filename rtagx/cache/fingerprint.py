@@ -59,10 +59,8 @@ class _Malformed(Exception):
     """The container does not parse: fall back to hashing the whole file."""
 
 
-def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> str:
-    """The content fingerprint of one file (see module docstring). ``size`` is accepted for callers
-    that already know it; the hash never depends on it."""
-    del size
+def fingerprint_file(path: str | os.PathLike[str]) -> str:
+    """The content fingerprint of one file (see module docstring)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
@@ -76,7 +74,7 @@ def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> s
             try:
                 f.seek(0)
                 hasher(f, h)
-                return f"{kind.lower()}:{h.hexdigest()[:_HEX_DIGITS]}"  # type: ignore[union-attr]
+                return f"{str(kind).lower()}:{h.hexdigest()[:_HEX_DIGITS]}"
             except (_Malformed, struct.error, ValueError):
                 pass
         f.seek(0)
