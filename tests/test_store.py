@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.cache.store import (
@@ -192,3 +194,17 @@ def test_writer_lock_no_wait_across_processes(tmp_path: Path) -> None:
         holder.wait()
     with open_store(db) as store:  # a killed holder leaves no stale lock
         store.lock.acquire(wait=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    magic=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"RIFF\x10\x00\x00\x00WEBP"]),
+    body=st.binary(max_size=400),
+)
+def test_fingerprint_of_damaged_containers_never_fails(tmp_path_factory, magic: bytes, body: bytes) -> None:
+    """Any bytes behind an image magic: a fingerprint (the whole file's, when the structure does not
+    parse), never an exception."""
+    path = tmp_path_factory.mktemp("fp") / "x.img"
+    path.write_bytes(magic + body)
+    fp = fingerprint_file(path)
+    assert fp.split(":")[0] in ("jpeg", "png", "tiff", "webp", "file") and len(fp.split(":")[1]) == 32

@@ -208,6 +208,7 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
     if header[:4] not in (b"II*\x00", b"MM\x00*"):
         raise _Malformed("not classic TIFF")  # BigTIFF: hashed whole
     order = "<" if header[:2] == b"II" else ">"
+    size = os.fstat(f.fileno()).st_size
     h.update(header[:4])
     ifd = struct.unpack_from(order + "I", header, 4)[0]
     seen: set[int] = set()
@@ -226,6 +227,8 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
             if width is None:
                 raise _Malformed("unknown TIFF type")
             nbytes = width * n
+            if nbytes > size:
+                raise _Malformed("a tag larger than the file")
             if nbytes <= 4:
                 value = raw[12 * i + 8 : 12 * i + 8 + nbytes]
             else:
