@@ -460,6 +460,11 @@ def test_cache_of_the_previous_schema_migrates_keeping_vectors(tiny_clip, vocab_
     conn.close()
     with open_store(cache, readonly=True) as store:
         assert store.schema_version() == 2
+    # read-only commands read the old cache as it is, without migrating it
+    shown = CliRunner().invoke(cli, ["show", str(lib / "img000.jpg"), "--cache", str(cache), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["cached"] is True, shown.output
+    stats = CliRunner().invoke(cli, ["cache", "stats", "--cache", str(cache), "--json"])
+    assert stats.exit_code == 0 and json.loads(stats.output)["schema_version"] == 2, stats.output
 
     again, summary = _tag([lib], tiny_clip, cache, *opts)
     assert summary["embedded"] == 0 and "load-model" not in summary["timings"]

@@ -164,6 +164,28 @@ def test_keyword_edit_by_another_program_reembeds_nothing_and_is_kept(tiny_clip,
     assert third["embedded"] == 0
 
 
+@needs_exiftool
+def test_camera_photos_edited_by_another_program_are_not_embedded_again(tiny_clip, vocab_file, samples_dir, tmp_path):
+    lib = tmp_path / "camera"
+    lib.mkdir()
+    for sub in ("jpg", "tiff"):
+        for src in sorted((samples_dir / sub).glob("*.*")):
+            if src.name != "corrupted.jpg" and src.suffix.lower() in (".jpg", ".tiff"):
+                shutil.copy2(src, lib / src.name)
+                os.chmod(lib / src.name, 0o644)
+    cache = tmp_path / "c.db"
+    opts = ("--tags", str(vocab_file), "--threshold", "-1", "--top-k", "2")
+    _, first = _tag([lib], tiny_clip, cache, *opts, expect=None)
+    photos = sorted(lib.iterdir())
+    assert first["embedded"] >= 20
+    for path in photos:
+        if path.suffix.lower() in (".jpg", ".tiff"):
+            _add_keyword(path, "edited elsewhere")
+    _, again = _tag([lib], tiny_clip, cache, *opts, expect=None)
+    assert again["embedded"] == 0 and "load-model" not in again["timings"]
+    assert again["seen"] == first["seen"] and again["skipped"] == first["skipped"]
+
+
 def test_rtagx_own_writes_keep_the_fingerprint(tiny_clip, vocab_file, tmp_path) -> None:
     """rtagx records the fingerprint it had before its write for the file after it: true only if
     its writes never touch what the fingerprint covers, in every container it writes into."""
@@ -190,6 +212,14 @@ def test_fingerprint_ignores_metadata_and_sees_pixels_and_orientation(tmp_path) 
             fp = fingerprint_file(path)
             subprocess.run([EXIFTOOL, "-q", "-q", "-overwrite_original", "-Orientation#=6", str(path)], check=True)
             assert fingerprint_file(path) != fp, path.name  # decoded upright: another picture
+    if EXIFTOOL:  # EXIF added for other fields, or an upright orientation: the same picture
+        for path in _one_of_each(tmp_path / "fresh"):
+            fp = fingerprint_file(path)
+            subprocess.run(
+                [EXIFTOOL, "-q", "-q", "-overwrite_original", "-Artist=someone", "-Orientation#=1", str(path)],
+                check=True,
+            )
+            assert fingerprint_file(path) == fp, path.name
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"\xff\xd8\xff\xe0\x00")  # a JPEG that does not parse: hashed whole
     assert fingerprint_file(garbage).startswith("file:")

@@ -59,10 +59,8 @@ class _Malformed(Exception):
     """The container does not parse: fall back to hashing the whole file."""
 
 
-def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> str:
-    """The content fingerprint of one file (see module docstring). ``size`` is accepted for callers
-    that already know it; the hash never depends on it."""
-    del size
+def fingerprint_file(path: str | os.PathLike[str]) -> str:
+    """The content fingerprint of one file (see module docstring)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
@@ -76,7 +74,7 @@ def fingerprint_file(path: str | os.PathLike[str], size: int | None = None) -> s
             try:
                 f.seek(0)
                 hasher(f, h)
-                return f"{kind.lower()}:{h.hexdigest()[:_HEX_DIGITS]}"  # type: ignore[union-attr]
+                return f"{str(kind).lower()}:{h.hexdigest()[:_HEX_DIGITS]}"
             except (_Malformed, struct.error, ValueError):
                 pass
         f.seek(0)
@@ -125,6 +123,12 @@ def exif_orientation(tiff: bytes) -> int:
     return 0
 
 
+def _turned(orientation: int) -> bytes:
+    """What the orientation adds to the hash: nothing when the picture is shown as stored (no tag,
+    or 1), so that a program adding an EXIF block for other fields changes nothing."""
+    return b"" if orientation in (0, 1) else b"orientation%d" % orientation
+
+
 def _jpeg(f: BinaryIO, h: _Hasher) -> None:
     if _read(f, 2) != b"\xff\xd8":
         raise _Malformed("no SOI")
@@ -147,7 +151,7 @@ def _jpeg(f: BinaryIO, h: _Hasher) -> None:
             if marker == 0xE1:
                 body = _read(f, length - 2)
                 if body.startswith(b"Exif\x00\x00"):
-                    h.update(b"orientation%d" % exif_orientation(body[6:]))
+                    h.update(_turned(exif_orientation(body[6:])))
             elif marker in (0xE2, 0xEE):
                 body = _read(f, length - 2)
                 if marker == 0xEE or body.startswith(b"ICC_PROFILE\x00"):
@@ -175,7 +179,7 @@ def _png(f: BinaryIO, h: _Hasher) -> None:
             h.update(kind)
             _copy(f, h, length)
         elif kind == b"eXIf":
-            h.update(b"orientation%d" % exif_orientation(_read(f, length)))
+            h.update(_turned(exif_orientation(_read(f, length))))
         else:
             f.seek(length, os.SEEK_CUR)
         _read(f, 4)  # CRC
@@ -194,7 +198,7 @@ def _webp(f: BinaryIO, h: _Hasher) -> None:
             _copy(f, h, padded)
         elif kind == b"EXIF":
             body = _read(f, padded)
-            h.update(b"orientation%d" % exif_orientation(body[6:] if body.startswith(b"Exif\x00\x00") else body))
+            h.update(_turned(exif_orientation(body[6:] if body.startswith(b"Exif\x00\x00") else body)))
         else:
             f.seek(padded, os.SEEK_CUR)
 
@@ -204,6 +208,7 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
     if header[:4] not in (b"II*\x00", b"MM\x00*"):
         raise _Malformed("not classic TIFF")  # BigTIFF: hashed whole
     order = "<" if header[:2] == b"II" else ">"
+    size = os.fstat(f.fileno()).st_size
     h.update(header[:4])
     ifd = struct.unpack_from(order + "I", header, 4)[0]
     seen: set[int] = set()
@@ -222,6 +227,8 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
             if width is None:
                 raise _Malformed("unknown TIFF type")
             nbytes = width * n
+            if nbytes > size:
+                raise _Malformed("a tag larger than the file")
             if nbytes <= 4:
                 value = raw[12 * i + 8 : 12 * i + 8 + nbytes]
             else:
@@ -230,6 +237,8 @@ def _tiff(f: BinaryIO, h: _Hasher) -> None:
                 f.seek(offset)
                 value = _read(f, nbytes)
                 f.seek(pos)
+            if tag == 274 and typ == 3 and n == 1 and struct.unpack(order + "H", value[:2])[0] == 1:
+                continue  # Orientation 1 is the same picture as no orientation
             entries[tag] = (typ, n, value)
         h.update(b"IFD")
         for tag in sorted(entries):

@@ -85,8 +85,14 @@ def fingerprint_all(items: list[ScannedFile]) -> list[str | Skip]:
     library hashes every file (~9 ms per 12 MP JPEG on one core) before anything is decoded."""
     if len(items) < 2:
         return [fingerprint_or_skip(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 2), thread_name_prefix="rtagx-hash") as pool:
-        return list(pool.map(fingerprint_or_skip, items, chunksize=16))
+    pool = ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 2), thread_name_prefix="rtagx-hash")
+    try:  # in slices: at most a slice of futures alive, whatever the library's size
+        out: list[str | Skip] = []
+        for start in range(0, len(items), 1024):
+            out.extend(pool.map(fingerprint_or_skip, items[start : start + 1024]))
+        return out
+    finally:  # on Ctrl-C, drop the files not started yet instead of hashing them all first
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def diff_with_cache(
