@@ -720,10 +720,7 @@ class Store:
         out: list[FileRecord] = []
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
-            q = (
-                f"SELECT {self._file_columns} FROM files "
-                f"WHERE content_id IN ({','.join('?' * len(chunk))})"
-            )
+            q = f"SELECT {self._file_columns} FROM files WHERE content_id IN ({','.join('?' * len(chunk))})"
             out.extend(FileRecord._make(r) for r in self.conn.execute(q, chunk))
         return out
 
