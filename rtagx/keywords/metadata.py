@@ -540,7 +540,7 @@ def _sniff(data: bytes) -> str | None:
 
 
 def _exiv2_open(path: Path):
-    import pyexiv2
+    import pyexiv2  # type: ignore[import-untyped]  # ships no type information
 
     try:
         return pyexiv2.Image(str(path))
@@ -683,9 +683,9 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         have = doc.get_array(ns, name)
         if have is None:
             continue
-        conv = (lambda s, sep=sep: s.replace(HIERARCHY_SEPARATOR, sep)) if sep else (lambda s: s)
-        removed = {conv(x) for x in (hier.removed if sep else flat.removed)}
-        added = [conv(x) for x in (hier.added if sep else flat.added)]
+        source = (hier.removed, hier.added) if sep else (flat.removed, flat.added)
+        removed = {x.replace(HIERARCHY_SEPARATOR, sep) if sep else x for x in source[0]}
+        added = [x.replace(HIERARCHY_SEPARATOR, sep) if sep else x for x in source[1]]
         kept = [x for x in have if x not in removed]
         wanted[(ns, name)] = (kept + [a for a in added if a not in kept], doc.array_kind(ns, name) or "Bag")
 
