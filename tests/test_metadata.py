@@ -939,3 +939,46 @@ def test_write_warnings_reach_the_user_with_v_and_in_json(tmp_path, tiny_clip, s
     untag = runner.invoke(cli, ["untag", str(photos), "--json", *model[4:]], catch_exceptions=False)
     (line,) = [json.loads(x) for x in untag.output.splitlines() if x.startswith("{") and '"path"' in x]
     assert line["action"] == "written" and line["warnings"] == [metadata.WARN_IPTC_UNREADABLE]
+
+
+def test_a_file_that_keeps_changing_is_skipped_untouched_as_changed_during_write(jpg):
+    """While another program keeps touching the file, every try sees a change: after a few tries the
+    write gives up with the reason changed-during-write and the file's bytes are the other program's."""
+    import threading
+
+    before = jpg.read_bytes()
+    stop = threading.Event()
+
+    def touch() -> None:
+        ns = 10**18
+        while not stop.is_set():
+            ns += 1
+            os.utime(jpg, ns=(ns, ns))
+
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    try:
+        with pytest.raises(MetadataError) as e:
+            write_keywords(jpg, ["dog"])
+    finally:
+        stop.set()
+        toucher.join()
+    assert e.value.reason == "changed-during-write"
+    assert jpg.read_bytes() == before
+    assert not [p for p in jpg.parent.iterdir() if p.name.endswith(".rtagx-tmp")]
+
+
+def test_atomic_write_never_replaces_a_file_it_did_not_read(tmp_path):
+    from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write
+
+    f = tmp_path / "side.xmp"
+    f.write_text("theirs")  # rtagx saw no file; another program made one meanwhile
+    with pytest.raises(ChangedDuringWrite):
+        atomic_write(f, b"ours", expect=None)
+    seen = FileState.at(f)
+    f.write_text("theirs, edited")
+    with pytest.raises(ChangedDuringWrite):
+        atomic_write(f, b"ours", expect=seen)
+    assert f.read_text() == "theirs, edited"
+    atomic_write(f, b"ours", expect=FileState.at(f))
+    assert f.read_text() == "ours"
