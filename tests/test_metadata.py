@@ -557,6 +557,20 @@ def test_exif_xpkeywords_are_kept_in_step_in_jpeg_and_tiff(tmp_path, samples_dir
     assert read_keywords(p).keywords == ["tag"]
 
 
+def test_xpkeywords_that_would_overflow_the_exif_segment_are_left_with_a_warning(tmp_path, samples_dir):
+    p = copy_writable(samples_dir / "jpg" / "xmp" / "no_exif.jpg", tmp_path)
+    (tmp_path / "comment.txt").write_text("x" * 59000)
+    subprocess.run(
+        [EXIFTOOL, "-q", "-overwrite_original", f"-UserComment<={tmp_path / 'comment.txt'}", str(p)], check=True
+    )
+    (exif,) = jpeg.parse(p.read_bytes()).exif_payloads()
+    many = [f"k{i:03d}-" + "y" * 40 for i in range(60)]  # 2.8 KB more of XPKeywords: past 64 KB
+    r = write_keywords(p, many)
+    assert r.changed and r.warnings == [metadata.WARN_XPKEYWORDS]
+    assert jpeg.parse(p.read_bytes()).exif_payloads() == [exif]
+    assert read_keywords(p).keywords == ["tag", *many]
+
+
 # ------------------------------------------------------------------ sidecars
 
 
