@@ -171,6 +171,11 @@ class XmpDoc:
             desc = _parent(first)
             ns_uri = first.namespaceURI or ns
             new = self._build_array(desc, ns_uri, first.tagName, values, kind, _indent_of(first), keep)
+            _copy_attributes(first, new)  # qualifiers and namespace declarations rtagx does not own
+            old_container = _first_child(first, NS_RDF, ("Bag", "Seq", "Alt"))
+            new_container = _first_child(new, NS_RDF, (kind,))
+            if old_container is not None and new_container is not None and old_container.localName == kind:
+                _copy_attributes(old_container, new_container)
             desc.replaceChild(new, first)
             return
         desc = self._description_for(ns)
@@ -403,6 +408,12 @@ def _parent(el: minidom.Node) -> minidom.Element:
 
 def _attributes(el: minidom.Element) -> list[minidom.Attr]:
     return [cast(minidom.Attr, el.attributes.item(i)) for i in range(el.attributes.length)]
+
+
+def _copy_attributes(source: minidom.Element, target: minidom.Element) -> None:
+    for a in _attributes(source):
+        if not target.hasAttribute(a.name):
+            target.setAttributeNS(a.namespaceURI, a.name, a.value)
 
 
 def _xmlns_attrs(el: minidom.Element) -> list[minidom.Attr]:
