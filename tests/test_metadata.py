@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -955,28 +956,38 @@ def test_write_warnings_reach_the_user_with_v_and_in_json(tmp_path, tiny_clip, s
     assert line["action"] == "written" and line["warnings"] == [metadata.WARN_IPTC_UNREADABLE]
 
 
+# Another program that edits the file each time someone has read it (inotify: after every close of
+# a read), the worst case for a read-edit-write: every try finds the file changed.
+_TOUCH_AFTER_EACH_READ = """
+import ctypes, os, sys
+path = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+assert libc.inotify_add_watch(fd, path.encode(), 0x10) >= 0  # IN_CLOSE_NOWRITE
+print("ready", flush=True)
+ns = 10**18
+while True:
+    os.read(fd, 4096)
+    ns += 1
+    os.utime(path, ns=(ns, ns))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the other writer uses Linux inotify")
 def test_a_file_that_keeps_changing_is_skipped_untouched_as_changed_during_write(jpg):
-    """While another program keeps touching the file, every try sees a change: after a few tries the
-    write gives up with the reason changed-during-write and the file's bytes are the other program's."""
-    import threading
-
+    """Every try sees the file changed after it read it: after a few tries the write gives up with
+    the reason changed-during-write, and the file's bytes are the other program's."""
     before = jpg.read_bytes()
-    stop = threading.Event()
-
-    def touch() -> None:
-        ns = 10**18
-        while not stop.is_set():
-            ns += 1
-            os.utime(jpg, ns=(ns, ns))
-
-    toucher = threading.Thread(target=touch)
-    toucher.start()
+    other = subprocess.Popen(
+        [sys.executable, "-c", _TOUCH_AFTER_EACH_READ, str(jpg)], stdout=subprocess.PIPE, text=True
+    )
     try:
+        assert other.stdout.readline().strip() == "ready"
         with pytest.raises(MetadataError) as e:
             write_keywords(jpg, ["dog"])
     finally:
-        stop.set()
-        toucher.join()
+        other.kill()
+        other.wait()
     assert e.value.reason == "changed-during-write"
     assert jpg.read_bytes() == before
     assert not [p for p in jpg.parent.iterdir() if p.name.endswith(".rtagx-tmp")]
