@@ -313,6 +313,8 @@ class _JpegContainer(_Container):
 
     def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         packet, extension = _fit_packet(plan.doc) if plan.xmp_changed else (None, None)
+        if plan.xmp_changed and plan.doc.is_empty():
+            packet, extension = b"", None  # nothing left to say (rtagx's record was all it held)
         irb = None
         if plan.iptc_drop == "block":  # rtagx made the IPTC block: it goes with rtagx's last keyword
             resources = [r for r in self.resources if r is not iptc.find(self.resources, iptc.IPTC_RESOURCE)]

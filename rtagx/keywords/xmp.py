@@ -265,6 +265,15 @@ class XmpDoc:
                 if a.value == ns and not _uses_ns(d, ns):
                     d.removeAttributeNode(a)
 
+    def is_empty(self) -> bool:
+        """No property left (only ``rdf:about`` and namespace declarations): the packet says nothing."""
+        for desc in self.descriptions():
+            if _elements(desc):
+                return False
+            if any(not a.name.startswith("xmlns") and a.namespaceURI != NS_RDF for a in _attributes(desc)):
+                return False
+        return True
+
     # ------------------------------------------------------- extended XMP
 
     def extended_guid(self) -> str | None:
