@@ -442,3 +442,13 @@ def test_untag_leaves_a_file_rtagx_never_wrote_alone(originals, tmp_path):
     before = f.read_bytes()
     assert not remove_own_keywords(f).changed
     assert f.read_bytes() == before
+
+
+def test_untag_gives_back_a_jpeg_byte_for_byte_when_rtagx_made_all_its_metadata(samples_dir, tmp_path):
+    """Canon_40D.jpg has neither XMP nor IPTC: rtagx creates both, and untag takes both away again."""
+    f = _copy(samples_dir / "jpg" / "Canon_40D.jpg", tmp_path / "c.jpg")
+    before = f.read_bytes()
+    write_keywords(f, OURS, hierarchical=OURS_HIER)
+    assert f.read_bytes() != before
+    assert remove_own_keywords(f).changed
+    assert f.read_bytes() == before

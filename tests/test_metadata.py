@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -557,6 +558,20 @@ def test_exif_xpkeywords_are_kept_in_step_in_jpeg_and_tiff(tmp_path, samples_dir
     assert read_keywords(p).keywords == ["tag"]
 
 
+def test_xpkeywords_that_would_overflow_the_exif_segment_are_left_with_a_warning(tmp_path, samples_dir):
+    p = copy_writable(samples_dir / "jpg" / "xmp" / "no_exif.jpg", tmp_path)
+    (tmp_path / "comment.txt").write_text("x" * 59000)
+    subprocess.run(
+        [EXIFTOOL, "-q", "-overwrite_original", f"-UserComment<={tmp_path / 'comment.txt'}", str(p)], check=True
+    )
+    (exif,) = jpeg.parse(p.read_bytes()).exif_payloads()
+    many = [f"k{i:03d}-" + "y" * 40 for i in range(60)]  # 2.8 KB more of XPKeywords: past 64 KB
+    r = write_keywords(p, many)
+    assert r.changed and r.warnings == [metadata.WARN_XPKEYWORDS]
+    assert jpeg.parse(p.read_bytes()).exif_payloads() == [exif]
+    assert read_keywords(p).keywords == ["tag", *many]
+
+
 # ------------------------------------------------------------------ sidecars
 
 
@@ -939,3 +954,56 @@ def test_write_warnings_reach_the_user_with_v_and_in_json(tmp_path, tiny_clip, s
     untag = runner.invoke(cli, ["untag", str(photos), "--json", *model[4:]], catch_exceptions=False)
     (line,) = [json.loads(x) for x in untag.output.splitlines() if x.startswith("{") and '"path"' in x]
     assert line["action"] == "written" and line["warnings"] == [metadata.WARN_IPTC_UNREADABLE]
+
+
+# Another program that edits the file each time someone has read it (inotify: after every close of
+# a read), the worst case for a read-edit-write: every try finds the file changed.
+_TOUCH_AFTER_EACH_READ = """
+import ctypes, os, sys
+path = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+assert libc.inotify_add_watch(fd, path.encode(), 0x10) >= 0  # IN_CLOSE_NOWRITE
+print("ready", flush=True)
+ns = 10**18
+while True:
+    os.read(fd, 4096)
+    ns += 1
+    os.utime(path, ns=(ns, ns))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the other writer uses Linux inotify")
+def test_a_file_that_keeps_changing_is_skipped_untouched_as_changed_during_write(jpg):
+    """Every try sees the file changed after it read it: after a few tries the write gives up with
+    the reason changed-during-write, and the file's bytes are the other program's."""
+    before = jpg.read_bytes()
+    other = subprocess.Popen(
+        [sys.executable, "-c", _TOUCH_AFTER_EACH_READ, str(jpg)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        with pytest.raises(MetadataError) as e:
+            write_keywords(jpg, ["dog"])
+    finally:
+        other.kill()
+        other.wait()
+    assert e.value.reason == "changed-during-write"
+    assert jpg.read_bytes() == before
+    assert not [p for p in jpg.parent.iterdir() if p.name.endswith(".rtagx-tmp")]
+
+
+def test_atomic_write_never_replaces_a_file_it_did_not_read(tmp_path):
+    from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write
+
+    f = tmp_path / "side.xmp"
+    f.write_text("theirs")  # rtagx saw no file; another program made one meanwhile
+    with pytest.raises(ChangedDuringWrite):
+        atomic_write(f, b"ours", expect=None)
+    seen = FileState.at(f)
+    f.write_text("theirs, edited")
+    with pytest.raises(ChangedDuringWrite):
+        atomic_write(f, b"ours", expect=seen)
+    assert f.read_text() == "theirs, edited"
+    atomic_write(f, b"ours", expect=FileState.at(f))
+    assert f.read_text() == "ours"

@@ -161,16 +161,18 @@ def splice(
     exif: bytes | None = None,
 ) -> JpegParts:
     """A copy with the main XMP and/or the Photoshop block replaced (or inserted), and/or the EXIF
-    payload replaced (never inserted); None keeps it, ``irb=b""`` removes it. A new main XMP packet replaces every extended
+    payload replaced (never inserted); None keeps it, ``b""`` removes the XMP or Photoshop block. A new main XMP packet replaces every extended
     XMP segment with ``xmp_extension`` (placed right after it)."""
     segs = list(parts.segments)
-    if xmp_packet is not None:
+    if xmp_packet == b"":  # the packet goes, with any extension
+        segs = [s for s in segs if not (s.is_xmp() or s.is_xmp_extension())]
+    elif xmp_packet is not None:
         segs = [s for s in segs if not s.is_xmp_extension()]
     if exif is not None:
         idx = next((k for k, s in enumerate(segs) if s.is_exif()), None)
         if idx is not None:
             segs[idx] = make_segment(0xE1, exif)
-    if xmp_packet is not None:
+    if xmp_packet:
         new = make_segment(0xE1, XMP_HEADER + xmp_packet)
         idx = next((k for k, s in enumerate(segs) if s.is_xmp()), None)
         if idx is not None:

@@ -313,6 +313,8 @@ class _JpegContainer(_Container):
 
     def save(self, plan: _Plan, preserve_mtime: bool) -> None:
         packet, extension = _fit_packet(plan.doc) if plan.xmp_changed else (None, None)
+        if plan.xmp_changed and plan.doc.is_empty():
+            packet, extension = b"", None  # nothing left to say (rtagx's record was all it held)
         irb = None
         if plan.iptc_drop == "block":  # rtagx made the IPTC block: it goes with rtagx's last keyword
             resources = [r for r in self.resources if r is not iptc.find(self.resources, iptc.IPTC_RESOURCE)]
@@ -540,7 +542,7 @@ def _sniff(data: bytes) -> str | None:
 
 
 def _exiv2_open(path: Path):
-    import pyexiv2
+    import pyexiv2  # type: ignore[import-untyped]  # ships no type information
 
     try:
         return pyexiv2.Image(str(path))
@@ -683,9 +685,9 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         have = doc.get_array(ns, name)
         if have is None:
             continue
-        conv = (lambda s, sep=sep: s.replace(HIERARCHY_SEPARATOR, sep)) if sep else (lambda s: s)
-        removed = {conv(x) for x in (hier.removed if sep else flat.removed)}
-        added = [conv(x) for x in (hier.added if sep else flat.added)]
+        source = (hier.removed, hier.added) if sep else (flat.removed, flat.added)
+        removed = {x.replace(HIERARCHY_SEPARATOR, sep) if sep else x for x in source[0]}
+        added = [x.replace(HIERARCHY_SEPARATOR, sep) if sep else x for x in source[1]]
         kept = [x for x in have if x not in removed]
         wanted[(ns, name)] = (kept + [a for a in added if a not in kept], doc.array_kind(ns, name) or "Bag")
 

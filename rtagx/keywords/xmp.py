@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import cast
 from xml.dom import Node, minidom
 from xml.parsers.expat import ExpatError
 
@@ -114,11 +115,9 @@ class XmpDoc:
 
     def descriptions(self) -> list[minidom.Element]:
         rdf = self._rdf()
-        return [
-            c
-            for c in rdf.childNodes
-            if c.nodeType == Node.ELEMENT_NODE and (c.namespaceURI, c.localName) == (NS_RDF, "Description")
-        ]
+        if rdf is None:
+            return []
+        return [c for c in _elements(rdf) if (c.namespaceURI, c.localName) == (NS_RDF, "Description")]
 
     def _props(self, ns: str, name: str) -> list[minidom.Element]:
         out = []
@@ -169,8 +168,14 @@ class XmpDoc:
             keep = self._items_by_value(props)
             for p in props[1:]:
                 _remove_with_indent(p)
-            desc = first.parentNode
-            new = self._build_array(desc, first.namespaceURI, first.tagName, values, kind, _indent_of(first), keep)
+            desc = _parent(first)
+            ns_uri = first.namespaceURI or ns
+            new = self._build_array(desc, ns_uri, first.tagName, values, kind, _indent_of(first), keep)
+            _copy_attributes(first, new)  # qualifiers and namespace declarations rtagx does not own
+            old_container = _first_child(first, NS_RDF, ("Bag", "Seq", "Alt"))
+            new_container = _first_child(new, NS_RDF, (kind,))
+            if old_container is not None and new_container is not None and old_container.localName == kind:
+                _copy_attributes(old_container, new_container)
             desc.replaceChild(new, first)
             return
         desc = self._description_for(ns)
@@ -211,7 +216,7 @@ class XmpDoc:
         prop.appendChild(doc.createTextNode(indent))
         for v in values:
             if keep and keep.get(v):
-                li = keep[v].pop(0).cloneNode(True)
+                li = cast(minidom.Element, keep[v].pop(0).cloneNode(True))
             else:
                 li = doc.createElementNS(NS_RDF, f"{rdf}:li")
                 li.appendChild(doc.createTextNode(v))
@@ -231,6 +236,8 @@ class XmpDoc:
         if descs:
             return descs[0]
         rdf = self._rdf()
+        if rdf is None:
+            raise XmpError("no rdf:RDF element")
         prefix = self._rdf_prefix(rdf)
         d = self.doc.createElementNS(NS_RDF, f"{prefix}:Description")
         d.setAttributeNS(NS_RDF, f"{prefix}:about", "")
@@ -257,6 +264,15 @@ class XmpDoc:
             for a in list(_xmlns_attrs(d)):
                 if a.value == ns and not _uses_ns(d, ns):
                     d.removeAttributeNode(a)
+
+    def is_empty(self) -> bool:
+        """No property left (only ``rdf:about`` and namespace declarations): the packet says nothing."""
+        for desc in self.descriptions():
+            if _elements(desc):
+                return False
+            if any(not a.name.startswith("xmlns") and a.namespaceURI != NS_RDF for a in _attributes(desc)):
+                return False
+        return True
 
     # ------------------------------------------------------- extended XMP
 
@@ -286,8 +302,7 @@ class XmpDoc:
                 prefix = a.name.split(":", 1)[1]
                 if _lookup_ns(target, prefix) is None:
                     target.setAttributeNS(NS_XMLNS, a.name, a.value)
-            for i in range(desc.attributes.length):
-                a = desc.attributes.item(i)
+            for a in _attributes(desc):
                 if a.name.startswith("xmlns") or a.namespaceURI == NS_RDF:
                     continue
                 if not target.hasAttributeNS(a.namespaceURI, a.localName):
@@ -305,7 +320,7 @@ class XmpDoc:
             packet = self.packet(padding=pad)
             if len(packet) <= limit:
                 return packet, None
-        main = XmpDoc(self.doc.cloneNode(True), self.header, self.trailer, self.prolog)
+        main = XmpDoc(cast(minidom.Document, self.doc.cloneNode(True)), self.header, self.trailer, self.prolog)
         ext = XmpDoc.new()
         ext_desc = ext.descriptions()[0]
         movable = sorted(
@@ -315,7 +330,7 @@ class XmpDoc:
         )
         guid = "0" * 32
         for el in movable:
-            for a in _xmlns_attrs(el.parentNode):
+            for a in _xmlns_attrs(_parent(el)):
                 if not ext_desc.hasAttribute(a.name):
                     ext_desc.setAttributeNS(NS_XMLNS, a.name, a.value)
             _remove_with_indent(el)
@@ -344,7 +359,8 @@ class XmpDoc:
     # ----------------------------------------------------------- serializing
 
     def body(self) -> str:
-        return self.doc.documentElement.toxml()
+        root = self.doc.documentElement
+        return root.toxml() if root is not None else ""
 
     def packet(self, padding: int = DEFAULT_PADDING) -> bytes:
         """A full XMP packet: xpacket header, the XML, whitespace padding, writable trailer."""
@@ -390,42 +406,60 @@ def _li_value(li: minidom.Element) -> str | None:
     return _text(li)
 
 
+def _elements(parent: minidom.Node) -> list[minidom.Element]:
+    return [cast(minidom.Element, c) for c in parent.childNodes if c.nodeType == Node.ELEMENT_NODE]
+
+
+def _parent(el: minidom.Node) -> minidom.Element:
+    """The element holding ``el`` (XMP properties and items always sit inside an element)."""
+    return cast(minidom.Element, el.parentNode)
+
+
+def _attributes(el: minidom.Element) -> list[minidom.Attr]:
+    return [cast(minidom.Attr, el.attributes.item(i)) for i in range(el.attributes.length)]
+
+
+def _copy_attributes(source: minidom.Element, target: minidom.Element) -> None:
+    for a in _attributes(source):
+        if not target.hasAttribute(a.name):
+            target.setAttributeNS(a.namespaceURI, a.name, a.value)
+
+
 def _xmlns_attrs(el: minidom.Element) -> list[minidom.Attr]:
-    return [
-        el.attributes.item(i) for i in range(el.attributes.length) if el.attributes.item(i).name.startswith("xmlns:")
-    ]
+    return [a for a in _attributes(el) if a.name.startswith("xmlns:")]
+
+
+def _ancestors(el: minidom.Node) -> list[minidom.Element]:
+    """``el`` (when an element) and the elements above it, innermost first."""
+    out = []
+    node: minidom.Node | None = el
+    while node is not None and node.nodeType == Node.ELEMENT_NODE:
+        out.append(cast(minidom.Element, node))
+        node = node.parentNode
+    return out
 
 
 def _lookup_prefix(el: minidom.Node, uri: str) -> str | None:
-    node = el
-    while node is not None and node.nodeType == Node.ELEMENT_NODE:
+    for node in _ancestors(el):
         for a in _xmlns_attrs(node):
             if a.value == uri:
                 prefix = a.name.split(":", 1)[1]
                 if _lookup_ns(el, prefix) == uri:  # not shadowed lower down
                     return prefix
-        node = node.parentNode
     return None
 
 
 def _lookup_ns(el: minidom.Node, prefix: str) -> str | None:
-    node = el
-    while node is not None and node.nodeType == Node.ELEMENT_NODE:
+    for node in _ancestors(el):
         if node.hasAttribute(f"xmlns:{prefix}"):
             return node.getAttribute(f"xmlns:{prefix}")
-        node = node.parentNode
     return None
 
 
 def _uses_ns(el: minidom.Element, ns: str) -> bool:
-    for c in el.getElementsByTagName("*"):
-        if c.namespaceURI == ns:
-            return True
-    for i in range(el.attributes.length):
-        a = el.attributes.item(i)
-        if a.namespaceURI == ns:
-            return True
-    return False
+    if any(c.namespaceURI == ns for c in el.getElementsByTagName("*")):
+        return True
+    return any(a.namespaceURI == ns for a in _attributes(el))
 
 
 def _indent_of(el: minidom.Node) -> str:
@@ -444,18 +478,19 @@ def _child_indent(parent: minidom.Element) -> str:
 
 
 def _append_with_indent(parent: minidom.Element, el: minidom.Element, indent: str) -> None:
+    doc = cast(minidom.Document, parent.ownerDocument)
     last = parent.lastChild
     if last is not None and last.nodeType == Node.TEXT_NODE and not last.data.strip():
-        parent.insertBefore(parent.ownerDocument.createTextNode(indent), last)
+        parent.insertBefore(doc.createTextNode(indent), last)
         parent.insertBefore(el, last)
     else:
-        parent.appendChild(parent.ownerDocument.createTextNode(indent))
+        parent.appendChild(doc.createTextNode(indent))
         parent.appendChild(el)
-        parent.appendChild(parent.ownerDocument.createTextNode(_indent_of(parent) if parent.parentNode else "\n"))
+        parent.appendChild(doc.createTextNode(_indent_of(parent) if parent.parentNode else "\n"))
 
 
 def _remove_with_indent(el: minidom.Element) -> None:
-    parent = el.parentNode
+    parent = _parent(el)
     prev = el.previousSibling
     if prev is not None and prev.nodeType == Node.TEXT_NODE and not prev.data.strip():
         parent.removeChild(prev)

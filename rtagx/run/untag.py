@@ -66,13 +66,9 @@ def run_untag(
                 continue
             action = ("would-write" if dry_run else "written") if result.changed else "unchanged"
             outcome = FileOutcome(
-                item.path,
-                action,
-                removed=list(result.removed),
-                target=result.target,
-                written_to=result.written_to,
-                warnings=list(result.warnings),
+                item.path, action, removed=list(result.removed), target=result.target, written_to=result.written_to
             )
+            outcome.warnings = list(result.warnings)
             summary.add(outcome)
             events.file(outcome)
             events.progress("write", 1)
