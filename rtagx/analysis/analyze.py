@@ -20,7 +20,7 @@ from rtagx.errors import CacheError
 from rtagx.model.encoder import resolve_model
 from rtagx.model.memo import remembered_identity
 from rtagx.run.common import load_vocabulary_for
-from rtagx.run.events import RunEvents, RunSummary
+from rtagx.run.events import FileOutcome, RunEvents, RunSummary
 from rtagx.run.tag import run_tag
 from rtagx.run.tagger import scoring_options
 from rtagx.settings import Settings
@@ -51,7 +51,7 @@ def score_images_at(
     seen: list[Path] = []
     base_events = events or RunEvents()
 
-    def on_file(outcome) -> None:  # type: ignore[no-untyped-def]
+    def on_file(outcome: FileOutcome) -> None:
         seen.append(Path(outcome.path))
         if base_events.on_file:
             base_events.on_file(outcome)

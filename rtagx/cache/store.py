@@ -397,7 +397,7 @@ class Store:
         if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
             return rec.content_id
         try:
-            return self.content_for_fingerprint(fingerprint_file(path, st.st_size))
+            return self.content_for_fingerprint(fingerprint_file(path))
         except OSError:
             return None
 

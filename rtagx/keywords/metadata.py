@@ -542,7 +542,7 @@ def _sniff(data: bytes) -> str | None:
 
 
 def _exiv2_open(path: Path):
-    import pyexiv2  # type: ignore[import-untyped]  # ships no type information
+    import pyexiv2  # ships no type information (see [tool.mypy] in pyproject.toml)
 
     try:
         return pyexiv2.Image(str(path))

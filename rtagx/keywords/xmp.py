@@ -407,7 +407,7 @@ def _li_value(li: minidom.Element) -> str | None:
 
 
 def _elements(parent: minidom.Node) -> list[minidom.Element]:
-    return [cast(minidom.Element, c) for c in parent.childNodes if c.nodeType == Node.ELEMENT_NODE]
+    return [c for c in parent.childNodes if c.nodeType == Node.ELEMENT_NODE]
 
 
 def _parent(el: minidom.Node) -> minidom.Element:

@@ -120,7 +120,7 @@ def _image_size(model_cfg: dict[str, Any]) -> int:
 def _cached_hub_file(repo_id: str, filename: str) -> str | None:
     """The weights file if it is already in the Hugging Face cache (no network)."""
     from huggingface_hub import try_to_load_from_cache
-    from open_clip.pretrained import _get_safe_alternatives  # type: ignore[attr-defined]
+    from open_clip.pretrained import _get_safe_alternatives
 
     for candidate in [*_get_safe_alternatives(filename), filename]:
         found = try_to_load_from_cache(repo_id, candidate)
@@ -142,7 +142,7 @@ def _fetch_tag_weights(name: str, tag: str, tag_cfg: dict[str, Any], offline: bo
     hub = tag_cfg.get("hf_hub") or ""
     if hub:
         repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-        from open_clip.pretrained import HF_WEIGHTS_NAME  # type: ignore[attr-defined]
+        from open_clip.pretrained import HF_WEIGHTS_NAME
 
         filename = filename or HF_WEIGHTS_NAME
         found = _cached_hub_file(repo_id, filename)
