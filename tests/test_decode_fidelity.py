@@ -585,7 +585,9 @@ def test_jxl_exif_box_orientation_is_not_applied_twice(tmp_path):
     assert out[1, 1, 0] > 200 and out[1, 1, 1] < 80, out[1, 1]  # as the codestream says: marker top-left
 
 
-@pytest.mark.parametrize("size", [(1, 1), (8, 8), (64, 48), (37, 1000), (1000, 37), (160, 90), (513, 300)])
+@pytest.mark.parametrize(
+    "size", [(1, 1), (8, 8), (64, 48), (37, 1000), (1000, 37), (160, 90), (513, 300), (70000, 3), (3, 262145)]
+)
 def test_jxl_header_size_matches_the_decoder(tmp_path, size):
     pytest.importorskip("pillow_jxl")
     from rtagx.imaging import jxl
@@ -594,6 +596,31 @@ def test_jxl_header_size_matches_the_decoder(tmp_path, size):
         buf = io.BytesIO()
         Image.new("RGB", size, (1, 2, 3)).save(buf, "JXL", **kw)
         assert jxl.header_size(buf.getvalue()) == size, kw
+
+
+def test_jxl_size_is_found_behind_large_metadata_boxes(tmp_path):
+    """A container whose 20-kB Exif box comes before the codestream still has its size read first."""
+    pytest.importorskip("pillow_jxl")
+    from rtagx.imaging import jxl
+
+    exif = exif_with(1)
+    exif[0x010E] = "x" * 20000  # ImageDescription
+    buf = io.BytesIO()
+    _upright(seed=94).save(buf, "JXL", lossless=True, exif=exif.tobytes())
+    data, boxes, pos = buf.getvalue(), [], 0
+    while pos < len(data):  # the plugin writes no 0- or 64-bit-sized boxes
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append(data[pos : pos + size])
+        pos += size
+    metadata = [b for b in boxes if b[4:8] == b"Exif"]
+    assert metadata and len(metadata[0]) > 20000
+    others = [b for b in boxes if b[4:8] != b"Exif"]
+    moved = b"".join(others[:2] + metadata + others[2:])  # signature, ftyp, Exif, then the codestream
+    assert moved.find(b"Exif") < moved.find(b"jxlp") or moved.find(b"jxlp") < 0
+    assert jxl.header_size(moved) == (480, 320)
+    path = tmp_path / "meta.jxl"
+    path.write_bytes(moved)
+    assert decode_for_model(path, PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD)).shape == (64, 64, 3)
 
 
 def test_jxl_bomb_is_too_large_before_anything_is_decoded(tmp_path):

@@ -499,7 +499,9 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
             except DecodeError as e:
                 raise _truncated_or(e, f, "HEIF") from None
         elif fmt == "JXL":
-            size = jxl.header_size(_read_all(f)[:4096])
+            data = _read_all(f)  # the plugin reads it all anyway; metadata boxes may come first
+            f = io.BytesIO(data)  # type: ignore[assignment]
+            size = jxl.header_size(data)
             if size is None:
                 raise _truncated_or(DecodeError("corrupt", "JPEG XL without a readable size header"), f, "JXL")
             check_megapixels(size, max_megapixels, "JXL")
