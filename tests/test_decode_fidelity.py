@@ -15,7 +15,9 @@ upgrade that changes what a loader does fails here instead of silently rotating 
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -635,3 +637,32 @@ def test_jxl_bomb_is_too_large_before_anything_is_decoded(tmp_path):
 
 def test_jxl_is_scanned():
     assert ".jxl" in decode.SUPPORTED_EXTENSIONS
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool writes the orientation tag")
+def test_camera_photo_tiffs_tagged_by_exiftool_decode_upright(tmp_path, samples_dir):
+    """A real photo, stored turned, its TIFF tagged by another tool (exiftool): rtagx sees it upright."""
+    upright = ImageOps.exif_transpose(Image.open(samples_dir / "jpg" / "gps" / "DSCN0021.jpg")).convert("RGB")
+    for o in range(2, 9):
+        path = tmp_path / f"canon-o{o}.tif"
+        stored_frame(upright, o).save(path, compression="tiff_lzw")
+        subprocess.run(["exiftool", "-q", "-overwrite_original", f"-IFD0:Orientation#={o}", str(path)], check=True)
+        for size in SIZES:
+            db = fidelity_psnr(Case(path, upright), size)
+            assert db >= MIN_PSNR_DB, f"orientation {o} at {size} px: {db:.1f} dB"
+
+
+def test_camera_photo_png_with_a_colour_key_and_heic_with_thumbnails(tmp_path, samples_dir):
+    """Real photos: a PNG whose tRNS colour key marks a region, and a 3-MP HEIC with libheif thumbnails."""
+    photo = np.asarray(Image.open(samples_dir / "jpg" / "gps" / "DSCN0010.jpg").convert("RGB")).copy()
+    photo[100:300, 200:500] = (1, 254, 3)
+    Image.fromarray(photo).save(tmp_path / "key.png", transparency=(1, 254, 3))
+    truth = Image.fromarray(photo)
+    truth.paste(decode.ALPHA_BACKGROUND, (200, 100, 500, 300))
+    for size in SIZES:
+        assert fidelity_psnr(Case(tmp_path / "key.png", truth), size) >= MIN_PSNR_DB
+    pillow_heif = pytest.importorskip("pillow_heif")
+    big = Image.open(samples_dir / "jpg" / "Reconyx_HC500_Hyperfire.jpg").convert("RGB")
+    pillow_heif.from_pillow(big).save(tmp_path / "thumbs.heic", quality=95, thumbnails=[1024, 512, 256])
+    for size in SIZES:
+        assert fidelity_psnr(Case(tmp_path / "thumbs.heic"), size) >= MIN_PSNR_DB
