@@ -108,7 +108,11 @@ def check_metadata() -> list[Check]:
 
 def check_extras() -> list[Check]:
     out = []
-    for module, extra, what in (("pillow_heif", "heif", "HEIC/HEIF/AVIF"), ("rawpy", "raw", "RAW files")):
+    for module, extra, what in (
+        ("pillow_heif", "heif", "HEIC/HEIF/AVIF"),
+        ("rawpy", "raw", "RAW files"),
+        ("pillow_jxl", "jxl", "JPEG XL"),
+    ):
         v = _version(module)
         out.append(
             Check(
