@@ -15,7 +15,9 @@ upgrade that changes what a loader does fails here instead of silently rotating 
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,7 +587,9 @@ def test_jxl_exif_box_orientation_is_not_applied_twice(tmp_path):
     assert out[1, 1, 0] > 200 and out[1, 1, 1] < 80, out[1, 1]  # as the codestream says: marker top-left
 
 
-@pytest.mark.parametrize("size", [(1, 1), (8, 8), (64, 48), (37, 1000), (1000, 37), (160, 90), (513, 300)])
+@pytest.mark.parametrize(
+    "size", [(1, 1), (8, 8), (64, 48), (37, 1000), (1000, 37), (160, 90), (513, 300), (70000, 3), (3, 262145)]
+)
 def test_jxl_header_size_matches_the_decoder(tmp_path, size):
     pytest.importorskip("pillow_jxl")
     from rtagx.imaging import jxl
@@ -594,6 +598,31 @@ def test_jxl_header_size_matches_the_decoder(tmp_path, size):
         buf = io.BytesIO()
         Image.new("RGB", size, (1, 2, 3)).save(buf, "JXL", **kw)
         assert jxl.header_size(buf.getvalue()) == size, kw
+
+
+def test_jxl_size_is_found_behind_large_metadata_boxes(tmp_path):
+    """A container whose 20-kB Exif box comes before the codestream still has its size read first."""
+    pytest.importorskip("pillow_jxl")
+    from rtagx.imaging import jxl
+
+    exif = exif_with(1)
+    exif[0x010E] = "x" * 20000  # ImageDescription
+    buf = io.BytesIO()
+    _upright(seed=94).save(buf, "JXL", lossless=True, exif=exif.tobytes())
+    data, boxes, pos = buf.getvalue(), [], 0
+    while pos < len(data):  # the plugin writes no 0- or 64-bit-sized boxes
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append(data[pos : pos + size])
+        pos += size
+    metadata = [b for b in boxes if b[4:8] == b"Exif"]
+    assert metadata and len(metadata[0]) > 20000
+    others = [b for b in boxes if b[4:8] != b"Exif"]
+    moved = b"".join(others[:2] + metadata + others[2:])  # signature, ftyp, Exif, then the codestream
+    assert moved.find(b"Exif") < moved.find(b"jxlp") or moved.find(b"jxlp") < 0
+    assert jxl.header_size(moved) == (480, 320)
+    path = tmp_path / "meta.jxl"
+    path.write_bytes(moved)
+    assert decode_for_model(path, PreprocessSpec(64, OPENAI_MEAN, OPENAI_STD)).shape == (64, 64, 3)
 
 
 def test_jxl_bomb_is_too_large_before_anything_is_decoded(tmp_path):
@@ -608,3 +637,32 @@ def test_jxl_bomb_is_too_large_before_anything_is_decoded(tmp_path):
 
 def test_jxl_is_scanned():
     assert ".jxl" in decode.SUPPORTED_EXTENSIONS
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool writes the orientation tag")
+def test_camera_photo_tiffs_tagged_by_exiftool_decode_upright(tmp_path, samples_dir):
+    """A real photo, stored turned, its TIFF tagged by another tool (exiftool): rtagx sees it upright."""
+    upright = ImageOps.exif_transpose(Image.open(samples_dir / "jpg" / "gps" / "DSCN0021.jpg")).convert("RGB")
+    for o in range(2, 9):
+        path = tmp_path / f"canon-o{o}.tif"
+        stored_frame(upright, o).save(path, compression="tiff_lzw")
+        subprocess.run(["exiftool", "-q", "-overwrite_original", f"-IFD0:Orientation#={o}", str(path)], check=True)
+        for size in SIZES:
+            db = fidelity_psnr(Case(path, upright), size)
+            assert db >= MIN_PSNR_DB, f"orientation {o} at {size} px: {db:.1f} dB"
+
+
+def test_camera_photo_png_with_a_colour_key_and_heic_with_thumbnails(tmp_path, samples_dir):
+    """Real photos: a PNG whose tRNS colour key marks a region, and a 3-MP HEIC with libheif thumbnails."""
+    photo = np.asarray(Image.open(samples_dir / "jpg" / "gps" / "DSCN0010.jpg").convert("RGB")).copy()
+    photo[100:300, 200:500] = (1, 254, 3)
+    Image.fromarray(photo).save(tmp_path / "key.png", transparency=(1, 254, 3))
+    truth = Image.fromarray(photo)
+    truth.paste(decode.ALPHA_BACKGROUND, (200, 100, 500, 300))
+    for size in SIZES:
+        assert fidelity_psnr(Case(tmp_path / "key.png", truth), size) >= MIN_PSNR_DB
+    pillow_heif = pytest.importorskip("pillow_heif")
+    big = Image.open(samples_dir / "jpg" / "Reconyx_HC500_Hyperfire.jpg").convert("RGB")
+    pillow_heif.from_pillow(big).save(tmp_path / "thumbs.heic", quality=95, thumbnails=[1024, 512, 256])
+    for size in SIZES:
+        assert fidelity_psnr(Case(tmp_path / "thumbs.heic"), size) >= MIN_PSNR_DB

@@ -112,6 +112,7 @@ def check_extras() -> list[Check]:
         ("pillow_heif", "heif", "HEIC/HEIF/AVIF"),
         ("rawpy", "raw", "RAW files"),
         ("transformers", "siglip", "Hugging Face tokenizers (SigLIP models)"),
+        ("pillow_jxl", "jxl", "JPEG XL"),
     ):
         v = _version(module)
         out.append(

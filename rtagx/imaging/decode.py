@@ -15,8 +15,8 @@ doing far less work:
   further reduction brings them back above the 40 dB this module holds to.
 * TIFF: a first page that is a reduced-resolution copy (NewSubfileType) is passed over for the
   first full-resolution page. Whether the loader already applied the EXIF orientation (Pillow's
-  current TIFF loader does, older ones did not) is read from the loaded image, never from a
-  version number, so the orientation is applied exactly once.
+  TIFF loader does, deleting the tag since Pillow 10 and keeping it before) is read from what the
+  loader did, never from a version number, so the orientation is applied exactly once.
 * Only the pixels that survive the centre crop are resampled (``resize(box=...)``), and the EXIF
   orientation is applied to the small result, not the full image.
 * The megapixel guard is checked from the header, before any pixel is decoded. Pillow's own global
@@ -496,7 +496,9 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
             except DecodeError as e:
                 raise _truncated_or(e, f, "HEIF") from None
         elif fmt == "JXL":
-            size = jxl.header_size(_read_all(f)[:4096])
+            data = _read_all(f)  # the plugin reads it all anyway; metadata boxes may come first
+            f = io.BytesIO(data)  # type: ignore[assignment]
+            size = jxl.header_size(data)
             if size is None:
                 raise _truncated_or(DecodeError("corrupt", "JPEG XL without a readable size header"), f, "JXL")
             check_megapixels(size, max_megapixels, "JXL")
@@ -606,29 +608,59 @@ def _load(
     if not reduced:  # the frame as loaded, whatever size the header announced
         full_size = im.size
         content = (float(full_size[0]), float(full_size[1]))
-    if own_orientation and orientation != 1 and _loader_applied_orientation(im, orientation):
+    if own_orientation and orientation != 1 and _loader_applied_orientation(im, orientation, fmt):
         orientation = 1
     return _Source(im, full_size, content, orientation, icc, reduced)
 
 
-def _loader_applied_orientation(im: Image.Image, orientation: int) -> bool:
-    """Whether loading already turned the image upright, judged from the loaded image, not a version.
+def _loader_applied_orientation(im: Image.Image, orientation: int, fmt: str) -> bool:
+    """Whether loading already turned the image upright, judged from what the loader did, not a version.
 
-    Current Pillow's TIFF loader transposes while loading and then deletes the orientation
-    tag; older versions leave both to the caller. A tag that vanished during loading means it was
-    applied. As a second check for TIFF, a quarter-turn orientation whose loaded size is the stored
-    frame's (ImageWidth x ImageLength) turned around was applied too, even if a loader kept the tag.
+    Pillow's TIFF loader transposes while loading: since Pillow 10 it then deletes the orientation
+    tag, Pillow 8-9 kept it. So: a tag that vanished during loading was applied; a quarter turn
+    whose loaded size is the stored frame's (ImageWidth x ImageLength) turned around was applied;
+    and for the half turn and mirrors, which keep the size, this Pillow's TIFF loader is asked once
+    what it does (:func:`_tiff_loader_orients`).
     """
     try:
         if im.getexif().get(0x0112) is None:
             return True
     except Exception:
         return False
+    if fmt != "TIFF":
+        return False
     tags = getattr(im, "tag_v2", None)
     if tags is not None and swaps_axes(orientation):
         stored = (tags.get(256), tags.get(257))
-        return stored[0] != stored[1] and im.size == (stored[1], stored[0])
-    return False
+        if stored[0] != stored[1]:
+            return im.size == (stored[1], stored[0])
+    return _tiff_loader_orients()
+
+
+_tiff_orients: bool | None = None
+
+
+def _tiff_loader_orients() -> bool:
+    """Whether this Pillow's TIFF loader turns images upright itself while keeping the tag.
+
+    Found by loading a 2x1 TIFF tagged "mirrored" (orientation 2) once per process: the right pixel
+    ending up on the left means the loader mirrored it. Costs well under a millisecond, once.
+    """
+    global _tiff_orients
+    if _tiff_orients is None:
+        probe = Image.new("L", (2, 1))
+        probe.putpixel((1, 0), 255)
+        exif = Image.Exif()
+        exif[0x0112] = 2
+        buf = io.BytesIO()
+        try:
+            probe.save(buf, "TIFF", exif=exif)
+            with Image.open(buf) as loaded:
+                loaded.load()
+                _tiff_orients = loaded.getpixel((0, 0)) == 255
+        except Exception:  # a Pillow that cannot write the probe: trust the per-image checks
+            _tiff_orients = False
+    return _tiff_orients
 
 
 def _seek_full_resolution_page(im: ImageFile.ImageFile) -> None:

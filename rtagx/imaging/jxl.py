@@ -46,24 +46,26 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _codestream(data: bytes) -> bytes | None:
-    """The codestream's start: the data itself, or the payload of the first jxlc / jxlp box."""
+    """The codestream's first bytes: the data itself, or the payload of the jxlc box or of the
+    jxlp boxes (a codestream in parts; the first part can be just a few bytes) joined in order."""
     if data[:2] == b"\xff\x0a":
-        return data
-    pos = 0
-    while pos + 8 <= len(data):
+        return data[:64]
+    pos, parts = 0, b""
+    while pos + 8 <= len(data) and len(parts) < 64:
         size = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
         head = 8
         if size == 1:
             size, head = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        end = len(data) if size == 0 else pos + size  # 0: the box runs to the end of the file
         if kind == b"jxlc":
-            return data[pos + head : pos + head + 64]
+            return data[pos + head : min(end, pos + head + 64)]
         if kind == b"jxlp":
-            return data[pos + head + 4 : pos + head + 68]  # after the part's 4-byte index
-        if size < head:
-            return None  # 0 (box to end of file) before any codestream, or damage
-        pos += size
-    return None
+            parts += data[pos + head + 4 : end]  # after the part's 4-byte index
+        if size == 0 or size < head:
+            break
+        pos = end
+    return parts[:64] or None
 
 
 class _Bits:
