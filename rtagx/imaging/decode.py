@@ -497,7 +497,7 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
                 raise _truncated_or(e, f, "HEIF") from None
         elif fmt == "JXL":
             data = _read_all(f)  # the plugin reads it all anyway; metadata boxes may come first
-            f = io.BytesIO(data)  # type: ignore[assignment]
+            f = io.BytesIO(data)
             size = jxl.header_size(data)
             if size is None:
                 raise _truncated_or(DecodeError("corrupt", "JPEG XL without a readable size header"), f, "JXL")
@@ -513,7 +513,7 @@ def _decode_source(path: Path, spec: PreprocessSpec | None, max_megapixels: floa
         elif fmt in ("JPEG", "PNG"):
             # read once: Pillow decodes from memory and the stream check reuses the bytes
             data = _read_all(f)
-            f = io.BytesIO(data)  # type: ignore[assignment]
+            f = io.BytesIO(data)
             try:
                 im = _pil_open(f, fmt)
             except DecodeError as e:
