@@ -131,6 +131,18 @@ def test_text_search_equals_brute_force_over_the_cache(library):
     )
 
 
+def test_parallel_ranking_equals_brute_force(library, monkeypatch):
+    """Large caches are ranked by one process per core over rowid ranges: same result."""
+    from rtagx.analysis import search as search_module
+
+    monkeypatch.setattr(search_module, "PARALLEL_ROWS", 0)
+    monkeypatch.setattr(search_module.os, "cpu_count", lambda: 3)  # three parts of ~11 rows
+    cache = library["cache"]
+    code, out = rtagx("search", "a red car", "--top", "100", "--json", "--cache", str(cache))
+    assert code == 0, out
+    assert_same_ranking(json_lines(out)[0], brute_force(cache, cached_text_vector(cache, "a red car")))
+
+
 def test_combined_query_equals_weighted_sum_of_unit_vectors(library):
     cache = library["cache"]
     code, out = rtagx("search", "beach + 2:sunset - people", "--top", "10", "--json", "--cache", str(cache))

@@ -284,10 +284,10 @@ def _quick_gelu(x: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run the tower's small matrix products on one OpenBLAS thread. For a ~10 x 512 activation a
-    second thread buys nothing, and on a busy 2-core machine OpenBLAS's spinning threads made
-    each product 5-20x slower (0.8-2 s per query instead of 0.12 s). numpy offers no switch, so
+def one_blas_thread() -> Iterator[None]:
+    """Run small or memory-bound matrix products on one OpenBLAS thread. For a ~10 x 512 activation
+    (or a matrix-vector product) a second thread buys nothing, and on a busy 2-core machine
+    OpenBLAS's spinning threads made each product 5-20x slower (0.8-2 s per query, not 0.12 s). numpy offers no switch, so
     the bundled OpenBLAS is asked directly; where it cannot be found, nothing changes."""
     import ctypes
     import glob
@@ -319,7 +319,7 @@ class NumpyTextTower:
         self.tokenizer = tokenizer_at(bpe / "bpe_simple_vocab_16e6.txt.gz") if bpe else None
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
