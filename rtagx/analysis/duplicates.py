@@ -11,8 +11,9 @@ ever deleted or moved. Two kinds of evidence:
 
 The default threshold follows the model's scale: cosines between unrelated photos sit around 0.5
 for CLIP ViT-B models but around 0.95 for a model with random weights, so a fixed number cannot
-serve both. The default keeps pairs closer than ``AUTO_FRACTION`` of the library's typical distance
-(one minus the mean cosine of all pairs, which the mean vector gives exactly in one pass).
+serve both. The default keeps pairs closer than ``AUTO_FRACTION`` of the typical distance among all
+the model's cached vectors, whatever the scope (one minus the mean cosine of all pairs, which their
+sum gives exactly in one pass): a folder of five burst shots does not set its own scale.
 """
 
 from __future__ import annotations
@@ -270,19 +271,21 @@ def find_duplicates(
         wanted = np.array(sorted(files_of), dtype=np.int64)
         id_blocks: list[np.ndarray] = []
         row_blocks: list[np.ndarray] = []
-        total = np.zeros(model.dim, np.float64)
+        total = np.zeros(model.dim, np.float64)  # sum of every vector of the model: its scale here
+        count = 0
         for ids, rows in store.iter_vectors(model.id, model.dim):
+            total += rows.astype(np.float32).sum(axis=0, dtype=np.float64)
+            count += len(ids)
             keep = np.isin(ids, wanted, assume_unique=True)
             if keep.any():
                 id_blocks.append(ids[keep])
                 row_blocks.append(rows[keep])  # a fresh array: boolean indexing copies
-                total += rows[keep].astype(np.float32).sum(axis=0, dtype=np.float64)
     timings["load-vectors"] = time.perf_counter() - started
     ids = np.concatenate(id_blocks) if id_blocks else np.zeros(0, np.int64)
     vectors = np.concatenate(row_blocks) if row_blocks else np.zeros((0, model.dim), np.float16)
     if min_score is None:
-        threshold, typical = auto_threshold(total, len(ids))
-        source = f"auto: {AUTO_FRACTION:g} of this library's typical cosine distance {typical:.4f}"
+        threshold, typical = auto_threshold(total, count)
+        source = f"auto: {AUTO_FRACTION:g} of the cache's typical cosine distance {typical:.4f}"
     else:
         threshold, source = float(min_score), "option"
     started = time.perf_counter()
