@@ -178,8 +178,6 @@ def query_vector(
     store: Store, model: CachedModel, terms: Sequence[QueryTerm], settings: Settings, timings: dict[str, float]
 ) -> np.ndarray:
     """The normalized weighted sum of the terms' unit vectors (float32)."""
-    from rtagx.run.retag import cached_model_encoder
-
     texts = [t.value for t in terms if t.kind == "text"]
     vectors: dict[tuple[str, str], np.ndarray] = {}
     cached = store.text_vectors(model.id, texts)
@@ -208,6 +206,8 @@ def query_vector(
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
             missing_texts = []
     if missing_texts or images_to_embed:
+        from rtagx.run.retag import cached_model_encoder  # imports the tagging machinery: only here
+
         started = time.perf_counter()
         encoder = cached_model_encoder(store, model.id, settings, text_only=not images_to_embed)
         timings["load-model"] = time.perf_counter() - started
