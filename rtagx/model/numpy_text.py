@@ -177,7 +177,7 @@ class _Lazy:
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             start = info.header_offset + 30 + name_len + extra_len
             count = info.file_size // np.dtype(raw_dtype).itemsize
-            flat = np.memmap(self.archive.filename, dtype=raw_dtype, mode="r", offset=start, shape=(count,))
+            flat: np.ndarray = np.memmap(self.archive.filename, dtype=raw_dtype, mode="r", offset=start, shape=(count,))
         else:
             flat = np.frombuffer(self.archive.read(self.name), dtype=raw_dtype)
         if self.dtype == "bfloat16":
@@ -276,7 +276,7 @@ _ERF = np.frompyfunc(math.erf, 1, 1)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float32))
+    return 0.5 * x * (1.0 + np.asarray(_ERF(x / math.sqrt(2.0)), dtype=np.float32))
 
 
 def _quick_gelu(x: np.ndarray) -> np.ndarray:
