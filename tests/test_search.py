@@ -229,6 +229,39 @@ def test_tokenizer_equals_open_clip_on_any_text(text):
     assert (ours([text], 77) == open_clip.tokenize([text]).numpy()).all()
 
 
+def test_file_names_that_are_not_utf8(tiny_clip, samples_dir, tmp_path):
+    """Any name the OS allows: listed, in JSON (U+FFFD for the bad bytes) and on the page."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9 photo.jpg")
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", odd)
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", folder / "copy.jpg")
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx(
+        "search",
+        "--like",
+        str(folder / "copy.jpg"),
+        "--json",
+        "--cache",
+        str(cache),
+        "--html",
+        str(tmp_path / "p.html"),
+    )
+    assert code == 0, out
+    paths = [h["path"] for h in json_lines(out)[0]]
+    assert str(folder / "caf\ufffd photo.jpg") in paths
+    assert "caf\ufffd photo.jpg" in (tmp_path / "p.html").read_text(encoding="utf-8")
+    code, out = rtagx("duplicates", str(folder), "--json", "--cache", str(cache))
+    assert code == 0 and json_lines(out)[1]["groups"] == 1
+    code, out = rtagx("duplicates", str(folder), "--cache", str(cache))
+    assert code == 0 and "caf\ufffd photo.jpg" in out
+    code, out = rtagx("search", "--like", str(folder / "copy.jpg"), "--cache", str(cache))
+    assert code == 0 and "caf\ufffd photo.jpg" in out
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.analysis.search import CachedModel, choose_model
+from rtagx.analysis.search import CachedModel, choose_model, text_path
 from rtagx.cache.store import FileRecord, key_path, open_store
 from rtagx.errors import UsageError
 from rtagx.settings import Settings
@@ -62,7 +62,7 @@ class Member:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "path": os.fsdecode(self.path),
+            "path": text_path(self.path),
             "keeper": self.keeper,
             "score": round(self.score, 5),
             "same_content": self.same_content,
@@ -83,7 +83,7 @@ class Group:
         return self.members[0]
 
     def as_json(self, number: int) -> dict[str, Any]:
-        return {"group": number, "keeper": os.fsdecode(self.keeper.path), "why": self.why} | {
+        return {"group": number, "keeper": text_path(self.keeper.path), "why": self.why} | {
             "files": [m.as_json() for m in self.members]
         }
 

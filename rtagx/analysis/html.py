@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from rtagx.analysis.duplicates import DuplicatesResult, Member
-from rtagx.analysis.search import SearchResult
+from rtagx.analysis.search import SearchResult, text_path
 
 THUMB_SIZE = 240
 _CSS = """
@@ -66,7 +65,7 @@ def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
 
 
 def _text(value: object) -> str:
-    return html.escape(os.fsdecode(value) if isinstance(value, (bytes, Path)) else str(value), quote=True)
+    return html.escape(text_path(value if isinstance(value, (bytes, str, Path)) else str(value)), quote=True)
 
 
 def _page(title: str, meta: str, body: str) -> str:

@@ -62,7 +62,7 @@ class Hit:
     content_id: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": os.fsdecode(self.path), "score": round(self.score, 5)}
+        return {"rank": self.rank, "path": text_path(self.path), "score": round(self.score, 5)}
 
 
 @dataclass
@@ -72,6 +72,12 @@ class SearchResult:
     model: CachedModel
     compared: int  # cached vectors ranked
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def text_path(path: os.PathLike[str] | str | bytes) -> str:
+    """A path as valid text for JSON and pages: bytes that are not UTF-8 become U+FFFD (as in
+    ``tag --json``); a name the OS allows must not crash the output."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_image_term(token: str) -> bool:

@@ -1205,7 +1205,9 @@ def duplicates(
                 )
     else:
         for number, group in enumerate(result.groups, 1):
-            click.echo(f"group {number}: {len(group.members)} files, keep {group.keeper.path.name}: {group.why}")
+            click.echo(
+                f"group {number}: {len(group.members)} files, keep {display_path(group.keeper.path.name)}: {group.why}"
+            )
             for m in group.members:
                 mark = "keep" if m.keeper else "same" if m.same_content else f"{m.score:.4f}"
                 size = f"{m.width}x{m.height}" if m.width else "?"
