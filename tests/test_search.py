@@ -260,6 +260,10 @@ def test_file_names_that_are_not_utf8(tiny_clip, samples_dir, tmp_path):
     assert code == 0 and "caf\ufffd photo.jpg" in out
     code, out = rtagx("search", "--like", str(folder / "copy.jpg"), "--cache", str(cache))
     assert code == 0 and "caf\ufffd photo.jpg" in out
+    result = CliRunner().invoke(cli, ["search", "--like", str(folder / "copy.jpg"), "-0", "--cache", str(cache)])
+    assert result.exit_code == 0 and sorted(result.stdout_bytes.split(b"\0")) == sorted(
+        [b"", odd, os.path.join(os.fsencode(folder), b"copy.jpg")]
+    )
 
 
 def test_parse_query():

@@ -1075,6 +1075,7 @@ def _write_html(ctx: Context, target: Path, page: str) -> None:
 @click.option("--offline", is_flag=True, default=None, help="Never try to download model weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one object per image, then a summary object.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print rank,score,path CSV rows.")
+@click.option("--print0", "-0", is_flag=True, help="End each path with a NUL byte, exactly as on disk (for xargs -0).")
 @verbosity_options
 @click.pass_obj
 @handle_errors
@@ -1087,6 +1088,7 @@ def search(
     html_file: Path | None,
     as_json: bool,
     as_csv: bool,
+    print0: bool,
     **options: Any,
 ) -> None:
     """Find cached images by text or by example: one path per line, best first.
@@ -1119,6 +1121,10 @@ def search(
                 }
             )
         )
+    elif print0:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(os.fsencode(hit.path) + b"\0" for hit in result.hits))
+        sys.stdout.buffer.flush()
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["rank", "score", "path"])
