@@ -202,6 +202,10 @@ def test_min_score_cuts_and_errors_are_one_line(library, tmp_path):
     assert code == 2 and "no query" in out
     code, out = rtagx("search", "beach", "-", "beach", "--cache", str(cache))
     assert code == 2 and "cancel out" in out
+    code, out = rtagx("search", "beach", str(tmp_path), "--cache", str(cache))
+    assert code == 2 and "no cached images under" in out
+    code, out = rtagx("duplicates", str(tmp_path), "--cache", str(cache))
+    assert code == 2 and "no cached images under" in out
 
 
 def test_numpy_text_tower_equals_open_clip(tiny_clip):

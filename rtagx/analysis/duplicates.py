@@ -265,6 +265,8 @@ def find_duplicates(
                         records.append(rec)
         else:
             records = list(store.iter_files())
+        if scope and not records:
+            raise UsageError(f"no cached images under {', '.join(map(str, scope))}: run `rtagx tag` on them first")
         files_of: dict[int, list[FileRecord]] = {}
         for rec in records:
             files_of.setdefault(rec.content_id, []).append(rec)

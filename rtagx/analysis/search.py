@@ -405,7 +405,10 @@ def search(
         model = choose_model(store, settings, scope)
         query = query_vector(store, model, terms, settings, timings)
         started = time.perf_counter()
-        ids, scores = rank_all(store, model, query, scope_contents(store, scope))
+        allowed = scope_contents(store, scope)
+        if allowed is not None and not len(allowed):
+            raise UsageError(f"no cached images under {', '.join(map(str, scope))}: run `rtagx tag` on them first")
+        ids, scores = rank_all(store, model, query, allowed)
         timings["rank"] = time.perf_counter() - started
         started = time.perf_counter()
         hits = best_files(store, ids, scores, top, min_score, scope)
