@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -223,6 +223,9 @@ def test_numpy_text_tower_equals_open_clip(tiny_clip):
 
 
 @settings(max_examples=150, deadline=None)
+@example("&amp;amp;lt; entities")
+@example("tab\there  and\nnewline")
+@example("Crème brûlée 東京 🙂")
 @given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40))
 def test_tokenizer_equals_open_clip_on_any_text(text):
     import open_clip

@@ -116,8 +116,9 @@ class Tokenizer:
     def _words(text: str) -> list[str]:
         """open_clip's cleaning (ftfy, HTML unescape, whitespace, lower case) and word split. Plain
         printable ASCII needs neither ftfy nor the ``regex`` module: both are imported only for
-        other text (ftfy changes nothing in such text; there \\p{L} is [a-z] and \\p{N} is [0-9])."""
-        ascii_plain = text.isascii() and all(c.isprintable() or c in " \t\n" for c in text)
+        other text (ftfy changes nothing in such text, HTML entities aside, so text with "&" takes
+        the full path; there \\p{L} is [a-z] and \\p{N} is [0-9])."""
+        ascii_plain = text.isascii() and "&" not in text and all(c.isprintable() or c in " \t\n" for c in text)
         if not ascii_plain:
             import ftfy
 
