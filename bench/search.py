@@ -142,8 +142,12 @@ def remember_model(cache: Path, checkpoint: Path) -> None:
         remember_identity(store, "ViT-B-16", str(checkpoint), identity)
 
 
-def run_cli(args: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in GB, stdout) of one ``python -m rtagx`` child.
+def run_cli(args: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in GB, stdout, CPU seconds) of one ``python -m rtagx`` child.
+
+    CPU seconds (user + system, the child and its workers) are reported beside wall time because
+    this 2-core machine is shared: under a load average of 6, wall time is 2-3x what the same
+    command takes on an idle machine, while its CPU time stays put.
 
     The peak comes from GNU time wrapped around the child: ``ru_maxrss`` of a child forked from
     this process would count this process's own pages, which the fork copies before exec."""
@@ -151,30 +155,39 @@ def run_cli(args: list[str]) -> tuple[float, float, str]:
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "RTAGX_NO_PROGRESS": "1"}
     with tempfile.NamedTemporaryFile("r") as usage, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        command = ["/usr/bin/time", "-o", usage.name, "-f", "%M", sys.executable, "-m", "rtagx", *args]
+        command = ["/usr/bin/time", "-o", usage.name, "-f", "%M %U %S", sys.executable, "-m", "rtagx", *args]
         started = time.perf_counter()
         code = subprocess.call(command, stdout=out, stderr=err, env=env)
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-        peak_kb = int(usage.read().split()[-1])
+        peak_kb, user, system = usage.read().split()[-3:]
     if code != 0:
         raise SystemExit(f"rtagx {' '.join(args)} failed ({code}): {stderr[-2000:]}")
-    return wall, peak_kb / 1e6, stdout
+    return wall, int(peak_kb) / 1e6, stdout, float(user) + float(system)
 
 
-def measure(label: str, args: list[str], repeat: int) -> dict:
-    walls, peaks = [], []
-    out = ""
-    for _ in range(repeat):
-        wall, peak, out = run_cli(args)
-        walls.append(wall)
-        peaks.append(peak)
-    row = {"case": label, "median_s": round(statistics.median(walls), 2), "runs_s": [round(w, 2) for w in walls]}
-    row["peak_rss_gb"] = round(max(peaks), 2)
-    log(f"{label}: {row['median_s']} s (runs {row['runs_s']}), peak RSS {row['peak_rss_gb']} GB")
-    return row | {"stdout_tail": out.splitlines()[-1:]}
+def measure(label: str, args: list[str], repeat: int, goal: float | None = None) -> dict:
+    return summarize(label, [run_cli(args) for _ in range(repeat)], goal)
+
+
+def summarize(label: str, runs: list[tuple[float, float, str, float]], goal: float | None) -> dict:
+    row = {
+        "case": label,
+        "median_s": round(statistics.median(r[0] for r in runs), 2),
+        "runs_s": [round(r[0], 2) for r in runs],
+        "median_cpu_s": round(statistics.median(r[3] for r in runs), 2),
+        "peak_rss_gb": round(max(r[1] for r in runs), 2),
+        "goal_s": goal,
+        "load_average": round(os.getloadavg()[0], 1),
+        "stdout_tail": runs[-1][2].splitlines()[-1:],
+    }
+    log(
+        f"{label}: {row['median_s']} s wall (runs {row['runs_s']}), {row['median_cpu_s']} s CPU, "
+        f"peak RSS {row['peak_rss_gb']} GB, load average {row['load_average']}"
+    )
+    return row
 
 
 def main() -> int:
@@ -194,26 +207,18 @@ def main() -> int:
         remember_model(cache, checkpoint)
         common = ["--cache", str(cache), "--top", "20"]
         if n in args.sizes:
+            goal = GOALS_S.get(n)
             new_texts = [f"a photo of a dog on a beach, take {time.time_ns()}-{k}" for k in range(args.repeat)]
-            walls, peaks = [], []
-            for text in new_texts:  # each run a text the cache has never seen: the text tower loads
-                wall, peak, _ = run_cli(["search", text, *common])
-                walls.append(wall)
-                peaks.append(peak)
-            row = {"case": f"search {n} new text", "median_s": round(statistics.median(walls), 2)}
-            row |= {"runs_s": [round(w, 2) for w in walls], "peak_rss_gb": round(max(peaks), 2)}
-            row["goal_s"] = GOALS_S.get(n)
-            log(f"{row['case']}: {row['median_s']} s (runs {row['runs_s']}), peak RSS {row['peak_rss_gb']} GB")
-            results.append(row)
-            results.append(measure(f"search {n} cached text", ["search", new_texts[0], *common], args.repeat))
-            results[-1]["goal_s"] = GOALS_S.get(n)
+            # each run a text the cache has never seen: the text tower loads
+            runs = [run_cli(["search", text, *common]) for text in new_texts]
+            results.append(summarize(f"search {n} new text", runs, goal))
+            results.append(measure(f"search {n} cached text", ["search", new_texts[0], *common], args.repeat, goal))
             like = args.workdir / f"photos-{n}" / "0000" / "IMG_0000000.jpg"
-            results.append(measure(f"search {n} --like", ["search", "--like", str(like), *common], args.repeat))
+            results.append(measure(f"search {n} --like", ["search", "--like", str(like), *common], args.repeat, goal))
         if n in args.duplicates:
-            row = measure(f"duplicates {n}", ["duplicates", "--json", "--cache", str(cache)], 1)
+            row = measure(f"duplicates {n}", ["duplicates", "--json", "--cache", str(cache)], 1, GOAL_DUPLICATES_S)
             summary = json.loads(row.pop("stdout_tail")[0])
             row |= {"groups": summary["groups"], "planted": int(n * PLANTED), "min_score": summary["min_score"]}
-            row["goal_s"] = GOAL_DUPLICATES_S
             results.append(row)
     print(json.dumps(results, indent=1))
     if args.json:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -131,6 +131,18 @@ def test_text_search_equals_brute_force_over_the_cache(library):
     )
 
 
+def test_parallel_ranking_equals_brute_force(library, monkeypatch):
+    """Large caches are ranked by one process per core over rowid ranges: same result."""
+    from rtagx.analysis import search as search_module
+
+    monkeypatch.setattr(search_module, "PARALLEL_ROWS", 0)
+    monkeypatch.setattr(search_module.os, "cpu_count", lambda: 3)  # three parts of ~11 rows
+    cache = library["cache"]
+    code, out = rtagx("search", "a red car", "--top", "100", "--json", "--cache", str(cache))
+    assert code == 0, out
+    assert_same_ranking(json_lines(out)[0], brute_force(cache, cached_text_vector(cache, "a red car")))
+
+
 def test_combined_query_equals_weighted_sum_of_unit_vectors(library):
     cache = library["cache"]
     code, out = rtagx("search", "beach + 2:sunset - people", "--top", "10", "--json", "--cache", str(cache))
@@ -190,6 +202,10 @@ def test_min_score_cuts_and_errors_are_one_line(library, tmp_path):
     assert code == 2 and "no query" in out
     code, out = rtagx("search", "beach", "-", "beach", "--cache", str(cache))
     assert code == 2 and "cancel out" in out
+    code, out = rtagx("search", "beach", str(tmp_path), "--cache", str(cache))
+    assert code == 2 and "no cached images under" in out
+    code, out = rtagx("duplicates", str(tmp_path), "--cache", str(cache))
+    assert code == 2 and "no cached images under" in out
 
 
 def test_numpy_text_tower_equals_open_clip(tiny_clip):
@@ -207,6 +223,9 @@ def test_numpy_text_tower_equals_open_clip(tiny_clip):
 
 
 @settings(max_examples=150, deadline=None)
+@example("&amp;amp;lt; entities")
+@example("tab\there  and\nnewline")
+@example("Crème brûlée 東京 🙂")
 @given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40))
 def test_tokenizer_equals_open_clip_on_any_text(text):
     import open_clip
@@ -215,6 +234,43 @@ def test_tokenizer_equals_open_clip_on_any_text(text):
 
     ours = tokenizer_at(open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz")
     assert (ours([text], 77) == open_clip.tokenize([text]).numpy()).all()
+
+
+def test_file_names_that_are_not_utf8(tiny_clip, samples_dir, tmp_path):
+    """Any name the OS allows: listed, in JSON (U+FFFD for the bad bytes) and on the page."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9 photo.jpg")
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", odd)
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", folder / "copy.jpg")
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx(
+        "search",
+        "--like",
+        str(folder / "copy.jpg"),
+        "--json",
+        "--cache",
+        str(cache),
+        "--html",
+        str(tmp_path / "p.html"),
+    )
+    assert code == 0, out
+    paths = [h["path"] for h in json_lines(out)[0]]
+    assert str(folder / "caf\ufffd photo.jpg") in paths
+    assert "caf\ufffd photo.jpg" in (tmp_path / "p.html").read_text(encoding="utf-8")
+    code, out = rtagx("duplicates", str(folder), "--json", "--cache", str(cache))
+    assert code == 0 and json_lines(out)[1]["groups"] == 1
+    code, out = rtagx("duplicates", str(folder), "--cache", str(cache))
+    assert code == 0 and "caf\ufffd photo.jpg" in out
+    code, out = rtagx("search", "--like", str(folder / "copy.jpg"), "--cache", str(cache))
+    assert code == 0 and "caf\ufffd photo.jpg" in out
+    result = CliRunner().invoke(cli, ["search", "--like", str(folder / "copy.jpg"), "-0", "--cache", str(cache)])
+    assert result.exit_code == 0 and sorted(result.stdout_bytes.split(b"\0")) == sorted(
+        [b"", odd, os.path.join(os.fsencode(folder), b"copy.jpg")]
+    )
 
 
 def test_parse_query():
@@ -264,8 +320,11 @@ def test_planted_duplicates_are_grouped_at_the_default_threshold(library):
             assert Path(g["keeper"]).name in ORIGINALS and g["why"].startswith("most pixels")
             assert all(f["score"] >= summary["min_score"] for f in g["files"][1:])
     assert tree_digest(photos) == before  # nothing deleted, moved or touched
-    code, out = rtagx("duplicates", str(photos / "planted"), "--cache", str(cache))
-    assert code == 0 and "0 groups" in out  # only copies in scope: no original to pair with
+    code, out = rtagx("duplicates", str(photos / "planted"), "--json", "--cache", str(cache))
+    groups, _ = json_lines(out)  # the copies of one original pair with each other, nothing outside scope
+    assert {frozenset(Path(f["path"]).name for f in g["files"]) for g in groups} == {
+        frozenset({f"half_{n}", f"crop_{n}"}) for n in ORIGINALS
+    }
 
 
 def test_duplicates_text_output_and_explicit_threshold(library):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rtagx.analysis.duplicates import DuplicatesResult, Member
-from rtagx.analysis.search import SearchResult
+from rtagx.analysis.search import SearchResult, text_path
 
 THUMB_SIZE = 240
 _CSS = """
@@ -65,8 +65,18 @@ def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def thumbnails(paths: Sequence[Path]) -> dict[Path, str | None]:
+    """Thumbnails of many images at once: decoding releases the GIL, so threads use every core
+    (a duplicates page of a large library holds thousands)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return dict(zip(unique, pool.map(thumbnail_uri, unique)))
+
+
 def _text(value: object) -> str:
-    return html.escape(os.fsdecode(value) if isinstance(value, (bytes, Path)) else str(value), quote=True)
+    return html.escape(text_path(value if isinstance(value, (bytes, str, Path)) else str(value)), quote=True)
 
 
 def _page(title: str, meta: str, body: str) -> str:
@@ -87,10 +97,11 @@ def _card(
     score: float | None = None,
     scale: tuple[float, float] = (0.0, 1.0),
     classes: str = "",
+    thumbs: dict[Path, str | None] | None = None,
 ) -> str:
     """One image: thumbnail (a link to the file), badge, name, folder, facts, and a score bar whose
     length runs from ``scale[0]`` (empty) to ``scale[1]`` (full)."""
-    uri = thumbnail_uri(path)
+    uri = thumbs[path] if thumbs is not None and path in thumbs else thumbnail_uri(path)
     picture = f'<img src="{uri}" alt="{_text(path.name)}">' if uri else '<div class="noimg">no preview</div>'
     link = path.as_uri()
     bar = ""
@@ -124,7 +135,10 @@ def search_page(result: SearchResult) -> str:
     if not result.hits:
         return _page(f"Search: {query}", meta, '<p class="empty">No image matched.</p>')
     scale = (min(0.0, result.hits[-1].score), result.hits[0].score)  # the best hit fills its bar
-    cards = "".join(_card(h.path, f"#{h.rank}", [], score=h.score, scale=scale, classes="hit") for h in result.hits)
+    thumbs = thumbnails([h.path for h in result.hits])
+    cards = "".join(
+        _card(h.path, f"#{h.rank}", [], score=h.score, scale=scale, classes="hit", thumbs=thumbs) for h in result.hits
+    )
     return _page(f"Search: {query}", meta, f'<div class="grid">{cards}</div>')
 
 
@@ -147,15 +161,20 @@ def duplicates_page(result: DuplicatesResult) -> str:
     if not result.groups:
         return _page("Duplicates", meta, '<p class="empty">No duplicates found.</p>')
     sections = []
+    thumbs = thumbnails([m.path for g in result.groups for m in g.members])
     for number, group in enumerate(result.groups, 1):
         cards = []
         for m in group.members:
             if m.keeper:
-                cards.append(_card(m.path, "KEEP", _member_lines(m), classes="keeper"))
+                cards.append(_card(m.path, "KEEP", _member_lines(m), classes="keeper", thumbs=thumbs))
             else:
                 badge = "same content" if m.same_content else "duplicate"
                 scale = (2 * result.threshold - 1, 1.0)  # the threshold fills half a bar
-                cards.append(_card(m.path, badge, _member_lines(m), score=m.score, scale=scale, classes="duplicate"))
+                cards.append(
+                    _card(
+                        m.path, badge, _member_lines(m), score=m.score, scale=scale, classes="duplicate", thumbs=thumbs
+                    )
+                )
         sections.append(
             f'<section class="group"><h2>Group {number} &middot; {len(group.members)} files '
             f'<span class="why">&middot; keep {_text(group.keeper.path.name)}: {_text(group.why)}</span></h2>'

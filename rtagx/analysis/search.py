@@ -62,7 +62,7 @@ class Hit:
     content_id: int
 
     def as_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": os.fsdecode(self.path), "score": round(self.score, 5)}
+        return {"rank": self.rank, "path": text_path(self.path), "score": round(self.score, 5)}
 
 
 @dataclass
@@ -72,6 +72,12 @@ class SearchResult:
     model: CachedModel
     compared: int  # cached vectors ranked
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def text_path(path: os.PathLike[str] | str | bytes) -> str:
+    """A path as valid text for JSON and pages: bytes that are not UTF-8 become U+FFFD (as in
+    ``tag --json``); a name the OS allows must not crash the output."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_image_term(token: str) -> bool:
@@ -163,8 +169,6 @@ def query_vector(
     store: Store, model: CachedModel, terms: Sequence[QueryTerm], settings: Settings, timings: dict[str, float]
 ) -> np.ndarray:
     """The normalized weighted sum of the terms' unit vectors (float32)."""
-    from rtagx.run.retag import cached_model_encoder
-
     texts = [t.value for t in terms if t.kind == "text"]
     vectors: dict[tuple[str, str], np.ndarray] = {}
     cached = store.text_vectors(model.id, texts)
@@ -193,6 +197,8 @@ def query_vector(
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
             missing_texts = []
     if missing_texts or images_to_embed:
+        from rtagx.run.retag import cached_model_encoder  # imports the tagging machinery: only here
+
         started = time.perf_counter()
         encoder = cached_model_encoder(store, model.id, settings, text_only=not images_to_embed)
         timings["load-model"] = time.perf_counter() - started
@@ -272,20 +278,58 @@ def scope_contents(store: Store, scope: Sequence[Path]) -> np.ndarray | None:
     return np.array(sorted(ids), dtype=np.int64)
 
 
+#: Below this many table rows one process ranks; above, one process per core ranks a part each.
+PARALLEL_ROWS = 200_000
+
+
 def rank_all(
     store: Store, model: CachedModel, query: np.ndarray, allowed: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine of every cached vector (in scope) with the query: (content ids, scores)."""
+    """Cosine of every cached vector (in scope) with the query: (content ids, scores).
+
+    Turning SQLite rows into Python objects, not arithmetic, is most of the time (~2 s of ~3 s per
+    million vectors here), and it holds the GIL: large caches are therefore split into rowid ranges
+    ranked by one forked process per core, each with its own read-only connection."""
+    first, last = store.vector_rowids()
+    parts = min(os.cpu_count() or 1, 4)
+    if last - first < PARALLEL_ROWS or parts < 2:
+        return rank_part(store.path, model.id, model.dim, query, allowed, None)
+    import multiprocessing
+
+    step = (last - first) // parts + 1
+    ranges = [(first + k * step, first + (k + 1) * step) for k in range(parts)]
+    with multiprocessing.get_context("fork").Pool(parts) as pool:
+        results = pool.starmap(rank_part, [(store.path, model.id, model.dim, query, allowed, r) for r in ranges])
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+def rank_part(
+    cache: Path,
+    model_id: int,
+    dim: int,
+    query: np.ndarray,
+    allowed: np.ndarray | None,
+    rowids: tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the vectors in one rowid range (None: all), with a connection of its own."""
+    from rtagx.model.numpy_text import one_blas_thread
+
     id_blocks: list[np.ndarray] = []
     score_blocks: list[np.ndarray] = []
-    for ids, rows in store.iter_vectors(model.id, model.dim):
-        if allowed is not None:
-            keep = np.isin(ids, allowed, assume_unique=True)
-            if not keep.any():
-                continue
-            ids, rows = ids[keep], rows[keep]
-        id_blocks.append(ids)
-        score_blocks.append(rows.astype(np.float32) @ query)
+    buffer = np.empty((0, dim), np.float32)
+    with open_store(cache, readonly=True) as store, one_blas_thread():  # a matrix-vector product is memory-bound
+        for ids, rows in store.iter_vectors(model_id, dim, rowids=rowids):
+            if allowed is not None:
+                keep = np.isin(ids, allowed, assume_unique=True)
+                if not keep.any():
+                    continue
+                ids, rows = ids[keep], rows[keep]
+            if len(buffer) < len(rows):
+                buffer = np.empty((len(rows), dim), np.float32)
+            block = buffer[: len(rows)]
+            np.copyto(block, rows)  # float16 -> float32 into one reused buffer
+            score_blocks.append(block @ query)
+            id_blocks.append(ids)
     if not id_blocks:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(id_blocks), np.concatenate(score_blocks)
@@ -346,7 +390,10 @@ def search(
         model = choose_model(store, settings, scope)
         query = query_vector(store, model, terms, settings, timings)
         started = time.perf_counter()
-        ids, scores = rank_all(store, model, query, scope_contents(store, scope))
+        allowed = scope_contents(store, scope)
+        if allowed is not None and not len(allowed):
+            raise UsageError(f"no cached images under {', '.join(map(str, scope))}: run `rtagx tag` on them first")
+        ids, scores = rank_all(store, model, query, allowed)
         timings["rank"] = time.perf_counter() - started
         started = time.perf_counter()
         hits = best_files(store, ids, scores, top, min_score, scope)

@@ -695,14 +695,30 @@ class Store:
         row = self.conn.execute("SELECT length(vector) FROM vectors WHERE model_id = ? LIMIT 1", (model_id,)).fetchone()
         return int(row[0]) // np.dtype(np.float16).itemsize if row else None
 
-    def iter_vectors(self, model_id: int, dim: int, block_rows: int = 32768) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def vector_rowids(self) -> tuple[int, int]:
+        """(first, last) rowid of the vectors table (every model): how to split a scan into parts."""
+        row = self.conn.execute("SELECT min(rowid), max(rowid) FROM vectors").fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    def iter_vectors(
+        self, model_id: int, dim: int, block_rows: int = 4096, rowids: tuple[int, int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every vector of a model as blocks of (content ids int64, float16 rows): memory stays at one
         block however large the library. Read in table order (one sequential pass; NOT INDEXED keeps
-        SQLite from visiting the rows through the primary-key index, one b-tree descent per row)."""
-        cur = self.conn.execute("SELECT content_id, vector FROM vectors NOT INDEXED WHERE model_id = ?", (model_id,))
+        SQLite from visiting the rows through the primary-key index, one b-tree descent per row);
+        ``rowids`` (first, end) limits the pass to part of the table, for parallel scans. Blocks of
+        4096 rows (4 MiB) stay in the CPU cache while they are joined and converted."""
+        from operator import itemgetter
+
+        first, second = itemgetter(0), itemgetter(1)
+        sql = "SELECT content_id, vector FROM vectors NOT INDEXED WHERE model_id = ?"
+        if rowids is None:
+            cur = self.conn.execute(sql, (model_id,))
+        else:  # one part of the table (rowid >= first and < end), for parallel scans
+            cur = self.conn.execute(sql + " AND rowid >= ? AND rowid < ?", (model_id, *rowids))
         while rows := cur.fetchmany(block_rows):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            blob = b"".join([r[1] for r in rows])
+            ids = np.fromiter(map(first, rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(map(second, rows))
             if len(blob) != len(rows) * dim * 2:
                 raise CacheError(f"cache {self.path}: vectors of model #{model_id} are not {dim}-dimensional")
             yield ids, np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim)

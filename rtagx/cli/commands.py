@@ -1144,9 +1144,10 @@ def main() -> None:
         code = EXIT_INTERRUPTED
     except SystemExit as e:
         code = e.code
-    from rtagx.run.local import STUCK_DECODERS
-
-    if STUCK_DECODERS:  # a decoder thread that never returns must not keep the process alive
+    # a decoder thread that never returns must not keep the process alive; only runs that decode
+    # images load rtagx.run.local (importing it just to look costs every other command 0.3 s)
+    local = sys.modules.get("rtagx.run.local")
+    if local is not None and local.STUCK_DECODERS:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
@@ -1215,6 +1216,7 @@ def _write_html(ctx: Context, target: Path, page: str) -> None:
 @click.option("--offline", is_flag=True, default=None, help="Never try to download model weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one object per image, then a summary object.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print rank,score,path CSV rows.")
+@click.option("--print0", "-0", is_flag=True, help="End each path with a NUL byte, exactly as on disk (for xargs -0).")
 @verbosity_options
 @click.pass_obj
 @handle_errors
@@ -1227,6 +1229,7 @@ def search(
     html_file: Path | None,
     as_json: bool,
     as_csv: bool,
+    print0: bool,
     **options: Any,
 ) -> None:
     """Find cached images by text or by example: one path per line, best first.
@@ -1259,6 +1262,10 @@ def search(
                 }
             )
         )
+    elif print0:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(os.fsencode(hit.path) + b"\0" for hit in result.hits))
+        sys.stdout.buffer.flush()
     elif as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(["rank", "score", "path"])
@@ -1344,7 +1351,9 @@ def duplicates(
                 )
     else:
         for number, group in enumerate(result.groups, 1):
-            click.echo(f"group {number}: {len(group.members)} files, keep {group.keeper.path.name}: {group.why}")
+            click.echo(
+                f"group {number}: {len(group.members)} files, keep {display_path(group.keeper.path.name)}: {group.why}"
+            )
             for m in group.members:
                 mark = "keep" if m.keeper else "same" if m.same_content else f"{m.score:.4f}"
                 size = f"{m.width}x{m.height}" if m.width else "?"

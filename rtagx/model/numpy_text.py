@@ -116,8 +116,9 @@ class Tokenizer:
     def _words(text: str) -> list[str]:
         """open_clip's cleaning (ftfy, HTML unescape, whitespace, lower case) and word split. Plain
         printable ASCII needs neither ftfy nor the ``regex`` module: both are imported only for
-        other text (ftfy changes nothing in such text; there \\p{L} is [a-z] and \\p{N} is [0-9])."""
-        ascii_plain = text.isascii() and all(c.isprintable() or c in " \t\n" for c in text)
+        other text (ftfy changes nothing in such text, HTML entities aside, so text with "&" takes
+        the full path; there \\p{L} is [a-z] and \\p{N} is [0-9])."""
+        ascii_plain = text.isascii() and "&" not in text and all(c.isprintable() or c in " \t\n" for c in text)
         if not ascii_plain:
             import ftfy
 
@@ -177,7 +178,7 @@ class _Lazy:
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             start = info.header_offset + 30 + name_len + extra_len
             count = info.file_size // np.dtype(raw_dtype).itemsize
-            flat = np.memmap(self.archive.filename, dtype=raw_dtype, mode="r", offset=start, shape=(count,))
+            flat: np.ndarray = np.memmap(self.archive.filename, dtype=raw_dtype, mode="r", offset=start, shape=(count,))
         else:
             flat = np.frombuffer(self.archive.read(self.name), dtype=raw_dtype)
         if self.dtype == "bfloat16":
@@ -276,7 +277,7 @@ _ERF = np.frompyfunc(math.erf, 1, 1)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float32))
+    return 0.5 * x * (1.0 + np.asarray(_ERF(x / math.sqrt(2.0)), dtype=np.float32))
 
 
 def _quick_gelu(x: np.ndarray) -> np.ndarray:
@@ -284,10 +285,10 @@ def _quick_gelu(x: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run the tower's small matrix products on one OpenBLAS thread. For a ~10 x 512 activation a
-    second thread buys nothing, and on a busy 2-core machine OpenBLAS's spinning threads made
-    each product 5-20x slower (0.8-2 s per query instead of 0.12 s). numpy offers no switch, so
+def one_blas_thread() -> Iterator[None]:
+    """Run small or memory-bound matrix products on one OpenBLAS thread. For a ~10 x 512 activation
+    (or a matrix-vector product) a second thread buys nothing, and on a busy 2-core machine
+    OpenBLAS's spinning threads made each product 5-20x slower (0.8-2 s per query, not 0.12 s). numpy offers no switch, so
     the bundled OpenBLAS is asked directly; where it cannot be found, nothing changes."""
     import ctypes
     import glob
@@ -319,7 +320,7 @@ class NumpyTextTower:
         self.tokenizer = tokenizer_at(bpe / "bpe_simple_vocab_16e6.txt.gz") if bpe else None
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
