@@ -166,6 +166,16 @@ def test_tag_inside_an_untagged_folder_tags_only_what_it_names(tiny_clip, librar
     assert summary["left_untagged"] == 1 and str(sub / "d.jpg") not in _paths(files)
     assert len(_own(sub / "c.jpg")) == 1 and _subjects(sub / "d.jpg") == []
 
+    # watch hands run_tag the photos that land, without clearing anything: one landing in Sub is left alone
+    from rtagx.run.tag import run_tag
+    from rtagx.settings import load_settings
+
+    shutil.copy2(sub / "d.jpg", sub / "e.jpg")
+    options = {"model": str(tiny_clip[0]), "pretrained": str(tiny_clip[1]), "cache": str(cache), "tags": str(vocab)}
+    summary_ = run_tag([sub / "e.jpg"], load_settings(options))
+    assert (summary_.seen, summary_.written, summary_.left_untagged) == (0, 0, 1) and _subjects(sub / "e.jpg") == []
+    (sub / "e.jpg").unlink()
+
     # a dry-run untag records nothing; untag of a whole root forgets the root and records no mark
     _, _, out = _untag([lib / "b.jpg"], cache, "--dry-run")
     assert "stays untagged" not in out
