@@ -431,10 +431,11 @@ COMMIT;
 """
 
 
-# Version 4 -> 3: files without ctime/inode, no failures table, fingerprints of the old sampled kind
-# (a bare 32-digit hash of the size and the first and last 64 KiB).
+# Version 5 -> 3: no untagged table; files without ctime/inode, no failures table, fingerprints of
+# the old sampled kind (a bare 32-digit hash of the size and the first and last 64 KiB).
 _V3_FILES = """
 BEGIN;
+DROP TABLE untagged;
 ALTER TABLE files DROP COLUMN ctime_ns;
 ALTER TABLE files DROP COLUMN inode;
 DROP TABLE failures;
@@ -446,9 +447,9 @@ COMMIT;
 
 
 def test_cache_of_the_previous_schema_migrates_keeping_vectors(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
-    """test_store.py covers version 1 -> current through the API; this is versions 2 -> 3 -> 4 under
-    a real run: no file is embedded again, no model is loaded, and the rows learn ctime and inode."""
-    assert SCHEMA_VERSION == 4
+    """test_store.py covers version 1 -> current through the API; this is versions 2 -> 3 -> 4 -> 5
+    under a real run: no file is embedded again, no model is loaded, and the rows learn ctime and inode."""
+    assert SCHEMA_VERSION == 5
     lib = tmp_path / "lib"
     _make_jpegs(lib, 4)
     cache = tmp_path / "c.sqlite3"

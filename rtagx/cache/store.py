@@ -21,6 +21,9 @@ Layout and why:
   ``retag`` with no paths, ``untag`` and ``show``. A root is recorded when the run starts.
 * ``failures`` remembers files that failed for a reason retrying cannot fix (corrupt, not an image)
   with the identity they had, so a no-op run does not load the model to fail on them again.
+* ``untagged`` remembers the folders and files ``untag`` cleared inside a root, which later runs over
+  the root leave alone, and the paths inside them that ``tag`` was asked for again since (the
+  deepest entry above a file decides: see :func:`is_untagged`).
 
 Paths are stored as bytes (``os.fsencode``) so that any file name the OS allows, including ones
 that are not valid UTF-8, round-trips. The database runs in WAL mode; each batch is one
@@ -45,7 +48,7 @@ import numpy as np
 from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.errors import CacheError, LockBusyError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,8 +152,14 @@ CREATE TABLE failures (
 ) WITHOUT ROWID;
 """
 
+# Version 5: paths ``untag`` cleared inside a root (untagged = 1), which later runs over the root leave
+# alone, and paths inside those that ``tag`` was asked for again (untagged = 0).
+_SCHEMA_V5 = """
+CREATE TABLE untagged (path BLOB PRIMARY KEY, untagged INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+"""
+
 # Forward migrations: MIGRATIONS[n] brings a version-n database to version n+1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
 
 
 # New caches use 32 KiB pages: a ~1 KiB vector row then wastes ~3% of a page instead of ~25% at
@@ -184,6 +193,37 @@ def unpack_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
+
+
+def _parent_key(key: bytes) -> bytes | None:
+    parent = key.rsplit(b"/", 1)[0] or b"/"
+    return None if parent == key else parent
+
+
+def is_untagged(key: bytes | None, marks: dict[bytes, bool]) -> bool:
+    """Whether the file or folder ``key`` is left alone: the deepest entry of ``marks`` (path key ->
+    untagged) at or above it says so; with none, it is not."""
+    while marks and key is not None:
+        if key in marks:
+            return marks[key]
+        key = _parent_key(key)
+    return False
+
+
+def with_mark(marks: dict[bytes, bool], key: bytes, untagged: bool) -> dict[bytes, bool]:
+    """``marks`` after ``untag`` (``untagged``) or an explicit ``tag`` (not) of ``key``. ``untag``
+    covers everything inside ``key``: what the entries inside it said gives way. ``tag`` of a path
+    clears what is above it for that path only: a folder untagged inside it stays untagged. Entries
+    that say what the entries above them say are dropped."""
+    prefix = key.rstrip(b"/") + b"/"
+    if untagged:
+        marks = {k: v for k, v in marks.items() if k != key and not k.startswith(prefix)}
+    marks = {**marks, key: untagged}
+    out: dict[bytes, bool] = {}
+    for k in sorted(marks, key=len):  # a folder's entry before the entries inside it
+        if marks[k] != is_untagged(_parent_key(k), out):
+            out[k] = marks[k]
+    return out
 
 
 class FileRecord(NamedTuple):  # a tuple: a no-op run over 100k files builds 100k of these
@@ -612,6 +652,32 @@ class Store:
         rows = self.conn.execute("SELECT path, settings, last_run FROM roots ORDER BY path").fetchall()
         return [(key_path(r[0]), json.loads(r[1]), r[2]) for r in rows]
 
+    # -- paths untag cleared inside a root ------------------------------------------------------
+    def untagged_marks(self) -> dict[bytes, bool]:
+        """Path key -> untagged: folders and files ``untag`` cleared inside a root (True) and the
+        paths inside them tagged again since (False). Empty for a cache of an older schema."""
+        if self.schema_version() < 5:
+            return {}
+        return {r[0]: bool(r[1]) for r in self.conn.execute("SELECT path, untagged FROM untagged")}
+
+    def set_untagged(self, paths: Sequence[Path], untagged: bool) -> dict[bytes, bool]:
+        """Record that ``untag`` cleared ``paths`` (``untagged``) or that ``tag`` was asked for them
+        (not); returns the marks now in force."""
+        old = self.untagged_marks()
+        new = old
+        for p in paths:
+            new = with_mark(new, path_key(p), untagged)
+        if new == old:
+            return new
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany("DELETE FROM untagged WHERE path = ?", [(k,) for k in old if k not in new])
+            c.executemany(
+                "INSERT OR REPLACE INTO untagged (path, untagged, at) VALUES (?, ?, ?)",
+                [(k, int(v), now) for k, v in new.items() if old.get(k) != v],
+            )
+        return new
+
     # -- maintenance -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         q = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
@@ -632,6 +698,7 @@ class Store:
                 {"id": r[0], "key": r[1], "name": json.loads(r[2]).get("name"), "vectors": r[3]} for r in per_model
             ],
             "roots": [str(p) for p, _, _ in self.roots()],
+            "untagged": [os.fsdecode(k) for k, v in sorted(self.untagged_marks().items()) if v],
             "size_bytes": size,
         }
 
@@ -649,6 +716,7 @@ class Store:
         gone_failures = [
             k for (k,) in self.conn.execute("SELECT path FROM failures") if not os.path.lexists(os.fsdecode(k))
         ]
+        gone_marks = [k for k in self.untagged_marks() if not os.path.lexists(os.fsdecode(k))]
         counts = {
             "files": len(gone),
             "models": 0,
@@ -656,6 +724,7 @@ class Store:
             "contents": 0,
             "text_vectors": 0,
             "roots": len(gone_roots),
+            "untagged": len(gone_marks),
         }
         if dry_run:
             return counts
@@ -664,6 +733,7 @@ class Store:
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in gone])
             c.executemany("DELETE FROM roots WHERE path = ?", [(k,) for k in gone_roots])
             c.executemany("DELETE FROM failures WHERE path = ?", [(k,) for k in gone_failures])
+            c.executemany("DELETE FROM untagged WHERE path = ?", [(k,) for k in gone_marks])
             if keep_models is not None:
                 ids = [r[0] for r in c.execute("SELECT id FROM models") if r[0] not in set(keep_models)]
                 for mid in ids:

@@ -605,10 +605,10 @@ def tag(
     _confirm_first_write(settings, paths, dry_run, yes)
     renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run, progress=not settings.no_progress)
     try:
-        summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events)
+        summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events, clear_untagged=True)
     finally:
         renderer.close()
-    if summary.seen == 0 and not summary.interrupted:
+    if summary.seen == 0 and not summary.interrupted and not summary.left_untagged:
         from rtagx.run.scan import selected_extensions
 
         looked_for = " ".join(sorted(selected_extensions(settings)))
@@ -963,6 +963,8 @@ def cache_stats(ctx: Context, cache: str | None, as_json: bool) -> None:
         click.echo(f"model      {m['name']} ({m['pretrained']}{weights}): {m['vectors']} vectors  [{m['key']}]")
     for r in stats["roots"]:
         click.echo(f"root       {r}")
+    for u in stats.get("untagged", []):
+        click.echo(f"untagged   {u}")
 
 
 @cache.command("prune")
@@ -1013,7 +1015,12 @@ def cache_prune(
 @click.pass_obj
 @handle_errors
 def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, as_csv: bool, **options: Any) -> None:
-    """Remove exactly the keywords rtagx wrote (and its private record); a person's keywords stay."""
+    """Remove exactly the keywords rtagx wrote (and its private record); a person's keywords stay.
+
+    A folder or file untagged inside a tagged folder stays untagged: later runs over that folder
+    (retag, tag, watch) leave it alone until `rtagx tag` is run on it (or inside it). Untagging a
+    whole tagged folder forgets it.
+    """
     from rtagx.run.untag import run_untag
     from rtagx.settings import load_settings
 

@@ -64,6 +64,8 @@ def summary_lines(summary: RunSummary, *, removal: bool = False) -> list[str]:
     if removal:
         removed = "would remove rtagx's keywords from" if s.dry_run else "removed rtagx's keywords from"
         first = f"{s.seen} files: {removed} {s.written}, unchanged {s.unchanged}, {skipped}"
+    if s.left_untagged:
+        first += f"; left alone {s.left_untagged} untagged by `rtagx untag`"
     stages = [f"{name} {s.timings[name]:.2f}s" for name in STAGE_ORDER if s.timings.get(name, 0) >= 0.005]
     rate = f", {s.embedded / s.wall_seconds:.1f} images/s" if s.embedded and s.wall_seconds else ""
     second = f"time {s.wall_seconds:.1f}s{rate}" + (" (" + ", ".join(stages) + ")" if stages else "")

@@ -666,10 +666,17 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         elif presence == "no-keywords":
             created = _unique([*created, _IPTC_KEYWORDS])
     else:
-        if not had_subject or _SUBJECT_FIELD in created:
+        # A file that had no keyword field before rtagx created them and holds a keyword now that is not
+        # rtagx's: a person typed it since, and the fields are theirs now (they stay). Where a field was
+        # there before, it holds the keywords left and the fields rtagx created go.
+        had_field = (had_subject and _SUBJECT_FIELD not in created) or (
+            presence == "keywords" and _IPTC_BLOCK not in created and _IPTC_KEYWORDS not in created
+        )
+        typed_since = bool(flat.new) and not had_field
+        if not had_subject or (_SUBJECT_FIELD in created and not typed_since):
             subject = []
         for mark in (_IPTC_BLOCK, _IPTC_KEYWORDS):
-            if mark in created and iptc_drop is None and presence != "absent":
+            if mark in created and iptc_drop is None and presence != "absent" and not typed_since:
                 iptc_drop = mark
         created = [c for c in created if c not in (_SUBJECT_FIELD, _IPTC_BLOCK, _IPTC_KEYWORDS)]
 

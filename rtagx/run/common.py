@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rtagx.cache.store import Store, WriterLock, WrittenRecord, open_store
+from rtagx.cache.store import Store, WriterLock, WrittenRecord, open_store, path_key, with_mark
 from rtagx.errors import CacheError, UsageError
 from rtagx.run.events import RunEvents
 from rtagx.settings import CHOICES, Settings
@@ -84,3 +84,17 @@ def written_place(
     if out["write"] == "none":
         out["write"] = "auto"
     return out
+
+
+def untagged_marks(store: Store, paths: Sequence[Path], *, clear: bool, dry_run: bool) -> dict[bytes, bool]:
+    """The paths ``untag`` cleared inside a root, which a run over ``paths`` leaves alone (see
+    ``Store.untagged_marks``). ``clear``: a person named ``paths`` (``rtagx tag``, not ``watch``):
+    each path that lies at or inside an untagged one is tagged again (recorded unless ``dry_run``)."""
+    if not clear:
+        return store.untagged_marks()
+    if not dry_run:
+        return store.set_untagged(paths, False)
+    marks = store.untagged_marks()
+    for p in paths:
+        marks = with_mark(marks, path_key(p), False)
+    return marks

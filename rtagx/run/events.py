@@ -62,6 +62,7 @@ class RunSummary:
     written: int = 0
     unchanged: int = 0
     skipped: int = 0
+    left_untagged: int = 0  # files under a path `untag` cleared inside a root: neither seen nor skipped
     skip_reasons: Counter = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -92,6 +93,7 @@ class RunSummary:
             "unchanged": self.unchanged,
             "skipped": self.skipped,
             "skip_reasons": dict(sorted(self.skip_reasons.items())),
+            "left_untagged": self.left_untagged,
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "seconds": round(self.wall_seconds, 3),

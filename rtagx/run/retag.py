@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rtagx.cache.store import FileRecord, FileRow, Store, key_path, open_store
+from rtagx.cache.store import FileRecord, FileRow, Store, is_untagged, key_path, open_store, path_key
 from rtagx.errors import CacheError, ModelError, UsageError
 from rtagx.model.encoder import Encoder, load_encoder, resolve_model
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, owning_root
@@ -51,7 +51,11 @@ def run_retag(
             if not roots:
                 raise UsageError(f"the cache {store.path} has no tagged folders yet: run `rtagx tag PATH` first")
             scopes = [p for p, _, _ in roots]
-        groups = group_by_root(store, scopes, roots, strict=bool(paths))
+        groups = group_by_root(store, scopes, roots, strict=bool(paths), summary=summary)
+        untagged = store.untagged_marks() if paths else {}
+        for scope in scopes if untagged else []:
+            if is_untagged(path_key(scope), untagged):
+                events.message(f"{scope} stays untagged (`rtagx untag`): `rtagx tag {scope}` tags it again")
         root_paths = {p for p, _, _ in roots}
         for owner, (remembered, records) in groups.items():
             settings = load_settings(overrides, config_path=config_path, base=remembered)
@@ -76,23 +80,36 @@ def run_retag(
 
 
 def group_by_root(
-    store: Store, scopes: Sequence[Path], roots: list[tuple[Path, dict[str, Any], float]], *, strict: bool = True
+    store: Store,
+    scopes: Sequence[Path],
+    roots: list[tuple[Path, dict[str, Any], float]],
+    *,
+    strict: bool = True,
+    summary: RunSummary | None = None,
 ) -> dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]]:
     """The cached files under ``scopes``, each once, grouped by the deepest root that holds it.
+    Files under a path ``untag`` cleared inside a root are left out (counted in ``summary``).
 
     Files no root holds (tagged one at a time by an older rtagx, or untagged since) form the group
     ``None``, with the model their recorded keywords came from (or the only model with their vector).
     With ``strict``, a scope with no cached file is an error; without (the remembered roots), it is
     passed over: a root whose first run stopped before any file was stored holds nothing yet."""
     groups: dict[Path | None, tuple[dict[str, Any], dict[bytes, FileRecord]]] = {}
+    untagged = store.untagged_marks()
+    left_alone: set[bytes] = set()
     for scope in scopes:
         records = store.files_under(scope)
         if not records and strict:
             raise CacheError(f"no cached vectors for {scope} (run `rtagx tag {scope}` first)")
         for key, rec in records.items():
+            if untagged and is_untagged(key, untagged):
+                left_alone.add(key)
+                continue
             owner = owning_root(key_path(key), roots)
             group = groups.setdefault(owner[0] if owner else None, (owner[1] if owner else {}, {}))
             group[1][key] = rec
+    if summary is not None:
+        summary.left_untagged += len(left_alone)
     orphans = groups.pop(None, None)
     if orphans:
         written = store.written(orphans[1])

@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rtagx.cache.store import FileRecord, Store
+from rtagx.cache.store import FileRecord, Store, is_untagged, path_key
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
-from rtagx.run.common import check_paths, load_vocabulary_for, open_locked
+from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.local import embed
 from rtagx.run.scan import ScannedFile, ScanProblem, iter_scan, selected_extensions
@@ -31,9 +31,11 @@ def run_tag(
     dry_run: bool = False,
     events: RunEvents | None = None,
     models: LoadedModels | None = None,
+    clear_untagged: bool = False,
 ) -> RunSummary:
     """Embed what is new, tag every file under ``paths``, write keywords. See module docstring.
-    ``models`` keeps the model loaded from one call to the next (``rtagx watch``)."""
+    ``models`` keeps the model loaded from one call to the next (``rtagx watch``). Files ``untag``
+    cleared inside a root are left alone, unless ``clear_untagged`` and ``paths`` lie inside them."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
@@ -64,7 +66,9 @@ def run_tag(
             identity = resolved().identity
             remember_identity(store, settings.model, settings.pretrained, identity)
         load = models.load if models else load_encoder
-        tag_with_store(store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run, load)
+        tag_with_store(
+            store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run, load, clear_untagged
+        )
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -84,6 +88,7 @@ def tag_with_store(
     events: RunEvents,
     dry_run: bool,
     load: Callable[..., Encoder] = load_encoder,
+    clear_untagged: bool = False,
 ) -> None:
     model_id = store.model_id(identity.key, identity.as_dict())
     tagger = Tagger(store, settings, vocabulary, model_id, identity.key, events, summary, dry_run)
@@ -117,6 +122,10 @@ def tag_with_store(
         events.stage("scan", 0)
         known: dict[bytes, FileRecord] = {}
         failures: dict[bytes, tuple[int, int, str, str]] = {}
+        # a run that writes no keyword (explain, eval, --write none) has nothing to keep out of them
+        untagged = (
+            untagged_marks(store, roots, clear=clear_untagged, dry_run=dry_run) if settings.write != "none" else {}
+        )
         for root in roots:
             known.update(store.files_under(root))
             failures.update(store.failures_under(root))
@@ -128,6 +137,9 @@ def tag_with_store(
             follow_symlinks=settings.follow_symlinks,
             on_temp_file=None if dry_run else metadata.clean_stale_temps,
         ):
+            if untagged and is_untagged(path_key(item.path), untagged):
+                summary.left_untagged += 1
+                continue
             summary.seen += 1
             events.progress("scan", 1)
             if isinstance(item, ScanProblem):

@@ -26,7 +26,8 @@ def run_untag(
     Each file is untagged where rtagx wrote it (embedded, a sidecar of the style used, a caption with
     the extension used), as recorded in the cache, unless the options given say otherwise. Afterwards
     the cache knows the files' new identity (their vectors stay), forgets what it wrote, and forgets
-    the roots untagged whole."""
+    the roots untagged whole. A path untagged inside a root is remembered: later runs over the root
+    (``retag``, ``tag`` of the root, ``watch``) leave it alone until ``tag`` is asked for it again."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
@@ -36,8 +37,13 @@ def run_untag(
     forget: list[bytes] = []
     moved: list[FileRow] = []
     moved_ids: list[int | None] = []
+    inside: list[tuple[Path, Path]] = []  # (path untagged inside a root, that root)
     try:
         remembered_roots = store.roots()
+        for p in roots:
+            owner = owning_root(p.parent, remembered_roots) if p.parent != p else None
+            if owner is not None:
+                inside.append((p, owner[0]))
         events.stage("write", 0)
         for item in iter_scan(
             roots,
@@ -93,7 +99,10 @@ def run_untag(
             if not dry_run:  # what was untagged before a Ctrl-C is recorded too
                 store.forget_written(forget)
                 store.put_files(moved, moved_ids, alias=False)
+                store.set_untagged([p for p, _ in inside], True)
         finally:
             store.close()
         summary.wall_seconds = time.perf_counter() - started
+    for p, root in inside if not dry_run else []:
+        events.message(f"{p} stays untagged: later runs over {root} leave it alone; `rtagx tag {p}` tags it again")
     return summary

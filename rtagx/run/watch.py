@@ -91,7 +91,7 @@ class _Candidate:
 
 def add_summary(total: RunSummary, part: RunSummary) -> None:
     """Fold one round's counts and stage times into the watcher's total."""
-    for name in ("seen", "embedded", "reused", "tagged", "written", "unchanged", "skipped"):
+    for name in ("seen", "embedded", "reused", "tagged", "written", "unchanged", "skipped", "left_untagged"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.skip_reasons.update(part.skip_reasons)
     for stage, seconds in part.timings.items():
