@@ -322,8 +322,12 @@ class Watcher:
         self._ready.pop(path, None)
         self._gone_files.discard(path)
         c = self._pending.get(path)
-        if c is None:
-            self._pending[path] = _Candidate(None, time.monotonic(), writing)
+        if c is None:  # its state now: it is ready ``settle`` seconds from here if nothing moves
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            self._pending[path] = _Candidate((st.st_size, st.st_mtime_ns), time.monotonic(), writing)
         else:
             c.writing = writing
 
