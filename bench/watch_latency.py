@@ -139,16 +139,22 @@ def latency(args: argparse.Namespace, work: Path, model: tuple[str, str], vocab:
 
 
 def make_tree(root: Path, files: int, per_folder: int, photo: Path) -> None:
-    """``files`` hard links to ``photo`` in folders of ``per_folder``; kept between runs."""
+    """``files`` hard links to copies of ``photo`` in folders of ``per_folder``; kept between runs."""
     marker = root / f".complete-{files}-{per_folder}"
     if marker.exists():
         return
     shutil.rmtree(root, ignore_errors=True)
+    sources = root.parent / f"{root.name}-sources"  # ext4 allows 65,000 links to one inode: a copy per 50,000
+    sources.mkdir(exist_ok=True)
     for i in range(files):
         folder = root / f"d{i // per_folder:05d}"
         if i % per_folder == 0:
             folder.mkdir(parents=True)
-        os.link(photo, folder / f"img{i:06d}.jpg")
+        source = sources / f"{i // 50_000}.jpg"
+        if i % 50_000 == 0:
+            source.unlink(missing_ok=True)
+            shutil.copyfile(photo, source)
+        os.link(source, folder / f"img{i:06d}.jpg")
     marker.touch()
 
 

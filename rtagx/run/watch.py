@@ -185,6 +185,8 @@ class Watcher:
             self._run_catch_up(first=True)
             while not self._stopping:
                 self._step()
+            if self._gone_files or self._gone_dirs:
+                self._forget()  # deletions seen before the stop request
         except KeyboardInterrupt:  # a second Ctrl-C: run_tag already kept every finished batch
             self.result.total.interrupted = True
         finally:
@@ -458,10 +460,12 @@ class Watcher:
                 self._catch_up.pop(r, None)
 
     def _run_new(self) -> None:
-        batch = list(self._ready)[: self.options.round_files]
-        for p in batch:
-            del self._ready[p]
-        batch = self._drop_own_writes([p for p in batch if os.path.exists(p)])
+        batch: list[Path] = []
+        while self._ready and len(batch) < self.options.round_files:  # after a catch-up most are its own writes
+            take = list(self._ready)[: self.options.round_files - len(batch)]
+            for p in take:
+                del self._ready[p]
+            batch += self._drop_own_writes([p for p in take if os.path.exists(p)])
         if not batch:
             return
         try:
@@ -483,10 +487,13 @@ class Watcher:
         self._gone_dirs.clear()
         try:
             store = open_locked(self._round_settings(), self.events)
-        except LockBusyError:
+        except RtagxError as e:  # busy: in a second; a broken cache: reported, tried again later
             self._gone_files |= files
             self._gone_dirs |= folders
-            self._retry_at = time.monotonic() + 1.0
+            if isinstance(e, LockBusyError):
+                self._retry_at = time.monotonic() + 1.0
+            else:
+                self._postpone("forget", e)
             return
         try:
             keys = {path_key(p) for p in files}
