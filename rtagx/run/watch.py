@@ -525,10 +525,12 @@ class Watcher:
     def _check_roots(self) -> None:
         """A root that vanished (unmounted, deleted) is unwatched; when it is back (a new device or
         inode: also a disk mounted over an empty mount point) it is watched again and caught up."""
+        alive = {e.watch for e in list(self._observer.emitters) if e.is_alive()}
         for root in self.roots:
             now_id, was_id = self._identity(root), self._root_ids.get(root)
-            if now_id == was_id:
+            if now_id == was_id and (now_id is None or self._watches.get(root) in alive):
                 continue
+            restarted = now_id == was_id  # its event thread died (an error in the backend)
             self._unschedule(root)
             self._root_ids[root] = now_id
             for p in [p for p in self._pending if root in p.parents]:
@@ -542,7 +544,11 @@ class Watcher:
                 self._root_ids[root] = None
                 self.events.message(str(e))
                 continue
-            self.events.message(f"{root} is back; catching up")
+            self.events.message(
+                f"the watch on {root} stopped; watching again and catching up"
+                if restarted
+                else f"{root} is back; catching up"
+            )
             self._catch_up[root] = "root-back"
 
     def _settings_files(self) -> list[Path]:
