@@ -335,3 +335,24 @@ def test_scan_would_yield_follows_the_scanners_rules(tmp_path: Path) -> None:
     assert not scan_would_yield(root / "skip" / "b.jpg", root, exts, exclude=["skip"])
     assert not scan_would_yield(root / "a" / "b.jpg", root, exts, exclude=["a/*.jpg"])
     assert not scan_would_yield(tmp_path / "elsewhere.jpg", root, exts)
+
+
+def test_loaded_models_keeps_the_model_between_runs(tiny_clip, tmp_path: Path) -> None:
+    """What keeps the watcher's rounds fast: one resolution and one network for every run_tag call,
+    until the checkpoint file changes."""
+    from rtagx.model.loaded import LoadedModels
+
+    cfg, ckpt = tiny_clip
+    models = LoadedModels()
+    first = models.resolve(str(cfg), str(ckpt), offline=True)
+    assert models.resolve(str(cfg), str(ckpt), offline=True) is first
+    text_only = models.load(first, text_only=True, device="cpu")
+    full = models.load(first, device="cpu")
+    assert full is not text_only and full.has_image_tower
+    assert models.load(first, device="cpu") is full and models.load(first, text_only=True, device="cpu") is full
+    changed = tmp_path / "changed.pt"
+    shutil.copy2(ckpt, changed)
+    other = models.resolve(str(cfg), str(changed), offline=True)
+    assert other is not first and models.resolve(str(cfg), str(changed), offline=True) is other
+    os.utime(changed, ns=(1, 1))  # the checkpoint file changed: resolved (and hashed) again
+    assert models.resolve(str(cfg), str(changed), offline=True) is not other
