@@ -356,3 +356,40 @@ def test_loaded_models_keeps_the_model_between_runs(tiny_clip, tmp_path: Path) -
     assert other is not first and models.resolve(str(cfg), str(changed), offline=True) is other
     os.utime(changed, ns=(1, 1))  # the checkpoint file changed: resolved (and hashed) again
     assert models.resolve(str(cfg), str(changed), offline=True) is not other
+
+
+def test_watch_from_python_until_an_event_is_set(tiny_clip, samples_dir: Path, tmp_path: Path) -> None:
+    """The library without the CLI: rounds and files come through callbacks; a threading.Event stops it."""
+    import threading
+
+    from rtagx.run.events import RunEvents
+    from rtagx.run.watch import WatchOptions, watch
+    from rtagx.settings import Settings
+
+    cfg, ckpt = tiny_clip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("dog\ncat\nbeach\n")
+    settings = Settings(
+        cache=str(tmp_path / "c.sqlite3"), model=str(cfg), pretrained=str(ckpt), tags=str(vocab), threshold=-1.0
+    )
+    stop, kinds, outcomes = threading.Event(), [], []
+
+    def on_round(r) -> None:
+        kinds.append(r.kind)
+        if r.kind == "catch-up":
+            shutil.copy(samples_dir / "jpg" / "Canon_40D.jpg", folder / "new.jpg")
+        else:
+            stop.set()
+
+    result = watch(
+        [folder],
+        settings,
+        options=WatchOptions(settle=0.3),
+        events=RunEvents(on_file=outcomes.append),
+        on_round=on_round,
+        stop=stop,
+    )
+    assert kinds == ["catch-up", "new"] and result.rounds == 2
+    assert [(o.path.name, o.action) for o in outcomes] == [("new.jpg", "written")] and keywords(folder / "new.jpg")

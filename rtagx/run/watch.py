@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -607,7 +607,13 @@ def watch(
     :meth:`Watcher.stop` is called."""
     watcher = Watcher(paths, settings, options=options, events=events, on_round=on_round, config_path=config_path)
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), watcher.stop()), daemon=True).start()
+        event = stop
+
+        def stop_when_set() -> None:
+            event.wait()
+            watcher.stop()
+
+        threading.Thread(target=stop_when_set, daemon=True).start()
     return watcher.run()
 
 
@@ -641,7 +647,7 @@ def service_command(argv0: str, args: Sequence[str], paths: Sequence[Path], pyth
     return program + out
 
 
-def service_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+def service_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in sorted(environ.items()) if k.startswith("RTAGX_") or k in SERVICE_ENVIRONMENT}
 
 
