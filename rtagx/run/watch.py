@@ -299,8 +299,10 @@ class Watcher:
             self._note_gone(src, folder=False)
         if kind == "moved" and dest is not None:
             self._touch(dest, writing=False)
-        elif kind in ("created", "modified") and src is not None:
-            self._touch(src, writing=self._tracks_close)
+        elif kind == "created" and src is not None:
+            self._touch(src, writing=None)  # a hard link or an empty file gets no "closed" event
+        elif kind == "modified" and src is not None:
+            self._touch(src, writing=self._tracks_close or None)  # written to: wait for "closed"
         elif kind == "closed" and src is not None:
             self._touch(src, writing=False)
 
@@ -318,7 +320,9 @@ class Watcher:
         s = self.settings
         return scan_would_yield(path, root, selected_extensions(s), exclude=s.exclude, include_hidden=s.include_hidden)
 
-    def _touch(self, path: Path, *, writing: bool) -> None:
+    def _touch(self, path: Path, *, writing: bool | None) -> None:
+        """Make ``path`` a candidate (again). ``writing``: True while its writer has it open, False
+        once closed, None when the event does not say."""
         if not self._wanted(path):
             return
         self._ready.pop(path, None)
@@ -329,8 +333,8 @@ class Watcher:
                 st = os.stat(path)
             except OSError:
                 return
-            self._pending[path] = _Candidate((st.st_size, st.st_mtime_ns), time.monotonic(), writing)
-        else:
+            self._pending[path] = _Candidate((st.st_size, st.st_mtime_ns), time.monotonic(), bool(writing))
+        elif writing is not None:
             c.writing = writing
 
     def _add_folder(self, folder: Path) -> None:
