@@ -127,6 +127,7 @@ def latency(args: argparse.Namespace, work: Path, model: tuple[str, str], vocab:
             return len(written) >= len(landed)
 
         w.wait_for("every file written", all_written)
+        w.wait_for("the last round's line", lambda: sum(r["files"] for r in w.rounds("new")) >= len(landed))
         rounds = w.rounds("new")
         rc = w.stop()
     waits = [written[p] - t for p, t in landed.items()]
