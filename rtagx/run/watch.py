@@ -251,7 +251,10 @@ class Watcher:
             ev.DirMovedEvent,
         ]
         try:
-            self._watches[root] = self._observer.schedule(Handler(), str(root), recursive=True, event_filter=wanted)
+            follow = {"follow_symlink": True} if self.settings.follow_symlinks else {}  # watchdog >= 5
+            self._watches[root] = self._observer.schedule(
+                Handler(), str(root), recursive=True, event_filter=wanted, **follow
+            )
         except OSError as e:
             hint = ""
             if e.errno in (28, 24):  # ENOSPC / EMFILE from inotify
@@ -343,7 +346,10 @@ class Watcher:
         if root is None or self._root_ids.get(root) is None:
             return
         s = self.settings
-        for item in iter_scan([folder], selected_extensions(s), include_hidden=s.include_hidden):
+        found = iter_scan(
+            [folder], selected_extensions(s), include_hidden=s.include_hidden, follow_symlinks=s.follow_symlinks
+        )
+        for item in found:
             if isinstance(item, ScannedFile) and self._wanted(item.path):
                 self._touch(item.path, writing=False)
 
