@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import queue
 import threading
@@ -47,6 +48,21 @@ from rtagx.tags import vocab as vocab_mod
 RETRY_SECONDS = 30.0
 #: A file the platform says is still open for writing is trusted to be complete after this long still.
 OPEN_FOR_WRITING_GRACE = 60.0
+#: watchdog's only word that the kernel dropped events (a huge burst): a warning on this logger.
+OVERFLOW_LOGGER, OVERFLOW_MESSAGE = "watchdog.observers.inotify_c", "Inotify queue overflowed"
+_OVERFLOW = object()  # put in the inbox when events were lost
+
+
+class _OverflowListener(logging.Handler):
+    """Turns watchdog's "events were lost" warning into an inbox item: the roots are caught up."""
+
+    def __init__(self, inbox: queue.SimpleQueue[Any]) -> None:
+        super().__init__(logging.WARNING)
+        self.inbox = inbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(OVERFLOW_MESSAGE):
+            self.inbox.put(_OVERFLOW)
 
 
 @dataclass
@@ -66,7 +82,7 @@ class Round:
     """One call of ``run_tag`` (or one batch of forgotten deletions)."""
 
     number: int
-    kind: str  # catch-up, new, reload, root-back, forget
+    kind: str  # catch-up, new, reload, root-back, overflow, forget
     files: int  # paths handed to run_tag (roots for catch-up kinds), or files forgotten
     summary: RunSummary
     started_at: float  # time.time()
@@ -159,6 +175,7 @@ class Watcher:
         self._reload_at: float | None = None
         self._tracks_close = False
         self._observer: Any = None
+        self._overflow_listener = _OverflowListener(self._inbox)
         self.in_round = False
         self.round_kind = ""
         self.result = WatchResult(RunSummary(dry_run=self.options.dry_run))
@@ -229,6 +246,7 @@ class Watcher:
         for root in self.roots:
             self._root_ids[root] = self._identity(root)
             self._schedule(root)
+        logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow_listener)
         self._observer.start()
 
     def _schedule(self, root: Path) -> None:
@@ -268,6 +286,7 @@ class Watcher:
                 self._observer.unschedule(watch)
 
     def _stop_observer(self) -> None:
+        logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow_listener)
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -279,7 +298,11 @@ class Watcher:
         except queue.Empty:
             return
         while True:
-            if event is not None:
+            if event is _OVERFLOW:
+                if not self._catch_up:
+                    self.events.message("file-system events were lost (a very large burst); catching up")
+                self._catch_up.update((root, "overflow") for root in self.roots if root not in self._catch_up)
+            elif event is not None:
                 self._apply(event)
             try:
                 event = self._inbox.get_nowait()
