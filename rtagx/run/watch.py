@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,21 @@ from rtagx.tags import vocab as vocab_mod
 RETRY_SECONDS = 30.0
 #: A file the platform says is still open for writing is trusted to be complete after this long still.
 OPEN_FOR_WRITING_GRACE = 60.0
+#: watchdog's only word that the kernel dropped events (a huge burst): a warning on this logger.
+OVERFLOW_LOGGER, OVERFLOW_MESSAGE = "watchdog.observers.inotify_c", "Inotify queue overflowed"
+_OVERFLOW = object()  # put in the inbox when events were lost
+
+
+class _OverflowListener(logging.Handler):
+    """Turns watchdog's "events were lost" warning into an inbox item: the roots are caught up."""
+
+    def __init__(self, inbox: queue.SimpleQueue[Any]) -> None:
+        super().__init__(logging.WARNING)
+        self.inbox = inbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(OVERFLOW_MESSAGE):
+            self.inbox.put(_OVERFLOW)
 
 
 @dataclass
@@ -66,7 +82,7 @@ class Round:
     """One call of ``run_tag`` (or one batch of forgotten deletions)."""
 
     number: int
-    kind: str  # catch-up, new, reload, root-back, forget
+    kind: str  # catch-up, new, reload, root-back, overflow, forget
     files: int  # paths handed to run_tag (roots for catch-up kinds), or files forgotten
     summary: RunSummary
     started_at: float  # time.time()
@@ -159,6 +175,7 @@ class Watcher:
         self._reload_at: float | None = None
         self._tracks_close = False
         self._observer: Any = None
+        self._overflow_listener = _OverflowListener(self._inbox)
         self.in_round = False
         self.round_kind = ""
         self.result = WatchResult(RunSummary(dry_run=self.options.dry_run))
@@ -185,6 +202,8 @@ class Watcher:
             self._run_catch_up(first=True)
             while not self._stopping:
                 self._step()
+            if self._gone_files or self._gone_dirs:
+                self._forget()  # deletions seen before the stop request
         except KeyboardInterrupt:  # a second Ctrl-C: run_tag already kept every finished batch
             self.result.total.interrupted = True
         finally:
@@ -227,6 +246,7 @@ class Watcher:
         for root in self.roots:
             self._root_ids[root] = self._identity(root)
             self._schedule(root)
+        logging.getLogger(OVERFLOW_LOGGER).addHandler(self._overflow_listener)
         self._observer.start()
 
     def _schedule(self, root: Path) -> None:
@@ -249,7 +269,10 @@ class Watcher:
             ev.DirMovedEvent,
         ]
         try:
-            self._watches[root] = self._observer.schedule(Handler(), str(root), recursive=True, event_filter=wanted)
+            follow = {"follow_symlink": True} if self.settings.follow_symlinks else {}  # watchdog >= 5
+            self._watches[root] = self._observer.schedule(
+                Handler(), str(root), recursive=True, event_filter=wanted, **follow
+            )
         except OSError as e:
             hint = ""
             if e.errno in (28, 24):  # ENOSPC / EMFILE from inotify
@@ -263,6 +286,7 @@ class Watcher:
                 self._observer.unschedule(watch)
 
     def _stop_observer(self) -> None:
+        logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow_listener)
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -274,7 +298,11 @@ class Watcher:
         except queue.Empty:
             return
         while True:
-            if event is not None:
+            if event is _OVERFLOW:
+                if not self._catch_up:
+                    self.events.message("file-system events were lost (a very large burst); catching up")
+                self._catch_up.update((root, "overflow") for root in self.roots if root not in self._catch_up)
+            elif event is not None:
                 self._apply(event)
             try:
                 event = self._inbox.get_nowait()
@@ -297,8 +325,10 @@ class Watcher:
             self._note_gone(src, folder=False)
         if kind == "moved" and dest is not None:
             self._touch(dest, writing=False)
-        elif kind in ("created", "modified") and src is not None:
-            self._touch(src, writing=self._tracks_close)
+        elif kind == "created" and src is not None:
+            self._touch(src, writing=None)  # a hard link or an empty file gets no "closed" event
+        elif kind == "modified" and src is not None:
+            self._touch(src, writing=self._tracks_close or None)  # written to: wait for "closed"
         elif kind == "closed" and src is not None:
             self._touch(src, writing=False)
 
@@ -316,15 +346,21 @@ class Watcher:
         s = self.settings
         return scan_would_yield(path, root, selected_extensions(s), exclude=s.exclude, include_hidden=s.include_hidden)
 
-    def _touch(self, path: Path, *, writing: bool) -> None:
+    def _touch(self, path: Path, *, writing: bool | None) -> None:
+        """Make ``path`` a candidate (again). ``writing``: True while its writer has it open, False
+        once closed, None when the event does not say."""
         if not self._wanted(path):
             return
         self._ready.pop(path, None)
         self._gone_files.discard(path)
         c = self._pending.get(path)
-        if c is None:
-            self._pending[path] = _Candidate(None, time.monotonic(), writing)
-        else:
+        if c is None:  # its state now: it is ready ``settle`` seconds from here if nothing moves
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            self._pending[path] = _Candidate((st.st_size, st.st_mtime_ns), time.monotonic(), bool(writing))
+        elif writing is not None:
             c.writing = writing
 
     def _add_folder(self, folder: Path) -> None:
@@ -333,7 +369,10 @@ class Watcher:
         if root is None or self._root_ids.get(root) is None:
             return
         s = self.settings
-        for item in iter_scan([folder], selected_extensions(s), include_hidden=s.include_hidden):
+        found = iter_scan(
+            [folder], selected_extensions(s), include_hidden=s.include_hidden, follow_symlinks=s.follow_symlinks
+        )
+        for item in found:
             if isinstance(item, ScannedFile) and self._wanted(item.path):
                 self._touch(item.path, writing=False)
 
@@ -454,10 +493,12 @@ class Watcher:
                 self._catch_up.pop(r, None)
 
     def _run_new(self) -> None:
-        batch = list(self._ready)[: self.options.round_files]
-        for p in batch:
-            del self._ready[p]
-        batch = self._drop_own_writes([p for p in batch if os.path.exists(p)])
+        batch: list[Path] = []
+        while self._ready and len(batch) < self.options.round_files:  # after a catch-up most are its own writes
+            take = list(self._ready)[: self.options.round_files - len(batch)]
+            for p in take:
+                del self._ready[p]
+            batch += self._drop_own_writes([p for p in take if os.path.exists(p)])
         if not batch:
             return
         try:
@@ -479,10 +520,13 @@ class Watcher:
         self._gone_dirs.clear()
         try:
             store = open_locked(self._round_settings(), self.events)
-        except LockBusyError:
+        except RtagxError as e:  # busy: in a second; a broken cache: reported, tried again later
             self._gone_files |= files
             self._gone_dirs |= folders
-            self._retry_at = time.monotonic() + 1.0
+            if isinstance(e, LockBusyError):
+                self._retry_at = time.monotonic() + 1.0
+            else:
+                self._postpone("forget", e)
             return
         try:
             keys = {path_key(p) for p in files}
@@ -514,10 +558,12 @@ class Watcher:
     def _check_roots(self) -> None:
         """A root that vanished (unmounted, deleted) is unwatched; when it is back (a new device or
         inode: also a disk mounted over an empty mount point) it is watched again and caught up."""
+        alive = {e.watch for e in list(self._observer.emitters) if e.is_alive()}
         for root in self.roots:
             now_id, was_id = self._identity(root), self._root_ids.get(root)
-            if now_id == was_id:
+            if now_id == was_id and (now_id is None or self._watches.get(root) in alive):
                 continue
+            restarted = now_id == was_id  # its event thread died (an error in the backend)
             self._unschedule(root)
             self._root_ids[root] = now_id
             for p in [p for p in self._pending if root in p.parents]:
@@ -531,7 +577,11 @@ class Watcher:
                 self._root_ids[root] = None
                 self.events.message(str(e))
                 continue
-            self.events.message(f"{root} is back; catching up")
+            self.events.message(
+                f"the watch on {root} stopped; watching again and catching up"
+                if restarted
+                else f"{root} is back; catching up"
+            )
             self._catch_up[root] = "root-back"
 
     def _settings_files(self) -> list[Path]:
@@ -590,7 +640,13 @@ def watch(
     :meth:`Watcher.stop` is called."""
     watcher = Watcher(paths, settings, options=options, events=events, on_round=on_round, config_path=config_path)
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), watcher.stop()), daemon=True).start()
+        event = stop
+
+        def stop_when_set() -> None:
+            event.wait()
+            watcher.stop()
+
+        threading.Thread(target=stop_when_set, daemon=True).start()
     return watcher.run()
 
 
@@ -624,7 +680,7 @@ def service_command(argv0: str, args: Sequence[str], paths: Sequence[Path], pyth
     return program + out
 
 
-def service_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+def service_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in sorted(environ.items()) if k.startswith("RTAGX_") or k in SERVICE_ENVIRONMENT}
 
 
