@@ -1507,3 +1507,43 @@ def watch_cmd(
 
 # Every option of `tag` (one source: its own parameter list), then the watcher's own.
 watch_cmd.params[1:1] = [p for p in tag.params if not isinstance(p, click.Argument)]
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port on 127.0.0.1. [default: a free one]")
+@click.option("--no-browser", is_flag=True, help="Print the address; do not open a browser.")
+@click.option("--tags", "-t", default=None, help="Vocabulary to review with. [default: the one PATHS were tagged with]")
+@click.option("--threshold", type=float, default=None, help="Threshold to review at. [default: as tagged]")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def review(
+    ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, **options: Any
+) -> None:  # pragma: no cover - serves until Ctrl-C; tests drive ReviewServer directly
+    """Look at the tags on photos in the browser and accept or reject them (a local web app).
+
+    Serves on 127.0.0.1 only, with a random token in the address it prints. With no PATHS, every
+    folder `tag` has processed. Needs `pip install 'rtagx[review]'`.
+    """
+    try:
+        from rtagx.review.app import ReviewServer
+    except ImportError as e:
+        raise UsageError(f"rtagx review needs {e.name}: pip install 'rtagx[review]'") from None
+    from rtagx.review.library import ReviewLibrary
+    from rtagx.run.retag import known_roots
+    from rtagx.settings import load_settings
+
+    overrides = _overrides(**options)
+    roots = list(paths) or sorted(known_roots(load_settings(overrides, config_path=ctx.config)))
+    if not roots:
+        raise UsageError("nothing to review: no tagged folders in the cache yet (run `rtagx tag PATH` first)")
+    library = ReviewLibrary(roots, overrides, config_path=ctx.config)
+    server = ReviewServer(library, port)
+    click.echo(f"rtagx review: {len(library.photos)} photos at {server.url}  (Ctrl-C stops)", err=True)
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    server.serve_forever()

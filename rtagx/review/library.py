@@ -1,0 +1,410 @@
+"""The data side of ``rtagx review``: everything the pages show and every change they make.
+
+At start it loads the cached vectors of every file under the reviewed roots (no image is decoded)
+with the settings the deepest root was tagged with. A tag's grid is one matrix-vector product over
+those vectors, sorted once and memoized, so paging is a slice. Only files in the cache under the
+reviewed roots can be named: :meth:`ReviewLibrary.photo_for` refuses anything else (``..``, a
+symlink out of the root, any other absolute path).
+
+Decisions (accept / reject a tag on a photo) go into the cache keyed by content; the file is then
+rewritten by ``retag`` on that file alone, so the write goes through the same scoring hook, atomic
+keyword writer and cache lock as any run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtagx.analysis.evaluate import Explanation, explain_scores
+from rtagx.cache.store import WriterLock, key_path, open_store, path_key
+from rtagx.errors import CacheError, UsageError
+from rtagx.run.common import check_paths, load_vocabulary_for
+from rtagx.run.events import FileOutcome, RunEvents, RunSummary
+from rtagx.run.retag import group_by_root, run_retag
+from rtagx.run.tagger import scoring_options
+from rtagx.settings import Settings, load_settings
+from rtagx.tags import scoring
+from rtagx.tags.reviews import ACCEPTED, REJECTED
+
+PAGE_SIZE = 60
+THUMB_SIZES = (256, 768)
+THUMB_BUDGET = 256 << 20  # bytes of thumbnails kept on disk; the oldest go first
+
+
+class OutsideRoots(UsageError):
+    """A path that is not a cached photo under the reviewed roots."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    content_id: int
+    fingerprint: str
+    row: int  # row in the vector matrix
+
+
+@dataclass
+class GridItem:
+    photo: Photo
+    score: float
+    written: bool  # the tag is among the keywords rtagx wrote into the file
+    decision: int  # +1 accepted, -1 rejected, 0 none
+
+
+@dataclass
+class TagGrid:
+    tag: str
+    threshold: float
+    total: int
+    above: int  # photos scoring at or above the threshold
+    page: int
+    pages: int
+    items: list[GridItem] = field(default_factory=list)
+
+
+@dataclass
+class PhotoView:
+    photo: Photo
+    explanation: Explanation
+    written: list[str]
+    decisions: dict[str, int]
+
+
+@dataclass
+class FolderView:
+    folder: Path
+    subfolders: list[tuple[Path, int]]
+    photos: list[tuple[Photo, list[str]]]
+    total: int
+    page: int
+    pages: int
+
+
+class ReviewLibrary:
+    """The reviewed roots' cached photos, scored with the settings their root was tagged with."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        overrides: dict[str, Any] | None = None,
+        *,
+        config_path: Path | None = None,
+        thumbs_dir: Path | None = None,
+        thumb_budget: int = THUMB_BUDGET,
+    ) -> None:
+        self.overrides = dict(overrides or {})
+        self.config_path = config_path
+        self.roots = check_paths(paths)
+        self.real_roots = [Path(os.path.realpath(r)) for r in self.roots]
+        base = load_settings(self.overrides, config_path=config_path)
+        self.cache = base.cache_path()
+        if not self.cache.exists():
+            raise UsageError(f"no cache at {self.cache}: run `rtagx tag PATH` first")
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._scores: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.thumbs_dir = thumbs_dir or self.cache.parent / (self.cache.name + ".thumbs")
+        self.thumb_budget = thumb_budget
+        self._thumb_bytes: int | None = None
+        self.load()
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> None:
+        with open_store(self.cache, readonly=True) as store:
+            roots = store.roots()
+            groups = group_by_root(store, self.roots, roots, strict=True)
+            remembered = next(iter(groups.values()))[0] if groups else {}
+            self.settings: Settings = load_settings(self.overrides, config_path=self.config_path, base=remembered)
+            self.vocab = load_vocabulary_for(self.settings)
+            model_key = remembered.get("model_key")
+            model_id = store.find_model(model_key) if model_key else None
+            if model_id is None:
+                raise CacheError(f"no model recorded for {self.roots[0]}: run `rtagx tag` on it first")
+            info = store.model_info(model_id)
+            self.model_id = model_id
+            self.model_name = str(info.get("name") or "")
+            self.logit_scale, self.logit_bias = info.get("logit_scale"), info.get("logit_bias")
+            self.probabilities = self.logit_bias is not None or scoring.is_probability_model(self.model_name)
+            prompts = self.vocab.all_prompts()
+            cached = store.text_vectors(model_id, prompts)
+            missing = [p for p in prompts if p not in cached]
+            if missing:
+                raise CacheError(f"{len(missing)} prompt vectors are not cached: run `rtagx retag` once first")
+            self.tag_matrix = scoring.build_tag_matrix(self.vocab, cached)
+            records = {}
+            for _, (_, recs) in groups.items():
+                records.update(recs)
+            have = store.contents_with_vectors(model_id, [r.content_id for r in records.values()])
+            # a cached file whose real path leaves the roots (a symlink out) is neither listed nor served
+            keys = sorted(k for k, r in records.items() if r.content_id in have and self.inside_roots(key_path(k)))
+            dim = int(self.tag_matrix.shape[1])
+            content_ids = [records[k].content_id for k in keys]
+            self.vectors = np.asarray(store.vectors(model_id, content_ids, dim), dtype=np.float32)
+        self.photos = [Photo(key_path(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)]
+        self.by_path = {str(p.path): p for p in self.photos}
+        self.options = scoring_options(self.settings)
+        self.thresholds = scoring.tag_thresholds(self.vocab, self.options, self.model_name, self.probabilities)
+        self.tag_index = {t.keyword.casefold(): i for i, t in enumerate(self.vocab.tags)}
+        with self._lock:
+            self._scores.clear()
+
+    # -- the only way from a name in a request to a file ---------------------------------------
+    def photo_for(self, raw: str) -> Photo:
+        """The cached photo ``raw`` names, or :class:`OutsideRoots`. Only exact paths of cached files
+        under the reviewed roots are accepted, and only when their real path (symlinks resolved) is
+        still inside a reviewed root."""
+        if not raw or "\x00" in raw or ".." in Path(raw).parts or not os.path.isabs(raw):
+            raise OutsideRoots(f"not a reviewed photo: {raw!r}")
+        photo = self.by_path.get(os.path.normpath(raw))
+        if photo is None or not self.inside_roots(photo.path):
+            raise OutsideRoots(f"not a reviewed photo: {raw!r}")
+        return photo
+
+    def inside_roots(self, path: Path) -> bool:
+        real = Path(os.path.realpath(path))
+        return any(real == r or r in real.parents for r in self.real_roots)
+
+    def folder_for(self, raw: str) -> Path:
+        if not raw or "\x00" in raw or ".." in Path(raw).parts or not os.path.isabs(raw):
+            raise OutsideRoots(f"not a reviewed folder: {raw!r}")
+        folder = Path(os.path.normpath(raw))
+        if not any(folder == r or r in folder.parents for r in self.roots) or not self.inside_roots(folder):
+            raise OutsideRoots(f"not a reviewed folder: {raw!r}")
+        return folder
+
+    def tag_for(self, name: str) -> int:
+        i = self.tag_index.get(name.casefold())
+        if i is None:
+            raise UsageError(f"not a tag of the vocabulary: {name!r}")
+        return i
+
+    # -- scores ---------------------------------------------------------------------------------
+    def _tag_scores(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores of every photo for tag ``i``, photo rows best first), memoized for a few tags."""
+        with self._lock:
+            hit = self._scores.get(i)
+            if hit is not None:
+                self._scores.move_to_end(i)
+                return hit
+        s = scoring.score_images(
+            self.vectors, self.tag_matrix[i : i + 1], logit_scale=self.logit_scale, logit_bias=self.logit_bias
+        )[:, 0]
+        order = np.argsort(-s, kind="stable")
+        with self._lock:
+            self._scores[i] = (s, order)
+            while len(self._scores) > 16:
+                self._scores.popitem(last=False)
+        return s, order
+
+    def photo_scores(self, photo: Photo) -> np.ndarray:
+        return scoring.score_images(
+            self.vectors[photo.row : photo.row + 1],
+            self.tag_matrix,
+            logit_scale=self.logit_scale,
+            logit_bias=self.logit_bias,
+        )[0]
+
+    def _written(self, photos: Sequence[Photo]) -> dict[bytes, list[str]]:
+        with open_store(self.cache, readonly=True) as store:
+            recs = store.written(path_key(p.path) for p in photos)
+        return {k: list(r.keywords) for k, r in recs.items()}
+
+    def _decisions(self, photos: Sequence[Photo]) -> dict[int, dict[str, int]]:
+        with open_store(self.cache, readonly=True) as store:
+            found = store.reviews_for(p.content_id for p in photos)
+        return {cid: {t.casefold(): d for t, d in ds.items()} for cid, ds in found.items()}
+
+    # -- views ----------------------------------------------------------------------------------
+    def tag_summary(self) -> list[tuple[str, int, float]]:
+        """(tag, photos at or above its threshold, threshold) per tag, most photos first."""
+        if not len(self.photos):
+            return [(t.keyword, 0, float(self.thresholds[i])) for i, t in enumerate(self.vocab.tags)]
+        s = scoring.score_images(
+            self.vectors, self.tag_matrix, logit_scale=self.logit_scale, logit_bias=self.logit_bias
+        )
+        counts = (s >= self.thresholds[None, :]).sum(axis=0)
+        out = [(t.keyword, int(counts[i]), float(self.thresholds[i])) for i, t in enumerate(self.vocab.tags)]
+        return sorted(out, key=lambda t: (-t[1], t[0]))
+
+    def tag_grid(self, name: str, page: int = 0, per_page: int = PAGE_SIZE) -> TagGrid:
+        i = self.tag_for(name)
+        keyword = self.vocab.tags[i].keyword
+        s, order = self._tag_scores(i)
+        threshold = float(self.thresholds[i])
+        total = len(order)
+        pages = max(1, -(-total // per_page))
+        page = min(max(page, 0), pages - 1)
+        rows = order[page * per_page : (page + 1) * per_page]
+        photos = [self.photos[int(r)] for r in rows]
+        written = self._written(photos)
+        decisions = self._decisions(photos)
+        items = [
+            GridItem(
+                p,
+                float(s[p.row]),
+                keyword.casefold() in {k.casefold() for k in written.get(path_key(p.path), [])},
+                decisions.get(p.content_id, {}).get(keyword.casefold(), 0),
+            )
+            for p in photos
+        ]
+        return TagGrid(keyword, threshold, total, int((s >= threshold).sum()), page, pages, items)
+
+    def photo_view(self, photo: Photo) -> PhotoView:
+        scores = self.photo_scores(photo)
+        explanation = explain_scores(
+            scores,
+            self.vocab,
+            self.options,
+            model_name=self.model_name,
+            probabilities=self.probabilities,
+            top=len(scores),
+        )
+        written = self._written([photo]).get(path_key(photo.path), [])
+        return PhotoView(photo, explanation, written, self._decisions([photo]).get(photo.content_id, {}))
+
+    def folder_view(self, folder: Path, page: int = 0, per_page: int = PAGE_SIZE) -> FolderView:
+        prefix = str(folder).rstrip("/") + "/"
+        subs: dict[Path, int] = {}
+        here: list[Photo] = []
+        for p in self.photos:
+            s = str(p.path)
+            if not s.startswith(prefix):
+                continue
+            rest = s[len(prefix) :]
+            if "/" in rest:
+                sub = folder / rest.split("/", 1)[0]
+                subs[sub] = subs.get(sub, 0) + 1
+            else:
+                here.append(p)
+        pages = max(1, -(-len(here) // per_page))
+        page = min(max(page, 0), pages - 1)
+        shown = here[page * per_page : (page + 1) * per_page]
+        written = self._written(shown)
+        return FolderView(
+            folder,
+            sorted(subs.items()),
+            [(p, written.get(path_key(p.path), [])) for p in shown],
+            len(here),
+            page,
+            pages,
+        )
+
+    # -- changes --------------------------------------------------------------------------------
+    def decide(self, photos: Sequence[Photo], tag: str, decision: int) -> list[FileOutcome]:
+        """Record a decision (+1 accept, -1 reject, 0 forget) on ``tag`` for ``photos`` in the cache,
+        then rewrite their keywords with ``retag`` (scoring hook, atomic writer, cache lock)."""
+        i = self.tag_for(tag)
+        keyword = self.vocab.tags[i].keyword
+        if decision not in (ACCEPTED, REJECTED, 0):
+            raise UsageError(f"decision must be 1, -1 or 0, not {decision}")
+        with self._write_lock:
+            lock = WriterLock(self.cache)
+            lock.acquire(wait=True, timeout=60)
+            try:
+                with open_store(self.cache) as store:
+                    rows = [
+                        (p.content_id, keyword, decision, self.model_id, float(self.photo_scores(p)[i])) for p in photos
+                    ]
+                    store.put_reviews(rows)
+            finally:
+                lock.release()
+            return self._retag([p.path for p in photos], dry_run=False)
+
+    def plan(self) -> list[FileOutcome]:
+        """What the next ``retag`` of the reviewed roots would change (nothing is written)."""
+        return [o for o in self._retag(self.roots, dry_run=True) if o.action != "unchanged"]
+
+    def apply(self) -> list[FileOutcome]:
+        with self._write_lock:
+            return [o for o in self._retag(self.roots, dry_run=False) if o.action != "unchanged"]
+
+    def _retag(self, paths: Sequence[Path], *, dry_run: bool) -> list[FileOutcome]:
+        outcomes: list[FileOutcome] = []
+        events = RunEvents(on_file=outcomes.append)
+        summary: RunSummary = run_retag(
+            list(paths), self.overrides, dry_run=dry_run, events=events, config_path=self.config_path
+        )
+        del summary
+        with self._lock:
+            self._scores.clear()
+        return outcomes
+
+    # -- thumbnails -----------------------------------------------------------------------------
+    def thumbnail(self, photo: Photo, size: int) -> bytes | None:
+        """A JPEG of the photo fitted into ``size`` pixels (draft-mode decode), cached on disk by
+        content; None when the file cannot be decoded."""
+        size = min(THUMB_SIZES, key=lambda s: abs(s - size))
+        name = f"{photo.fingerprint.replace('/', '_')[:64]}-{size}.jpg"
+        cached = self.thumbs_dir / name
+        try:
+            data = cached.read_bytes()
+            os.utime(cached)  # recently used: evicted last
+            return data
+        except OSError:
+            pass
+        from PIL import Image
+
+        from rtagx.imaging.decode import PreprocessSpec, decode_for_model
+
+        spec = PreprocessSpec(
+            size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize_mode="longest", fill_color=13
+        )
+        try:
+            pixels = decode_for_model(photo.path, spec)
+        except Exception:  # an unreadable file gets a placeholder; the page still lists it
+            return None
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=82)
+        data = buf.getvalue()
+        self._keep_thumbnail(cached, data)
+        return data
+
+    def _keep_thumbnail(self, target: Path, data: bytes) -> None:
+        try:
+            self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError:
+            return
+        with self._lock:
+            if self._thumb_bytes is None:
+                self._thumb_bytes = thumbnail_bytes(self.thumbs_dir)
+            else:
+                self._thumb_bytes += len(data)
+            if self._thumb_bytes > self.thumb_budget:
+                self._thumb_bytes = prune_thumbnails(self.thumbs_dir, int(self.thumb_budget * 0.8))
+
+
+def thumbnail_bytes(folder: Path) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
+    except OSError:
+        return 0
+
+
+def prune_thumbnails(folder: Path, keep_bytes: int = 0) -> int:
+    """Delete the least recently used thumbnails until at most ``keep_bytes`` remain; the bytes left."""
+    try:
+        entries = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return 0
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= keep_bytes:
+            break
+        try:
+            os.unlink(path)
+            total -= size
+        except OSError:
+            pass
+    return total
