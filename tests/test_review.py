@@ -229,3 +229,160 @@ def test_grid_pages_are_sorted_by_score_with_the_threshold_line(server, tagged):
     for name in NAMES[:3]:
         assert small.thumbnail(small.photo_for(str(tagged["photos"] / name)), 256)
     assert len(list((tagged["tmp"] / "t").iterdir())) <= 1
+
+
+# -- the whole loop in headless Chromium -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download: the system one)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def card(page, path: Path):
+    return page.locator(f'.card[data-path="{path}"]')
+
+
+def images_shown(page) -> list[list]:
+    return page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src])")
+
+
+def test_browse_reject_accept_and_apply_in_chromium(tagged, browser, tmp_path):
+    photos, cache = tagged["photos"], tagged["cache"]
+    canon, nikon, pentax = photos / "Canon_40D.jpg", photos / "Nikon_D70.jpg", photos / "Pentax_K10D.jpg"
+    rejected = keywords(canon)[0]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    server = start(tagged)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(server.url)
+        page.screenshot(path=shots / "1-tags.png")
+        page.click(f'a:text-is("{rejected}")')
+        page.wait_for_load_state("load")
+        assert page.locator("#threshold-line").is_visible()
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert len(images_shown(page)) == 4
+        scores = [float(s) for s in page.locator(".card[data-path]").evaluate_all("cs => cs.map(c => c.dataset.score)")]
+        assert scores == sorted(scores, reverse=True)
+        page.screenshot(path=shots / "2-tag-grid.png", full_page=True)
+
+        # reject with the button: the keyword leaves the file
+        card(page, canon).locator("button[data-decision='-1']").click()
+        page.wait_for_function(
+            f"() => document.querySelector('.card[data-path=\"{canon}\"]').dataset.decision === '-1'"
+        )
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('done')")
+        assert rejected not in keywords(canon)
+        assert card(page, canon).get_attribute("data-written") == "0"
+
+        # accept a selection with the keyboard, on the grid of a tag neither photo has yet
+        others = [nikon, pentax]
+        chosen_tag = next(t for t in ["dog", "cat", "car", "beach"] if all(t not in keywords(p) for p in others))
+        page.goto(f"{server.origin}/tag?{q(name=chosen_tag, token=server.token)}")
+        for p in others:
+            card(page, p).locator("input.pick").check()
+        page.keyboard.press("a")
+        for p in others:
+            page.wait_for_function(f"() => document.querySelector('.card[data-path=\"{p}\"]').dataset.decision === '1'")
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('done')")
+        for p in others:
+            assert chosen_tag in keywords(p)
+            assert card(page, p).get_attribute("data-written") == "1"
+        assert card(page, canon).get_attribute("data-decision") == "0"  # not selected: untouched
+        page.screenshot(path=shots / "3-decided.png", full_page=True)
+
+        # the photo view: every candidate tag with its score and cuts; add a tag from the vocabulary
+        page.goto(f"{server.origin}/photo?{q(path=nikon, token=server.token)}")
+        assert page.locator("tr.card").count() == 4
+        missing = next(t for t in ["dog", "cat", "car", "beach"] if t not in keywords(nikon))
+        page.select_option("#add-tag-name", missing)
+        with page.expect_navigation():
+            page.click("#add-tag")
+        assert missing in keywords(nikon)
+        assert page.locator(f'tr.card[data-tag="{missing}"]').get_attribute("data-decision") == "1"
+        page.screenshot(path=shots / "4-photo.png", full_page=True)
+
+        # the folder view lists the subfolder and its photos
+        page.goto(f"{server.origin}/folder?{q(path=photos, token=server.token)}")
+        assert page.locator('a:text-is("sub/")').count() == 1
+    finally:
+        server.stop()
+
+    # a retag that would select every tag does not bring the rejected one back
+    code, out = rtagx("retag", str(photos), "--cache", str(cache), "--threshold", "-1", "--top-k", "0", "--yes", "-q")
+    assert code == 0, out
+    assert rejected not in keywords(canon) and len(keywords(canon)) == 3
+
+    # the dry run of the next retag at a higher threshold, applied from the page
+    server = start(tagged, threshold=0.99)
+    try:
+        page.goto(f"{server.origin}/plan?{q(token=server.token)}")
+        planned = page.locator("tr[data-plan-path]").evaluate_all("rs => rs.map(r => r.dataset.planPath)")
+        assert str(canon) in planned and str(nikon) in planned
+        assert keywords(canon) != []  # a dry run writes nothing
+        page.screenshot(path=shots / "5-plan.png", full_page=True)
+        page.click("#apply")
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('applied')")
+    finally:
+        server.stop()
+        page.close()
+    assert keywords(canon) == []  # nothing accepted there: every tag dropped at 0.99
+    assert sorted(keywords(nikon)) == sorted([chosen_tag, missing])  # accepted ones stay at 0.99
+
+
+def test_foreign_pages_and_bad_addresses_are_refused_in_chromium(tagged, browser, tmp_path):
+    photos = tagged["photos"]
+    canon = photos / "Canon_40D.jpg"
+    before = keywords(canon)
+    server = start(tagged)
+    page = browser.new_page()
+    try:
+        # no token, a wrong token, a path out of the root: refused pages
+        for target, status in [
+            ("/", 403),
+            ("/?token=nope", 403),
+            (f"/thumb?{q(path=f'{photos}/../secret.txt', token=server.token)}", 404),
+            (f"/photo?{q(path=tagged['outside'] / 'private.jpg', token=server.token)}", 404),
+        ]:
+            response = page.goto(server.origin + target)
+            assert response is not None and response.status == status, target
+            assert "not for the browser" not in page.content()
+        # a page on another origin that knows the token still cannot change anything
+        page.route(
+            "http://evil.test/**",
+            lambda route: route.fulfill(status=200, content_type="text/html", body="<html><body>evil</body></html>"),
+        )
+        page.goto("http://evil.test/")
+        outcome = page.evaluate(
+            """async ([origin, token, path, tag]) => {
+                const out = [];
+                const body = JSON.stringify({paths: [path], tag: tag, decision: -1});
+                try {
+                  const r = await fetch(origin + "/api/decide", {method: "POST", body,
+                      headers: {"Content-Type": "application/json", "X-Rtagx-Token": token}});
+                  out.push(r.status);
+                } catch (e) { out.push("blocked"); }
+                try {
+                  const r = await fetch(origin + "/api/decide?token=" + token, {method: "POST", mode: "no-cors", body,
+                      headers: {"Content-Type": "text/plain"}});
+                  out.push(r.type);
+                } catch (e) { out.push("blocked"); }
+                return out;
+            }""",
+            [server.origin, server.token, str(canon), before[0]],
+        )
+        assert outcome[0] == "blocked"  # the preflight is refused, so the request is never sent
+        page.screenshot(path=tmp_path / "foreign.png")
+    finally:
+        server.stop()
+        page.close()
+    assert keywords(canon) == before
