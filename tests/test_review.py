@@ -130,6 +130,30 @@ def test_a_rejected_tag_is_never_written_again_and_an_accepted_one_stays(tagged)
     assert len(keywords(photos / "sub" / "renamed.jpg")) == 3
 
 
+def test_calibrate_from_reviews_fits_thresholds_on_the_decisions(tagged):
+    photos, cache = tagged["photos"], tagged["cache"]
+    library = ReviewLibrary([photos], {"cache": str(cache)})
+    grid = library.tag_grid("cat")
+    ranked = [i.photo for i in grid.items]  # best first
+    scores = [i.score for i in grid.items]
+    library.decide(ranked[:2], "cat", 1)
+    library.decide(ranked[2:], "cat", -1)
+    out = tagged["tmp"] / "calibrated.txt"
+    code, text = rtagx("calibrate", "--from-reviews", "--min-support", "3", "-o", str(out), "--cache", str(cache))
+    assert code == 0, text
+    line = next(x for x in text.splitlines() if x.strip().startswith("cat "))
+    # at the old threshold (-1: every tag) precision was 0.5; the fitted one separates the decisions
+    assert "precision 0.50 -> 1.00" in line and "recall 1.00 -> 1.00" in line, line
+    assert line.rstrip().endswith("(2 accepted, 2 rejected)"), line
+    from rtagx.tags.vocab import load_vocabulary
+
+    fitted = {t.keyword: t.threshold for t in load_vocabulary(str(out)).tags}
+    assert fitted["cat"] is not None and scores[2] < fitted["cat"] <= scores[1]
+    assert fitted["dog"] is None  # no decisions: unchanged
+    code, text = rtagx("calibrate", "--from-reviews", "-o", str(out), "--cache", str(tagged["tmp"] / "none.sqlite3"))
+    assert code != 0
+
+
 # -- the local service over plain HTTP ----------------------------------------------------------
 
 

@@ -837,7 +837,12 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Fit on the accept/reject decisions made in `rtagx review` (kept in the cache) instead of DIRECTORY.",
+)
 @click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -865,9 +870,21 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
 @click.pass_obj
 @handle_errors
 def calibrate(
-    ctx: Context, directory: Path, labels: Path | None, output: Path, min_support: int, **options: Any
+    ctx: Context,
+    directory: Path | None,
+    from_reviews: bool,
+    labels: Path | None,
+    output: Path,
+    min_support: int,
+    **options: Any,
 ) -> None:
-    """Fit per-tag thresholds that maximize F1 on labelled photos; write them as a vocabulary file."""
+    """Fit per-tag thresholds that maximize F1 on labelled photos (DIRECTORY) or on the decisions made
+    in `rtagx review` (--from-reviews); write them as a vocabulary file."""
+    if from_reviews:
+        _calibrate_from_reviews(ctx, output, min_support, options)
+        return
+    if directory is None:
+        raise UsageError("give DIRECTORY of labelled photos, or --from-reviews")
     from rtagx.analysis.evaluate import calibrate as fit
 
     scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
@@ -1547,3 +1564,26 @@ def review(
 
         webbrowser.open(server.url)
     server.serve_forever()
+
+
+def _calibrate_from_reviews(ctx: Context, output: Path, min_support: int, options: dict[str, Any]) -> None:
+    from rtagx.analysis.analyze import write_text_atomically
+    from rtagx.review.calibrate import calibrate_from_reviews
+
+    settings = _analysis_settings(ctx, options)
+    result = calibrate_from_reviews(
+        settings.cache_path(), _overrides(**options), config_path=ctx.config, min_support=min_support
+    )
+    write_text_atomically(output, result.to_text())
+    click.echo(
+        f"{len(result.tags)} tags calibrated on {result.decisions} review decisions, {len(result.skipped)} kept "
+        f"their threshold (fewer than {min_support} decisions, or all of one kind); wrote {output}"
+    )
+    for t in result.tags:
+        click.echo(
+            f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
+            f"precision {t.previous_precision:.2f} -> {t.precision:.2f}  recall {t.previous_recall:.2f} -> "
+            f"{t.recall:.2f}  ({t.accepted} accepted, {t.rejected} rejected)"
+        )
+    for keyword, accepted, rejected in result.skipped:
+        click.echo(f"  {keyword[:32]:<32} kept its threshold ({accepted} accepted, {rejected} rejected)")
