@@ -84,9 +84,10 @@ class Pages:
         )
 
     # -- views ----------------------------------------------------------------------------------
-    def index(self, tags: Sequence[tuple[str, int, float]], photos: int, roots: Sequence[Path]) -> str:
+    def index(self, tags: Sequence[tuple[str, int | None, float]], photos: int, roots: Sequence[Path]) -> str:
         rows = "".join(
-            f'<tr><td><a href="{self.url("/tag", name=t)}">{esc(t)}</a></td><td>{n}</td><td>{thr:.4f}</td></tr>'
+            f'<tr><td><a href="{self.url("/tag", name=t)}">{esc(t)}</a></td>'
+            f"<td>{'counting...' if n is None else n}</td><td>{thr:.4f}</td></tr>"
             for t, n, thr in tags
         )
         body = (
