@@ -253,6 +253,10 @@ def test_grid_pages_are_sorted_by_score_with_the_threshold_line(server, tagged):
     for name in NAMES[:3]:
         assert small.thumbnail(small.photo_for(str(tagged["photos"] / name)), 256)
     assert len(list((tagged["tmp"] / "t").iterdir())) <= 1
+    # `cache prune` empties the review thumbnails (made again on demand)
+    code, out = rtagx("cache", "prune", "--cache", str(tagged["cache"]))
+    assert code == 0 and "review thumbnails" in out, out
+    assert not any(library.thumbs_dir.iterdir())
 
 
 # -- the whole loop in headless Chromium -----------------------------------------------------------

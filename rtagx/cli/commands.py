@@ -1004,7 +1004,10 @@ def cache_prune(
     settings = load_settings(_overrides(cache=cache, no_wait=no_wait), config_path=ctx.config)
     counts = prune_cache(settings, keep_models, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
+    click.echo(
+        f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models, "
+        f"{counts.get('thumbnails', 0)} review thumbnails"
+    )
 
 
 @cli.command()

@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from rtagx.analysis.evaluate import Explanation, explain_scores
-from rtagx.cache.store import WriterLock, key_path, open_store, path_key
+from rtagx.cache.store import FileRecord, WriterLock, open_store, path_key
+from rtagx.cache.thumbs import prune_thumbnails, thumbnail_bytes
+from rtagx.cache.thumbs import thumbs_dir as default_thumbs
 from rtagx.errors import CacheError, UsageError
-from rtagx.run.common import check_paths, load_vocabulary_for
+from rtagx.run.common import check_paths, load_vocabulary_for, owning_root
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary
-from rtagx.run.retag import group_by_root, run_retag
+from rtagx.run.retag import run_retag
 from rtagx.run.tagger import scoring_options
 from rtagx.settings import Settings, load_settings
 from rtagx.tags import scoring
@@ -47,10 +49,14 @@ class OutsideRoots(UsageError):
 
 @dataclass(frozen=True)
 class Photo:
-    path: Path
+    name: str  # the path as text (a Path per photo costs seconds on 100k photos)
     content_id: int
     fingerprint: str
     row: int  # row in the vector matrix
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 @dataclass
@@ -113,7 +119,7 @@ class ReviewLibrary:
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._scores: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self.thumbs_dir = thumbs_dir or self.cache.parent / (self.cache.name + ".thumbs")
+        self.thumbs_dir = thumbs_dir or default_thumbs(self.cache)
         self.thumb_budget = thumb_budget
         self._thumb_bytes: int | None = None
         self.load()
@@ -122,8 +128,11 @@ class ReviewLibrary:
     def load(self) -> None:
         with open_store(self.cache, readonly=True) as store:
             roots = store.roots()
-            groups = group_by_root(store, self.roots, roots, strict=True)
-            remembered = next(iter(groups.values()))[0] if groups else {}
+            owner = owning_root(self.roots[0], roots)
+            if owner is None:  # a folder holding tagged folders: the settings of the first one inside
+                inside = [(r, st) for r, st, _ in roots if self.roots[0] in r.parents]
+                owner = inside[0] if inside else None
+            remembered = owner[1] if owner else {}
             self.settings: Settings = load_settings(self.overrides, config_path=self.config_path, base=remembered)
             self.vocab = load_vocabulary_for(self.settings)
             model_key = remembered.get("model_key")
@@ -141,21 +150,25 @@ class ReviewLibrary:
             if missing:
                 raise CacheError(f"{len(missing)} prompt vectors are not cached: run `rtagx retag` once first")
             self.tag_matrix = scoring.build_tag_matrix(self.vocab, cached)
-            records = {}
-            for _, (_, recs) in groups.items():
-                records.update(recs)
+            records: dict[bytes, FileRecord] = {}
+            for root in self.roots:
+                records.update(store.files_under(root))
             have = store.contents_with_vectors(model_id, [r.content_id for r in records.values()])
             # a cached file whose real path leaves the roots (a symlink out) is neither listed nor served
-            keys = sorted(k for k, r in records.items() if r.content_id in have and self.inside_roots(key_path(k)))
+            real_dirs: dict[str, bool] = {}
+            keys = sorted(k for k, r in records.items() if r.content_id in have and self._inside_fast(k, real_dirs))
             dim = int(self.tag_matrix.shape[1])
             content_ids = [records[k].content_id for k in keys]
             self.vectors = np.asarray(store.vectors(model_id, content_ids, dim), dtype=np.float32)
-        self.photos = [Photo(key_path(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)]
-        self.by_path = {str(p.path): p for p in self.photos}
+        self.vectors /= np.maximum(np.linalg.norm(self.vectors, axis=1, keepdims=True), 1e-12)  # as score_images
+        self.photos = [
+            Photo(os.fsdecode(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)
+        ]
+        self.by_path = {p.name: p for p in self.photos}
         self.options = scoring_options(self.settings)
         self.thresholds = scoring.tag_thresholds(self.vocab, self.options, self.model_name, self.probabilities)
         self.tag_index = {t.keyword.casefold(): i for i, t in enumerate(self.vocab.tags)}
-        self._sorted_paths = sorted((str(p.path), p.row) for p in self.photos)
+        self._sorted_paths = sorted((p.name, p.row) for p in self.photos)
         self._path_strs = [s for s, _ in self._sorted_paths]
         with self._lock:
             self._scores.clear()
@@ -174,6 +187,15 @@ class ReviewLibrary:
         if photo is None or not self.inside_roots(photo.path):
             raise OutsideRoots(f"not a reviewed photo: {raw!r}")
         return photo
+
+    def _inside_fast(self, key: bytes, real_dirs: dict[str, bool]) -> bool:
+        """:meth:`inside_roots` for many files: each folder resolved once, then one lstat per file."""
+        name = os.fsdecode(key)
+        folder = os.path.dirname(name)
+        ok = real_dirs.get(folder)
+        if ok is None:
+            ok = real_dirs[folder] = self.inside_roots(Path(folder))
+        return ok and (not os.path.islink(name) or self.inside_roots(Path(name)))
 
     def inside_roots(self, path: Path) -> bool:
         real = Path(os.path.realpath(path))
@@ -201,15 +223,21 @@ class ReviewLibrary:
             if hit is not None:
                 self._scores.move_to_end(i)
                 return hit
-        s = scoring.score_images(
-            self.vectors, self.tag_matrix[i : i + 1], logit_scale=self.logit_scale, logit_bias=self.logit_bias
-        )[:, 0]
+        s = self._scores_of(self.vectors, self.tag_matrix[i])
         order = np.argsort(-s, kind="stable")
         with self._lock:
             self._scores[i] = (s, order)
             while len(self._scores) > 16:
                 self._scores.popitem(last=False)
         return s, order
+
+    def _scores_of(self, unit_vectors: np.ndarray, tags: np.ndarray) -> np.ndarray:
+        """:func:`scoring.score_images` on vectors normalized at load (no per-request copy of them)."""
+        cos = unit_vectors @ np.asarray(tags, dtype=np.float32).T
+        if self.logit_bias is None:
+            return np.asarray(cos, dtype=np.float32)
+        logits = np.float64(self.logit_scale) * cos.astype(np.float64) + np.float64(self.logit_bias)
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     def photo_scores(self, photo: Photo) -> np.ndarray:
         return scoring.score_images(
@@ -245,12 +273,7 @@ class ReviewLibrary:
     def _count_tags(self) -> None:
         counts = np.zeros(len(self.vocab.tags), dtype=np.int64)
         for start in range(0, len(self.photos), 8192):
-            s = scoring.score_images(
-                self.vectors[start : start + 8192],
-                self.tag_matrix,
-                logit_scale=self.logit_scale,
-                logit_bias=self.logit_bias,
-            )
+            s = self._scores_of(self.vectors[start : start + 8192], self.tag_matrix)
             counts += (s >= self.thresholds[None, :]).sum(axis=0)
         self._counts = counts
         self._counted.set()
@@ -293,14 +316,15 @@ class ReviewLibrary:
 
     def folder_view(self, folder: Path, page: int = 0, per_page: int = PAGE_SIZE) -> FolderView:
         prefix = str(folder).rstrip("/") + "/"
-        subs: dict[Path, int] = {}
+        subs: dict[str, int] = {}
         here: list[Photo] = []
         lo = bisect.bisect_left(self._path_strs, prefix)
         hi = bisect.bisect_left(self._path_strs, prefix[:-1] + "0")  # "0" follows "/"
         for s, row in self._sorted_paths[lo:hi]:
             rest = s[len(prefix) :]
-            if "/" in rest:
-                sub = folder / rest.split("/", 1)[0]
+            cut = rest.find("/")
+            if cut >= 0:
+                sub = rest[:cut]
                 subs[sub] = subs.get(sub, 0) + 1
             else:
                 here.append(self.photos[row])
@@ -310,7 +334,7 @@ class ReviewLibrary:
         written = self._written(shown)
         return FolderView(
             folder,
-            sorted(subs.items()),
+            [(folder / name, n) for name, n in sorted(subs.items())],
             [(p, written.get(path_key(p.path), [])) for p in shown],
             len(here),
             page,
@@ -401,29 +425,4 @@ class ReviewLibrary:
             else:
                 self._thumb_bytes += len(data)
             if self._thumb_bytes > self.thumb_budget:
-                self._thumb_bytes = prune_thumbnails(self.thumbs_dir, int(self.thumb_budget * 0.8))
-
-
-def thumbnail_bytes(folder: Path) -> int:
-    try:
-        return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
-    except OSError:
-        return 0
-
-
-def prune_thumbnails(folder: Path, keep_bytes: int = 0) -> int:
-    """Delete the least recently used thumbnails until at most ``keep_bytes`` remain; the bytes left."""
-    try:
-        entries = [(e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(folder) if e.is_file()]
-    except OSError:
-        return 0
-    total = sum(size for _, size, _ in entries)
-    for _, size, path in sorted(entries):
-        if total <= keep_bytes:
-            break
-        try:
-            os.unlink(path)
-            total -= size
-        except OSError:
-            pass
-    return total
+                self._thumb_bytes = prune_thumbnails(self.thumbs_dir, int(self.thumb_budget * 0.8))[1]
