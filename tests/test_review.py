@@ -414,3 +414,35 @@ def test_foreign_pages_and_bad_addresses_are_refused_in_chromium(tagged, browser
         server.stop()
         page.close()
     assert keywords(canon) == before
+
+
+def test_decisions_apply_to_the_chosen_tags_case_insensitively():
+    import numpy as np
+
+    from rtagx.tags.reviews import apply_decisions
+    from rtagx.tags.scoring import ChosenTag
+    from rtagx.tags.vocab import parse_vocabulary
+
+    vocab = parse_vocabulary("dog\ncat\ncar\n")
+    scores = np.array([0.3, 0.2, 0.1], dtype=np.float32)
+    chosen = [ChosenTag(vocab.tags[0], 0.3), ChosenTag(vocab.tags[1], 0.2)]
+    out = apply_decisions(chosen, scores, vocab, {"Dog": -1, "CAR": 1, "bird": 1})
+    assert [(c.tag.keyword, c.score) for c in out] == [("cat", 0.2), ("car", pytest.approx(0.1))]
+    assert apply_decisions(chosen, scores, vocab, {}) == chosen
+
+
+def test_a_decision_reaches_every_copy_of_the_photo(tagged):
+    photos, cache = tagged["photos"], tagged["cache"]
+    canon = photos / "Canon_40D.jpg"
+    shutil.copy2(canon, photos / "sub" / "copy.jpg")
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    tag = keywords(canon)[0]
+    assert tag in keywords(photos / "sub" / "copy.jpg")
+    library = ReviewLibrary([photos], {"cache": str(cache)})
+    library.decide([library.photo_for(str(canon))], tag, -1)
+    assert tag not in keywords(canon) and tag not in keywords(photos / "sub" / "copy.jpg")
+    # and a plain `tag` run (which settles unchanged files without reading them) leaves both alone
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    assert tag not in keywords(canon) and tag not in keywords(photos / "sub" / "copy.jpg")

@@ -360,7 +360,9 @@ class ReviewLibrary:
                     store.put_reviews(rows)
             finally:
                 lock.release()
-            return self._retag([p.path for p in photos], dry_run=False)
+            # every reviewed copy of the same content gets the decision too (it is kept by content)
+            contents = {p.content_id for p in photos}
+            return self._retag([p.path for p in self.photos if p.content_id in contents], dry_run=False)
 
     def plan(self) -> list[FileOutcome]:
         """What the next ``retag`` of the reviewed roots would change (nothing is written)."""
