@@ -446,3 +446,23 @@ def test_a_decision_reaches_every_copy_of_the_photo(tagged):
     code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
     assert code == 0, out
     assert tag not in keywords(canon) and tag not in keywords(photos / "sub" / "copy.jpg")
+
+
+def test_tag_on_another_folder_drops_a_rejected_tag_from_a_copy_there(tagged, tmp_path):
+    photos, cache = tagged["photos"], tagged["cache"]
+    canon = photos / "Canon_40D.jpg"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy2(canon, elsewhere / "copy.jpg")
+    opts = ("--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    code, out = rtagx("tag", str(elsewhere), *tagged["args"], *opts)
+    assert code == 0, out
+    tag = keywords(canon)[0]
+    assert tag in keywords(elsewhere / "copy.jpg")
+    library = ReviewLibrary([photos], {"cache": str(cache)})
+    library.decide([library.photo_for(str(canon))], tag, -1)
+    assert tag in keywords(elsewhere / "copy.jpg")  # not reviewed there: untouched by the review
+    # the next `tag` of that folder, with unchanged settings, does not settle the copy unread
+    code, out = rtagx("tag", str(elsewhere), *tagged["args"], *opts)
+    assert code == 0, out
+    assert tag not in keywords(elsewhere / "copy.jpg")

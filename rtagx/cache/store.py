@@ -771,6 +771,12 @@ class Store:
                 out.setdefault(int(cid), {})[str(tag)] = int(d)
         return out
 
+    def reviewed_contents(self) -> set[int]:
+        """Contents with at least one decision (a run re-scores their files instead of settling them)."""
+        if not self.has_reviews_table():
+            return set()
+        return {int(r[0]) for r in self.conn.execute("SELECT DISTINCT content_id FROM reviews")}
+
     def all_reviews(self) -> list[tuple[int, str, int, int | None, float | None]]:
         """Every decision: (content_id, tag, decision, model_id, score)."""
         if not self.has_reviews_table():

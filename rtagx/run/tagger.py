@@ -128,6 +128,7 @@ class Tagger:
         self.logit_scale: float | None = None
         self.logit_bias: float | None = None
         self.last_scores: np.ndarray | None = None  # the last batch's tag scores (for review decisions)
+        self.reviewed = store.reviewed_contents()  # contents with review decisions: never settled unread
 
     def prepare_text(self, get_encoder: Callable[[], Encoder]) -> None:
         """Tag matrix from cached prompt vectors; encode only prompts the cache lacks."""
@@ -296,6 +297,7 @@ def settle_unchanged(tagger: Tagger, works: list[FileWork]) -> list[FileWork]:
             rec = written.get(key)
             if (
                 rec is not None
+                and (w.content_id is None or w.content_id not in tagger.reviewed)
                 and rec.settings_hash == settings_hash_
                 and rec.size == w.file.size
                 and rec.mtime_ns == w.file.mtime_ns
