@@ -466,3 +466,16 @@ def test_tag_on_another_folder_drops_a_rejected_tag_from_a_copy_there(tagged, tm
     code, out = rtagx("tag", str(elsewhere), *tagged["args"], *opts)
     assert code == 0, out
     assert tag not in keywords(elsewhere / "copy.jpg")
+
+
+def test_search_box_finds_reviewed_photos_by_text_only(server, tagged):
+    t = server.token
+    status, body = request(server, "GET", f"/search?{q(q='a dog on a beach', token=t)}")
+    assert status == 200, body
+    hits = body.count(b'data-hit="')
+    assert hits == 4 and b"link.jpg" not in body  # the symlink out of the root is not a reviewed photo
+    # a word naming an image file would be an image query read from disk: refused
+    for words in (str(tagged["outside"] / "private.jpg"), "private.jpg", "~/x.png"):
+        status, body = request(server, "GET", f"/search?{q(q=words, token=t)}")
+        assert status == 400 and b'data-hit="' not in body
+    assert request(server, "GET", f"/search?{q(q='dog')}")[0] == 403

@@ -38,7 +38,7 @@ SAFE_METHODS = ("GET", "HEAD")
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
-        b"default-src 'none'; img-src 'self'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        b"default-src 'none'; img-src 'self'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
@@ -144,6 +144,13 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             return PlainTextResponse("cannot decode this photo", status_code=415)
         return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 
+    def search(request: Request) -> Response:
+        text = request.query_params.get("q", "")[:500]
+        try:
+            return HTMLResponse(pages.search(text, library.search(text)))
+        except RtagxError as e:
+            return HTMLResponse(pages.search(text, [], str(e)), status_code=400)
+
     def static_js(request: Request) -> Response:
         return Response(script, media_type="text/javascript")
 
@@ -201,6 +208,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         Route("/thumb", thumb),
         Route("/static/review.js", static_js),
         Route("/plan", plan),
+        Route("/search", search),
         Route("/api/decide", decide, methods=["POST"]),
         Route("/api/apply", apply, methods=["POST"]),
     ]

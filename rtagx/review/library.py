@@ -341,6 +341,25 @@ class ReviewLibrary:
             pages,
         )
 
+    def search(self, text: str, top: int = PAGE_SIZE) -> list[tuple[Photo, float]]:
+        """The reviewed photos best matching a text (``rtagx search`` over the reviewed roots). Only
+        text: a word naming an image file would make it an image query, read from disk; refused."""
+        from rtagx.analysis.search import search
+        from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
+
+        tokens = text.split()
+        if not tokens:
+            return []
+        if any(Path(t).suffix.lower() in SUPPORTED_EXTENSIONS or "/" in t or t.startswith("~") for t in tokens):
+            raise UsageError("search by text only: no file names")
+        result = search(tokens, self.settings, scope=self.roots, top=top)
+        out = []
+        for hit in result.hits:
+            photo = self.by_path.get(os.fsdecode(hit.path))
+            if photo is not None:
+                out.append((photo, float(hit.score)))
+        return out
+
     # -- changes --------------------------------------------------------------------------------
     def decide(self, photos: Sequence[Photo], tag: str, decision: int) -> list[FileOutcome]:
         """Record a decision (+1 accept, -1 reject, 0 forget) on ``tag`` for ``photos`` in the cache,

@@ -67,7 +67,9 @@ class Pages:
     def page(self, title: str, body: str) -> str:
         nav = (
             f'<nav><span class="brand">rtagx review</span><a href="{self.url("/")}">Tags</a>'
-            f'<a href="{self.url("/folders")}">Folders</a><a href="{self.url("/plan")}">Next retag</a></nav>'
+            f'<a href="{self.url("/folders")}">Folders</a><a href="{self.url("/plan")}">Next retag</a>'
+            f'<form method="get" action="/search"><input type="hidden" name="token" value="{esc(self.token)}">'
+            '<input type="search" name="q" placeholder="search photos by text" aria-label="search"></form></nav>'
         )
         return (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -204,6 +206,17 @@ class Pages:
             f"<p>{self.pager('/folder', view.page, view.pages, path=view.folder)}</p><div class='grid'>{cards}</div>"
         )
         return self.page(str(view.folder), body)
+
+    def search(self, text: str, hits: Sequence[tuple[Photo, float]], error: str | None = None) -> str:
+        cards = "".join(
+            f'<div class="card" data-hit="{esc(p.path)}"><a class="open" href="{self.url("/photo", path=p.path)}">'
+            f'{self.thumb(p)}</a><div class="info"><div class="name">{esc(p.path.name)}</div>'
+            f'<div class="dim">{score:.4f}</div></div></div>'
+            for p, score in hits
+        )
+        note = esc(error) if error else f"{len(hits)} best matches under the reviewed folders"
+        body = f"<h1>Search: {esc(text)}</h1><p class='meta'>{note}</p><div class='grid'>{cards}</div>"
+        return self.page(f"Search {text}", body)
 
     def folders(self, roots: Sequence[Path]) -> str:
         items = "".join(f'<li><a href="{self.url("/folder", path=r)}">{esc(r)}</a></li>' for r in roots)
