@@ -479,3 +479,27 @@ def test_search_box_finds_reviewed_photos_by_text_only(server, tagged):
         status, body = request(server, "GET", f"/search?{q(q=words, token=t)}")
         assert status == 400 and b'data-hit="' not in body
     assert request(server, "GET", f"/search?{q(q='dog')}")[0] == 403
+
+
+def test_the_review_command_serves_on_loopback_with_a_token(tagged):
+    import re
+    import signal
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "rtagx", "review", str(tagged["photos"]), "--cache", str(tagged["cache"])]
+    proc = subprocess.Popen([*cmd, "--no-browser"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"(http://127\.0\.0\.1:(\d+)/\?token=([\w-]+))", line)
+        assert match, line
+        with urllib.request.urlopen(match.group(1), timeout=60) as r:
+            assert r.status == 200 and b"rtagx review" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{match.group(2)}/", timeout=60)
+        assert refused.value.code == 403
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

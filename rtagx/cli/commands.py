@@ -1539,9 +1539,7 @@ watch_cmd.params[1:1] = [p for p in tag.params if not isinstance(p, click.Argume
 @verbosity_options
 @click.pass_obj
 @handle_errors
-def review(
-    ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, **options: Any
-) -> None:  # pragma: no cover - serves until Ctrl-C; tests drive ReviewServer directly
+def review(ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, **options: Any) -> None:
     """Look at the tags on photos in the browser and accept or reject them (a local web app).
 
     Serves on 127.0.0.1 only, with a random token in the address it prints. With no PATHS, every

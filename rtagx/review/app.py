@@ -233,6 +233,7 @@ class ReviewServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((LOOPBACK, port))
+            self.sock.listen(128)  # connections wait from now on, before the server loop starts
         except OSError as e:
             self.sock.close()
             raise UsageError(f"cannot listen on {LOOPBACK}:{port}: {e.strerror or e}") from None
