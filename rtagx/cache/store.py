@@ -21,6 +21,8 @@ Layout and why:
   ``retag`` with no paths, ``untag`` and ``show``. A root is recorded when the run starts.
 * ``failures`` remembers files that failed for a reason retrying cannot fix (corrupt, not an image)
   with the identity they had, so a no-op run does not load the model to fail on them again.
+* ``reviews`` holds a person's decisions from ``rtagx review``: a tag accepted or rejected on a
+  content (not a path: they survive renames and hold for copies), with the score it had then.
 
 Paths are stored as bytes (``os.fsencode``) so that any file name the OS allows, including ones
 that are not valid UTF-8, round-trips. The database runs in WAL mode; each batch is one
