@@ -229,7 +229,7 @@ def test_a_cache_of_schema_4_migrates(tiny_clip, library, tmp_path) -> None:
 
     _untag([sub], cache)
     with open_store(cache, readonly=True) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         assert store.untagged_marks() == {path_key(sub): True}
     _, summary, _ = _retag([], cache)
     assert summary["left_untagged"] == 2 and _subjects(sub / "c.jpg") == []

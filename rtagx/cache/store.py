@@ -24,6 +24,8 @@ Layout and why:
 * ``untagged`` remembers the folders and files ``untag`` cleared inside a root, which later runs over
   the root leave alone, and the paths inside them that ``tag`` was asked for again since (the
   deepest entry above a file decides: see :func:`is_untagged`).
+* ``reviews`` holds a person's decisions from ``rtagx review``: a tag accepted or rejected on a
+  content (not a path: they survive renames and hold for copies), with the score it had then.
 
 Paths are stored as bytes (``os.fsencode``) so that any file name the OS allows, including ones
 that are not valid UTF-8, round-trips. The database runs in WAL mode; each batch is one
@@ -48,7 +50,7 @@ import numpy as np
 from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.errors import CacheError, LockBusyError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -158,8 +160,30 @@ _SCHEMA_V5 = """
 CREATE TABLE untagged (path BLOB PRIMARY KEY, untagged INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
 """
 
+# Version 6: a person's review decisions (``rtagx review``): a tag accepted (+1) or rejected (-1) on
+# a content, not a path, so a decision survives renames and moves and holds for every copy. ``score``
+# is the tag's score when the person decided (what ``calibrate --from-reviews`` fits thresholds on).
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS reviews (
+    content_id INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    decision INTEGER NOT NULL,
+    model_id INTEGER,
+    score REAL,
+    at REAL NOT NULL,
+    PRIMARY KEY (content_id, tag)
+) WITHOUT ROWID;
+"""
+
 # Forward migrations: MIGRATIONS[n] brings a version-n database to version n+1.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
+MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1,
+    1: _SCHEMA_V2,
+    2: _SCHEMA_V3,
+    3: _SCHEMA_V4,
+    4: _SCHEMA_V5,
+    5: _SCHEMA_V6,
+}
 
 
 # New caches use 32 KiB pages: a ~1 KiB vector row then wastes ~3% of a page instead of ~25% at
@@ -809,6 +833,50 @@ class Store:
             q = f"SELECT {self._file_columns} FROM files WHERE content_id IN ({','.join('?' * len(chunk))})"
             out.extend(FileRecord._make(r) for r in self.conn.execute(q, chunk))
         return out
+
+    # -- a person's review decisions (rtagx review) -----------------------------------------------
+    def has_reviews_table(self) -> bool:
+        q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reviews'"
+        return self.conn.execute(q).fetchone() is not None
+
+    def put_reviews(self, rows: Sequence[tuple[int, str, int, int | None, float | None]]) -> None:
+        """Record (content_id, tag, decision, model_id, score): decision +1 accepted, -1 rejected,
+        0 forgets an earlier decision."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "DELETE FROM reviews WHERE content_id = ? AND tag = ?", [(r[0], r[1]) for r in rows if r[2] == 0]
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO reviews (content_id, tag, decision, model_id, score, at) VALUES (?,?,?,?,?,?)",
+                [(cid, tag, 1 if d > 0 else -1, m, s, now) for cid, tag, d, m, s in rows if d != 0],
+            )
+
+    def reviews_for(self, content_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+        """content id -> {tag: +1 accepted / -1 rejected}, for the contents that have decisions."""
+        out: dict[int, dict[str, int]] = {}
+        if not self.has_reviews_table():  # a cache of schema < 6 opened read-only
+            return out
+        ids = list(set(content_ids))
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            q = f"SELECT content_id, tag, decision FROM reviews WHERE content_id IN ({','.join('?' * len(chunk))})"
+            for cid, tag, d in self.conn.execute(q, chunk):
+                out.setdefault(int(cid), {})[str(tag)] = int(d)
+        return out
+
+    def reviewed_contents(self) -> set[int]:
+        """Contents with at least one decision (a run re-scores their files instead of settling them)."""
+        if not self.has_reviews_table():
+            return set()
+        return {int(r[0]) for r in self.conn.execute("SELECT DISTINCT content_id FROM reviews")}
+
+    def all_reviews(self) -> list[tuple[int, str, int, int | None, float | None]]:
+        """Every decision: (content_id, tag, decision, model_id, score)."""
+        if not self.has_reviews_table():
+            return []
+        q = "SELECT content_id, tag, decision, model_id, score FROM reviews ORDER BY tag, content_id"
+        return [(int(a), str(b), int(c), d, e) for a, b, c, d, e in self.conn.execute(q)]
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:

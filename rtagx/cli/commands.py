@@ -837,7 +837,12 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Fit on the accept/reject decisions made in `rtagx review` (kept in the cache) instead of DIRECTORY.",
+)
 @click.option(
     "--labels",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -865,9 +870,21 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
 @click.pass_obj
 @handle_errors
 def calibrate(
-    ctx: Context, directory: Path, labels: Path | None, output: Path, min_support: int, **options: Any
+    ctx: Context,
+    directory: Path | None,
+    from_reviews: bool,
+    labels: Path | None,
+    output: Path,
+    min_support: int,
+    **options: Any,
 ) -> None:
-    """Fit per-tag thresholds that maximize F1 on labelled photos; write them as a vocabulary file."""
+    """Fit per-tag thresholds that maximize F1 on labelled photos (DIRECTORY) or on the decisions made
+    in `rtagx review` (--from-reviews); write them as a vocabulary file."""
+    if from_reviews:
+        _calibrate_from_reviews(ctx, output, min_support, options)
+        return
+    if directory is None:
+        raise UsageError("give DIRECTORY of labelled photos, or --from-reviews")
     from rtagx.analysis.evaluate import calibrate as fit
 
     scored, truth, unknown = _score_labelled(ctx, directory, labels, options)
@@ -989,7 +1006,10 @@ def cache_prune(
     settings = load_settings(_overrides(cache=cache, no_wait=no_wait), config_path=ctx.config)
     counts = prune_cache(settings, keep_models, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models")
+    click.echo(
+        f"{verb}: {counts['files']} missing files, {counts['vectors']} vectors, {counts['models']} models, "
+        f"{counts.get('thumbnails', 0)} review thumbnails"
+    )
 
 
 @cli.command()
@@ -1523,3 +1543,64 @@ def watch_cmd(
 
 # Every option of `tag` (one source: its own parameter list), then the watcher's own.
 watch_cmd.params[1:1] = [p for p in tag.params if not isinstance(p, click.Argument)]
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port on 127.0.0.1. [default: a free one]")
+@click.option("--no-browser", is_flag=True, help="Print the address; do not open a browser.")
+@click.option("--tags", "-t", default=None, help="Vocabulary to review with. [default: the one PATHS were tagged with]")
+@click.option("--threshold", type=float, default=None, help="Threshold to review at. [default: as tagged]")
+@click.option("--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def review(ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, **options: Any) -> None:
+    """Look at the tags on photos in the browser and accept or reject them (a local web app).
+
+    Serves on 127.0.0.1 only, with a random token in the address it prints. With no PATHS, every
+    folder `tag` has processed. Needs `pip install 'rtagx[review]'`.
+    """
+    try:
+        from rtagx.review.app import ReviewServer
+    except ImportError as e:
+        raise UsageError(f"rtagx review needs {e.name}: pip install 'rtagx[review]'") from None
+    from rtagx.review.library import ReviewLibrary
+    from rtagx.run.retag import known_roots
+    from rtagx.settings import load_settings
+
+    overrides = _overrides(**options)
+    roots = list(paths) or sorted(known_roots(load_settings(overrides, config_path=ctx.config)))
+    if not roots:
+        raise UsageError("nothing to review: no tagged folders in the cache yet (run `rtagx tag PATH` first)")
+    library = ReviewLibrary(roots, overrides, config_path=ctx.config)
+    server = ReviewServer(library, port)
+    click.echo(f"rtagx review: {len(library.photos)} photos at {server.url}  (Ctrl-C stops)", err=True)
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    server.serve_forever()
+
+
+def _calibrate_from_reviews(ctx: Context, output: Path, min_support: int, options: dict[str, Any]) -> None:
+    from rtagx.analysis.analyze import write_text_atomically
+    from rtagx.review.calibrate import calibrate_from_reviews
+
+    settings = _analysis_settings(ctx, options)
+    result = calibrate_from_reviews(
+        settings.cache_path(), _overrides(**options), config_path=ctx.config, min_support=min_support
+    )
+    write_text_atomically(output, result.to_text())
+    click.echo(
+        f"{len(result.tags)} tags calibrated on {result.decisions} review decisions, {len(result.skipped)} kept "
+        f"their threshold (fewer than {min_support} decisions, or all of one kind); wrote {output}"
+    )
+    for t in result.tags:
+        click.echo(
+            f"  {t.keyword[:32]:<32} threshold {t.previous_threshold:.4f} -> {t.threshold:.4f}   "
+            f"precision {t.previous_precision:.2f} -> {t.precision:.2f}  recall {t.previous_recall:.2f} -> "
+            f"{t.recall:.2f}  ({t.accepted} accepted, {t.rejected} rejected)"
+        )
+    for keyword, accepted, rejected in result.skipped:
+        click.echo(f"  {keyword[:32]:<32} kept its threshold ({accepted} accepted, {rejected} rejected)")

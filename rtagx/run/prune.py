@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rtagx.cache.thumbs import prune_thumbnails, thumbs_dir
 from rtagx.errors import UsageError
 from rtagx.run.common import open_locked
 from rtagx.run.events import RunEvents
@@ -24,4 +25,7 @@ def prune_cache(
             keep = [m["id"] for m in store.models() if m.get("name") in keep_models or m["key"] in keep_models]
             if not keep:
                 raise UsageError(f"no model named {', '.join(keep_models)} in the cache (see `rtagx cache stats`)")
-        return store.prune(keep_models=keep, dry_run=dry_run)
+        counts = store.prune(keep_models=keep, dry_run=dry_run)
+        # review thumbnails are made again on demand: a prune empties their folder
+        counts["thumbnails"] = prune_thumbnails(thumbs_dir(settings.cache_path()), 0, dry_run=dry_run)[0]
+        return counts

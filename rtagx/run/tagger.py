@@ -24,6 +24,7 @@ from rtagx.run.stages import FileWork
 from rtagx.settings import Settings
 from rtagx.tags import scoring
 from rtagx.tags import vocab as vocab_mod
+from rtagx.tags.reviews import apply_decisions
 
 
 def scoring_options(settings: Settings) -> scoring.ScoringOptions:
@@ -126,6 +127,8 @@ class Tagger:
         self.model_name = store.model_info(model_id).get("name") or ""
         self.logit_scale: float | None = None
         self.logit_bias: float | None = None
+        self.last_scores: np.ndarray | None = None  # the last batch's tag scores (for review decisions)
+        self.reviewed = store.reviewed_contents()  # contents with review decisions: never settled unread
 
     def prepare_text(self, get_encoder: Callable[[], Encoder]) -> None:
         """Tag matrix from cached prompt vectors; encode only prompts the cache lacks."""
@@ -156,6 +159,7 @@ class Tagger:
             scores = scoring.score_images(
                 vectors, self.tag_matrix, logit_scale=self.logit_scale, logit_bias=self.logit_bias
             )
+            self.last_scores = scores
             return scoring.choose_tags(
                 scores,
                 self.vocab,
@@ -167,6 +171,13 @@ class Tagger:
     def handle(self, works: Sequence[FileWork], vectors: np.ndarray, embedded: bool) -> None:
         """Score a batch of files whose vectors are known, write their keywords, report each."""
         chosen_all = self._choose(vectors)
+        # a person's review decisions (by content): rejected tags never written, accepted ones kept
+        reviews = self.store.reviews_for(w.content_id for w in works if w.content_id is not None)
+        if reviews and self.last_scores is not None:
+            chosen_all = [
+                apply_decisions(chosen, self.last_scores[n], self.vocab, reviews.get(w.content_id or -1, {}))
+                for n, (w, chosen) in enumerate(zip(works, chosen_all))
+            ]
         keys = [path_key(w.file.path) for w in works]
         previous = self.store.written(keys)
         records: list[WrittenRecord] = []
@@ -286,6 +297,7 @@ def settle_unchanged(tagger: Tagger, works: list[FileWork]) -> list[FileWork]:
             rec = written.get(key)
             if (
                 rec is not None
+                and (w.content_id is None or w.content_id not in tagger.reviewed)
                 and rec.settings_hash == settings_hash_
                 and rec.size == w.file.size
                 and rec.mtime_ns == w.file.mtime_ns
