@@ -82,6 +82,21 @@ def scan_would_yield(
     return os.path.splitext(rel_parts[-1])[1].lower() in extensions
 
 
+def scan_with_settings(
+    roots: Iterable[Path], settings: Settings, *, on_temp_file: Callable[[Path], object] | None = None
+) -> Iterator[ScannedFile | ScanProblem]:
+    """:func:`iter_scan` with the scanning options of ``settings`` (--ext, --exclude, --hidden,
+    --follow-symlinks): every command walks folders the same way."""
+    return iter_scan(
+        roots,
+        selected_extensions(settings),
+        exclude=settings.exclude,
+        include_hidden=settings.include_hidden,
+        follow_symlinks=settings.follow_symlinks,
+        on_temp_file=on_temp_file,
+    )
+
+
 def iter_scan(
     roots: Iterable[Path],
     extensions: frozenset[str],

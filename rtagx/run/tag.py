@@ -17,7 +17,7 @@ from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.local import embed
-from rtagx.run.scan import ScannedFile, ScanProblem, iter_scan, selected_extensions
+from rtagx.run.scan import ScannedFile, ScanProblem, scan_with_settings, selected_extensions
 from rtagx.run.stages import FileWork, Skip, diff_with_cache, file_row, fingerprint_or_skip, pair_raw_siblings
 from rtagx.run.tagger import Tagger, handle_cached, root_settings, settle_unchanged
 from rtagx.settings import Settings, validate_settings
@@ -129,14 +129,7 @@ def tag_with_store(
         for root in roots:
             known.update(store.files_under(root))
             failures.update(store.failures_under(root))
-        for item in iter_scan(
-            roots,
-            selected_extensions(settings),
-            exclude=settings.exclude,
-            include_hidden=settings.include_hidden,
-            follow_symlinks=settings.follow_symlinks,
-            on_temp_file=None if dry_run else metadata.clean_stale_temps,
-        ):
+        for item in scan_with_settings(roots, settings, on_temp_file=None if dry_run else metadata.clean_stale_temps):
             if untagged and is_untagged(path_key(item.path), untagged):
                 summary.left_untagged += 1
                 continue

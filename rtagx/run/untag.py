@@ -13,7 +13,7 @@ from rtagx.errors import FileSkip
 from rtagx.keywords import metadata
 from rtagx.run.common import check_paths, open_locked, owning_root, written_place
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary, report_skip
-from rtagx.run.scan import ScanProblem, iter_scan, selected_extensions
+from rtagx.run.scan import ScanProblem, scan_with_settings
 from rtagx.run.stages import same_identity
 from rtagx.settings import Settings, validate_settings
 
@@ -45,13 +45,7 @@ def run_untag(
             if owner is not None:
                 inside.append((p, owner[0]))
         events.stage("write", 0)
-        for item in iter_scan(
-            roots,
-            selected_extensions(settings),
-            exclude=settings.exclude,
-            include_hidden=settings.include_hidden,
-            follow_symlinks=settings.follow_symlinks,
-        ):
+        for item in scan_with_settings(roots, settings):
             summary.seen += 1
             if isinstance(item, ScanProblem):
                 report_skip(item.path, item.reason, item.detail, summary, events)

@@ -39,7 +39,7 @@ from rtagx.errors import LockBusyError, RtagxError, UsageError
 from rtagx.model.loaded import LoadedModels
 from rtagx.run.common import check_paths, open_locked
 from rtagx.run.events import RunEvents, RunSummary
-from rtagx.run.scan import ScannedFile, iter_scan, scan_would_yield, selected_extensions
+from rtagx.run.scan import ScannedFile, scan_with_settings, scan_would_yield, selected_extensions
 from rtagx.run.tag import run_tag
 from rtagx.settings import Settings
 from rtagx.tags import vocab as vocab_mod
@@ -368,11 +368,7 @@ class Watcher:
         root = self._root_of(folder)
         if root is None or self._root_ids.get(root) is None:
             return
-        s = self.settings
-        found = iter_scan(
-            [folder], selected_extensions(s), include_hidden=s.include_hidden, follow_symlinks=s.follow_symlinks
-        )
-        for item in found:
+        for item in scan_with_settings([folder], self.settings):
             if isinstance(item, ScannedFile) and self._wanted(item.path):
                 self._touch(item.path, writing=False)
 
