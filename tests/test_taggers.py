@@ -1,0 +1,166 @@
+"""Trained taggers (WD14 v3 format) end to end: a tiny ONNX graph with the real input/output signature
+and a selected_tags.csv with the real columns, built here with fixed random weights; real camera
+photos; onnxruntime on the published reference preprocessing as the oracle; exiftool reads back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rtagx.cli.commands import cli
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from tiny_taggers import WD14_TAGS, build_wd14, psnr, wd14_reference_input  # noqa: E402
+
+SIZE = 64
+GENERAL, CHARACTER = 0.35, 0.85  # the published WD14 defaults rtagx uses
+
+
+@pytest.fixture(scope="module")
+def wd14_dir(tmp_path_factory) -> Path:
+    return build_wd14(tmp_path_factory.mktemp("wd14") / "tiny-wd14", size=SIZE)
+
+
+def _photos(samples_dir: Path) -> list[Path]:
+    return sorted(p for p in (samples_dir / "jpg").glob("*.jpg") if p.name != "corrupted.jpg")
+
+
+def _reference_probabilities(model_dir: Path, path: Path) -> np.ndarray:
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": wd14_reference_input(path, SIZE)})[0][0]
+
+
+def _expected_keywords(probs: np.ndarray, *, threshold: float = GENERAL, top_k: int = 10) -> list[str]:
+    """The keywords the reference gives: general tags >= threshold, characters >= 0.85, no ratings,
+    underscores as spaces (kaomoji kept), best first, at most top_k."""
+    picked = []
+    for (name, category), p in zip(WD14_TAGS, probs):
+        p16 = float(np.float16(p))  # the cache keeps float16, as for CLIP vectors
+        if category == 9:
+            continue
+        cut = CHARACTER if category == 4 else threshold
+        if p16 >= cut:
+            picked.append((-p16, len(picked), name if name == "^_^" else name.replace("_", " ")))
+    return [k for _, _, k in sorted(picked)][:top_k]
+
+
+def _keywords(path: Path) -> list[str]:
+    out = subprocess.run(["exiftool", "-j", "-IPTC:Keywords", str(path)], capture_output=True, text=True, check=True)
+    value = json.loads(out.stdout)[0].get("Keywords", [])
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def test_input_tensor_and_probabilities_equal_the_reference(wd14_dir: Path, samples_dir: Path) -> None:
+    from rtagx.imaging import decode
+    from rtagx.model.encoder import load_encoder, resolve_model
+
+    resolved = resolve_model(str(wd14_dir), None, offline=True)
+    assert resolved.identity.kind == "wd14"
+    assert resolved.identity.labels == tuple(n for n, _ in WD14_TAGS)
+    encoder = load_encoder(resolved, device="cpu")
+    spec = decode.PreprocessSpec.from_model(encoder.model)
+    assert (spec.size, spec.fill_color, spec.pad_first) == (SIZE, 255, True)
+    session = ort.InferenceSession(str(wd14_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    photos = _photos(samples_dir)
+    assert len(photos) >= 10
+    for path in photos:
+        ours = decode.decode_for_model(path, spec)
+        reference = wd14_reference_input(path, SIZE)
+        # rtagx's tensor is BGR float 0-255 NHWC; stated bound: identical (max difference 0, PSNR inf)
+        tensor = np.ascontiguousarray(ours[None, :, :, ::-1], dtype=np.float32)
+        assert np.array_equal(tensor, reference), (path.name, psnr(tensor, reference))
+        np.testing.assert_allclose(
+            encoder.encode_arrays([ours])[0], session.run(None, {"input": reference})[0][0], rtol=0, atol=1e-6
+        )
+
+
+def test_tag_retag_untag_through_the_cli(wd14_dir: Path, photo_dir: Path, tmp_path: Path, samples_dir: Path) -> None:
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool reads back the keywords")
+    cache = tmp_path / "cache.sqlite3"
+    runner = CliRunner()
+    base = ["--model", str(wd14_dir), "--cache", str(cache)]
+    result = runner.invoke(cli, ["tag", str(photo_dir), *base, "--yes", "--json"], catch_exceptions=False)
+    assert result.exit_code == 3, result.output  # the corrupt sample is skipped
+    photos = sorted(p for p in photo_dir.glob("*.jpg") if p.name != "corrupted.jpg")
+    probs = {p.name: _reference_probabilities(wd14_dir, samples_dir / "jpg" / p.name) for p in photos}
+    for p in photos:
+        assert _keywords(p) == _expected_keywords(probs[p.name]), p.name
+
+    # the cache keeps every probability: a new threshold re-decides without decoding
+    result = runner.invoke(
+        cli, ["retag", "--threshold", "0.6", "--cache", str(cache), "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    summary = [json.loads(line) for line in result.output.splitlines() if '"summary"' in line][-1]
+    assert summary["embedded"] == 0
+    for p in photos:
+        assert _keywords(p) == _expected_keywords(probs[p.name], threshold=0.6), p.name
+
+    # --ratings adds the single most likely rating tag
+    result = runner.invoke(cli, ["retag", "--ratings", "--top-k", "0", "--cache", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for p in photos:
+        rating = ["general", "sensitive", "questionable", "explicit"][int(np.argmax(probs[p.name][:4]))]
+        assert rating in _keywords(p)
+        assert len({"general", "sensitive", "questionable", "explicit"} & set(_keywords(p))) == 1
+
+    result = runner.invoke(cli, ["untag", str(photo_dir), "--cache", str(cache)], catch_exceptions=False)
+    assert result.exit_code in (0, 3), result.output
+    for p in photos:
+        assert _keywords(p) == []
+
+
+def test_vocabulary_maps_model_tags_to_keywords(wd14_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool reads back the keywords")
+    photo = photo_dir / "Nikon_D70.jpg"
+    probs = _reference_probabilities(wd14_dir, photo)
+    names = [n for n, _ in WD14_TAGS]
+    # directives only: every model tag, with renames and a never-list
+    top = [n for n in sorted(names[4:], key=lambda n: -probs[names.index(n)]) if WD14_TAGS[names.index(n)][1] == 0]
+    renamed, never = top[0], top[1]
+    directives = tmp_path / "renames.txt"
+    directives.write_text(
+        f"!tagger all\n!rename {renamed} => renamed tag\n!never {never}\n!threshold 0\n", encoding="utf-8"
+    )
+    cache = tmp_path / "cache.sqlite3"
+    args = ["tag", str(photo), "--model", str(wd14_dir), "--cache", str(cache), "--yes", "--top-k", "0"]
+    result = CliRunner().invoke(cli, [*args, "--tags", str(directives)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    got = _keywords(photo)
+    assert "renamed tag" in got and renamed.replace("_", " ") not in got
+    assert never.replace("_", " ") not in got
+    characters = [n.replace("_", " ") for n, c in WD14_TAGS if c == 4 and probs[names.index(n)] < CHARACTER]
+    assert not set(characters) & set(got)  # character tags keep their 0.85 under a file threshold of 0
+
+    # tag lines pick model tags (underscores or spaces), with hierarchy and per-tag thresholds
+    chosen = tmp_path / "chosen.txt"
+    chosen.write_text(f"scene|{top[0]} @threshold=0\nthing|{top[1].replace('_', ' ')} @threshold=0.999999\n")
+    result = CliRunner().invoke(cli, [*args, "--tags", str(chosen)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _keywords(photo) == [top[0]]
+
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("no such tag\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, [*args, "--tags", str(unknown)])
+    assert result.exit_code != 0 and "not among the model's" in result.output
+
+
+def test_named_tagger_offline_says_what_to_fetch(tmp_path: Path, photo_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    result = CliRunner().invoke(
+        cli, ["tag", str(photo_dir), "--model", "wd-vit-tagger-v3", "--cache", str(tmp_path / "c.sqlite3"), "--yes"]
+    )
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "huggingface-cli download SmilingWolf/wd-vit-tagger-v3 model.onnx selected_tags.csv" in lines[0]
