@@ -164,3 +164,34 @@ def test_named_tagger_offline_says_what_to_fetch(tmp_path: Path, photo_dir: Path
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert "huggingface-cli download SmilingWolf/wd-vit-tagger-v3 model.onnx selected_tags.csv" in lines[0]
+
+
+def test_explain_eval_calibrate_and_doctor_on_tagger_outputs(wd14_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite3"
+    base = ["--model", str(wd14_dir), "--cache", str(cache)]
+    photo = photo_dir / "Nikon_D70.jpg"
+    probs = _reference_probabilities(wd14_dir, photo)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["explain", str(photo), *base, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    chosen = [t["tag"] if isinstance(t, dict) else t for t in shown.get("chosen", [])]
+    assert chosen == _expected_keywords(probs), shown
+
+    labelled = tmp_path / "labelled"
+    for label, names in {"sky": ["Nikon_D70.jpg", "Pentax_K10D.jpg"], "night": ["Canon_40D.jpg"]}.items():
+        (labelled / label).mkdir(parents=True)
+        for name in names:
+            shutil.copy2(photo_dir / name, labelled / label / name)
+    result = runner.invoke(cli, ["eval", str(labelled), *base], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "3 labelled images" in result.output
+    out = tmp_path / "calibrated.txt"
+    result = runner.invoke(cli, ["calibrate", str(labelled), *base, "--output", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["eval", str(labelled), *base, "--tags", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output  # the calibrated file names the model's tags
+
+    result = runner.invoke(cli, ["doctor", "--model", str(wd14_dir)])
+    line = next(x for x in result.output.splitlines() if "wd14 tagger" in x)
+    assert f"({len(WD14_TAGS)} tags)" in line and "onnxruntime" in line

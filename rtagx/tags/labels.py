@@ -107,7 +107,7 @@ def tagger_vocabulary(
                 unknown.append(tag.keyword)
                 continue
             threshold = tag.threshold if tag.threshold is not None else category_threshold(kind, categories[found])
-            tags.append(Tag(tag.keyword, tag.path, tag.names, (), threshold, tag.group, ()))
+            tags.append(Tag(tag.keyword, tag.path, tag.names, (), threshold, tag.group, None))
             index.append(found)
         if unknown:
             shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
