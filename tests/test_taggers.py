@@ -195,3 +195,54 @@ def test_explain_eval_calibrate_and_doctor_on_tagger_outputs(wd14_dir: Path, pho
     result = runner.invoke(cli, ["doctor", "--model", str(wd14_dir)])
     line = next(x for x in result.output.splitlines() if "wd14 tagger" in x)
     assert f"({len(WD14_TAGS)} tags)" in line and "onnxruntime" in line
+
+
+def test_joytag_probabilities_equal_the_reference_and_tag_retag(photo_dir: Path, tmp_path: Path, samples_dir: Path):
+    import torch
+    from safetensors.torch import load_file
+    from tiny_taggers import JOYTAG_CONFIG, JOYTAG_TAGS, build_joytag, joytag_reference_forward, joytag_reference_input
+
+    from rtagx.imaging import decode
+    from rtagx.model.encoder import load_encoder, resolve_model
+
+    model_dir = build_joytag(tmp_path / "tiny-joytag")
+    resolved = resolve_model(str(model_dir), None, offline=True)
+    assert resolved.identity.kind == "joytag" and resolved.identity.labels == tuple(JOYTAG_TAGS)
+    encoder = load_encoder(resolved, device="cpu")
+    spec = decode.PreprocessSpec.from_model(encoder.model)
+    state = load_file(str(model_dir / "model.safetensors"))
+    cfg = dict(JOYTAG_CONFIG, n_tags=len(JOYTAG_TAGS))
+    size = JOYTAG_CONFIG["image_size"]
+    refs = {}
+    for path in _photos(samples_dir):
+        ours = decode.decode_for_model(path, spec)
+        reference = joytag_reference_input(path, size)
+        # stated bound: rtagx's normalized tensor equals the reference's to float rounding
+        torch.testing.assert_close(decode.to_model_batch([ours], spec), reference, rtol=0, atol=1e-6)
+        with torch.inference_mode():
+            expected = joytag_reference_forward(state, cfg, reference)[0].numpy()
+        np.testing.assert_allclose(encoder.encode_arrays([ours])[0], expected, rtol=0, atol=1e-5)
+        refs[path.name] = expected
+
+    cache = tmp_path / "cache.sqlite3"
+    runner = CliRunner()
+    args = ["--cache", str(cache)]
+    result = runner.invoke(
+        cli, ["tag", str(photo_dir), "--model", str(model_dir), *args, "--yes", "--threshold", "0.5"]
+    )
+    assert result.exit_code == 3, result.output
+    if shutil.which("exiftool") is None:
+        return
+    for p in sorted(photo_dir.glob("*.jpg")):
+        if p.name == "corrupted.jpg":
+            continue
+        probs = refs[p.name]
+        order = sorted(
+            (i for i in range(len(JOYTAG_TAGS)) if float(np.float16(probs[i])) >= 0.5),
+            key=lambda i: (-float(np.float16(probs[i])), i),
+        )
+        want = [JOYTAG_TAGS[i] if JOYTAG_TAGS[i] == "^_^" else JOYTAG_TAGS[i].replace("_", " ") for i in order][:10]
+        assert _keywords(p) == want, p.name
+    result = runner.invoke(cli, ["retag", "--threshold", "0.99", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert '"embedded": 0' in result.output

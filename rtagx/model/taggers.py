@@ -293,5 +293,7 @@ def load_tagger(resolved: ResolvedModel, *, device: str = "auto", threads: int |
         where = "cuda" if used.startswith("CUDA") else "mps" if used.startswith("CoreML") else "cpu"
         return OnnxTagger(resolved, session, where)
     if kind == "joytag":
-        raise ModelError(f"tagger {resolved.identity.name} is a JoyTag model, which this rtagx cannot run yet")
+        from rtagx.model.joytag import load_joytag
+
+        return load_joytag(resolved, device=device, threads=threads)
     raise ModelError(f"unknown tagger kind {kind!r}")
