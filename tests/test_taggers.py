@@ -155,8 +155,35 @@ def test_vocabulary_maps_model_tags_to_keywords(wd14_dir: Path, photo_dir: Path,
     assert result.exit_code != 0 and "not among the model's" in result.output
 
 
+def _hf_cache(monkeypatch, root: Path) -> Path:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    return root
+
+
+def test_hf_hub_tagger_from_the_hugging_face_cache(wd14_dir: Path, photo_dir: Path, tmp_path: Path, monkeypatch):
+    """--model hf-hub:OWNER/REPO finds a WD14 tagger's files in the Hugging Face cache layout."""
+    cache_root = _hf_cache(monkeypatch, tmp_path / "hf")
+    repo = cache_root / "models--tester--tiny-wd14"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for name in ("model.onnx", "selected_tags.csv"):
+        shutil.copy2(wd14_dir / name, snapshot / name)
+    from rtagx.model.encoder import resolve_model
+
+    by_hub = resolve_model("hf-hub:tester/tiny-wd14", None, offline=True).identity
+    by_dir = resolve_model(str(wd14_dir), None, offline=True).identity
+    assert by_hub.kind == "wd14" and by_hub.key == by_dir.key  # same files, same cache identity
+    args = ["tag", str(photo_dir / "Canon_40D.jpg"), "--model", "hf-hub:tester/tiny-wd14", "--write", "none"]
+    result = CliRunner().invoke(cli, [*args, "--cache", str(tmp_path / "c.sqlite3")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
 def test_named_tagger_offline_says_what_to_fetch(tmp_path: Path, photo_dir: Path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    _hf_cache(monkeypatch, tmp_path / "empty-hf-cache")
     result = CliRunner().invoke(
         cli, ["tag", str(photo_dir), "--model", "wd-vit-tagger-v3", "--cache", str(tmp_path / "c.sqlite3"), "--yes"]
     )
