@@ -273,3 +273,27 @@ def test_joytag_probabilities_equal_the_reference_and_tag_retag(photo_dir: Path,
     result = runner.invoke(cli, ["retag", "--threshold", "0.99", *args, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert '"embedded": 0' in result.output
+
+
+def test_sidecars_and_captions_as_for_clip(wd14_dir: Path, photo_dir: Path, tmp_path: Path, samples_dir: Path) -> None:
+    photo = photo_dir / "Pentax_K10D.jpg"
+    want = _expected_keywords(_reference_probabilities(wd14_dir, samples_dir / "jpg" / photo.name))
+    before = photo.read_bytes()
+    runner = CliRunner()
+    base = ["--model", str(wd14_dir), "--cache", str(tmp_path / "c.sqlite3"), "--yes"]
+    result = runner.invoke(cli, ["tag", str(photo), *base, "--write", "txt"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert photo.with_suffix(".txt").read_text(encoding="utf-8").strip() == ", ".join(want)
+    result = runner.invoke(cli, ["tag", str(photo), *base, "--write", "sidecar"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "embedded 0" in result.output  # the probabilities came from the cache
+    assert photo.read_bytes() == before  # sidecar only: the photo is untouched
+    if shutil.which("exiftool") is not None:
+        sidecar = next(p for p in photo_dir.iterdir() if p.suffix.lower() == ".xmp")
+        assert _keywords_xmp(sidecar) == want
+
+
+def _keywords_xmp(path: Path) -> list[str]:
+    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(path)], capture_output=True, text=True, check=True)
+    value = json.loads(out.stdout)[0].get("Subject", [])
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
