@@ -113,6 +113,11 @@ def test_tag_retag_untag_through_the_cli(wd14_dir: Path, photo_dir: Path, tmp_pa
         assert rating in _keywords(p)
         assert len({"general", "sensitive", "questionable", "explicit"} & set(_keywords(p))) == 1
 
+    # show: the file's keywords and its cached probabilities through the tagger vocabulary
+    result = runner.invoke(cli, ["show", str(photos[0]), "--cache", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "wd14 tags" in result.output and "0." in result.output
+
     result = runner.invoke(cli, ["untag", str(photo_dir), "--cache", str(cache)], catch_exceptions=False)
     assert result.exit_code in (0, 3), result.output
     for p in photos:
