@@ -38,9 +38,9 @@ def _reference_probabilities(model_dir: Path, path: Path) -> np.ndarray:
     return session.run(None, {"input": wd14_reference_input(path, SIZE)})[0][0]
 
 
-def _expected_keywords(probs: np.ndarray, *, threshold: float = GENERAL, top_k: int = 10) -> list[str]:
+def _expected_keywords(probs: np.ndarray, *, threshold: float = GENERAL, top_k: int | None = None) -> list[str]:
     """The keywords the reference gives: general tags >= threshold, characters >= 0.85, no ratings,
-    underscores as spaces (kaomoji kept), best first, at most top_k."""
+    underscores as spaces (kaomoji kept), best first; no cap unless top_k (as the reference app)."""
     picked = []
     for (name, category), p in zip(WD14_TAGS, probs):
         p16 = float(np.float16(p))  # the cache keeps float16, as for CLIP vectors
@@ -104,6 +104,21 @@ def test_tag_retag_untag_through_the_cli(wd14_dir: Path, photo_dir: Path, tmp_pa
     assert summary["embedded"] == 0
     for p in photos:
         assert _keywords(p) == _expected_keywords(probs[p.name], threshold=0.6), p.name
+
+    # top-k caps; min-tags tops up with the best remaining tags, as for CLIP
+    result = runner.invoke(cli, ["retag", "--top-k", "3", "--cache", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for p in photos:
+        assert _keywords(p) == _expected_keywords(probs[p.name], threshold=0.6)[:3], p.name
+    result = runner.invoke(
+        cli,
+        ["retag", "--threshold", "1", "--min-tags", "2", "--top-k", "0", "--cache", str(cache)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    for p in photos:
+        ranked = sorted(range(4, len(WD14_TAGS)), key=lambda i: (-float(np.float16(probs[p.name][i])), i))
+        assert _keywords(p) == [WD14_TAGS[i][0].replace("_", " ") for i in ranked[:2]], p.name
 
     # --ratings adds the single most likely rating tag
     result = runner.invoke(cli, ["retag", "--ratings", "--top-k", "0", "--cache", str(cache)], catch_exceptions=False)
@@ -273,7 +288,7 @@ def test_joytag_probabilities_equal_the_reference_and_tag_retag(photo_dir: Path,
             (i for i in range(len(JOYTAG_TAGS)) if float(np.float16(probs[i])) >= 0.5),
             key=lambda i: (-float(np.float16(probs[i])), i),
         )
-        want = [JOYTAG_TAGS[i] if JOYTAG_TAGS[i] == "^_^" else JOYTAG_TAGS[i].replace("_", " ") for i in order][:10]
+        want = [JOYTAG_TAGS[i] if JOYTAG_TAGS[i] == "^_^" else JOYTAG_TAGS[i].replace("_", " ") for i in order]
         assert _keywords(p) == want, p.name
     result = runner.invoke(cli, ["retag", "--threshold", "0.99", *args, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

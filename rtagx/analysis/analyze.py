@@ -22,7 +22,7 @@ from rtagx.model.memo import remembered_identity
 from rtagx.run.common import load_vocabulary_for
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary
 from rtagx.run.tag import run_tag
-from rtagx.run.tagger import scoring_options, tagger_vocabulary_for
+from rtagx.run.tagger import scoring_options, tagger_scoring_options, tagger_vocabulary_for
 from rtagx.settings import Settings
 from rtagx.tags import labels as labels_mod
 from rtagx.tags import scoring
@@ -105,7 +105,7 @@ def score_images_at(
         [p for p, _ in found],
         scores,
         vocabulary,
-        scoring_options(settings),
+        tagger_scoring_options(settings) if index is not None else scoring_options(settings),
         info.get("name") or settings.model,
         probabilities,
         missing,

@@ -38,12 +38,27 @@ def scoring_options(settings: Settings) -> scoring.ScoringOptions:
     )
 
 
-def settings_hash(model_key: str, vocabulary: vocab_mod.Vocabulary, settings: Settings) -> str:
+def tagger_scoring_options(settings: Settings) -> scoring.ScoringOptions:
+    """Scoring options for a trained tagger: no top-k cap unless one is asked for (the models'
+    reference code lists every tag above its threshold; CLIP's default cap of 10 does not apply)."""
+    options = scoring_options(settings)
+    origin = settings.sources.get("top_k", "default")
+    if origin in ("default", "last run") and settings.top_k == Settings.top_k:
+        options.top_k = None
+    return options
+
+
+def settings_hash(
+    model_key: str,
+    vocabulary: vocab_mod.Vocabulary,
+    settings: Settings,
+    options: scoring.ScoringOptions | None = None,
+) -> str:
     """Everything that decides which keywords a file gets, and where they are written."""
     parts = {
         "model": model_key,
         "vocab": vocabulary.fingerprint(),
-        "scoring": asdict(scoring_options(settings)),
+        "scoring": asdict(options or scoring_options(settings)),
     }
     return f"{_digest(parts, 12)}.{write_settings_hash(settings)}"
 
@@ -144,7 +159,8 @@ class Tagger:
         if info.get("kind", "clip") != "clip":
             self.vocab, self.label_index = tagger_vocabulary_for(info, self.vocab, self.settings)
             self.n_outputs = len(info.get("labels") or ())
-            self.hash = settings_hash(self.model_key, self.vocab, self.settings)
+            self.options = tagger_scoring_options(self.settings)
+            self.hash = settings_hash(self.model_key, self.vocab, self.settings, self.options)
             return
         if self.vocab.model_tags and not self.vocab.tags:
             raise VocabularyError(
