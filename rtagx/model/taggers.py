@@ -183,7 +183,7 @@ def resolve_tagger(
     identity = ModelIdentity(
         key=f"{kind}:sha:{weights_hash}|labels:{labels_hash}",
         name=model if where == "hub" and not model.startswith("hf-hub:") else (value if where == "hub" else model),
-        pretrained="",
+        pretrained=f"{kind} tagger",
         config_path=str(Path(label_file).resolve()),
         checkpoint_path=str(Path(weights).resolve()),
         checkpoint_hash=weights_hash,
