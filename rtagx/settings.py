@@ -68,6 +68,7 @@ class Settings:
     margin: float | None = None  # keep tags within this of the image's best score
     min_share: float | None = None  # keep tags with at least this softmax share of the vocabulary
     temperature: float | None = None  # softmax temperature for min_share (None: CLIP's 0.01)
+    ratings: bool = False  # trained taggers: also write the model's rating tag (WD14 general/sensitive/...)
     write: str = "auto"
     mode: str = "replace-own"
     sidecar_style: str = "ext"

@@ -21,7 +21,6 @@ LEVELS = {
     "review": 3,
     "run": 2,
     "analysis": 2,
-    "review": 2,
     "imaging": 1,
     "model": 1,
     "tags": 1,

@@ -22,8 +22,9 @@ from rtagx.model.memo import remembered_identity
 from rtagx.run.common import load_vocabulary_for
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary
 from rtagx.run.tag import run_tag
-from rtagx.run.tagger import scoring_options
+from rtagx.run.tagger import scoring_options, tagger_scoring_options, tagger_vocabulary_for
 from rtagx.settings import Settings
+from rtagx.tags import labels as labels_mod
 from rtagx.tags import scoring
 from rtagx.tags import vocab as vocab_mod
 
@@ -71,8 +72,13 @@ def score_images_at(
         if model_id is None:
             raise CacheError(f"no vectors of {settings.model} in the cache {store.path}")
         info = store.model_info(model_id)
-        texts = store.text_vectors(model_id, vocabulary.all_prompts())
-        matrix = scoring.build_tag_matrix(vocabulary, texts)
+        index: np.ndarray | None = None
+        if info.get("kind", "clip") != "clip":  # a trained tagger: its cached vectors are probabilities
+            vocabulary, index = tagger_vocabulary_for(info, vocabulary, settings)
+            matrix = np.zeros((0, len(info.get("labels") or ())), np.float32)
+        else:
+            texts = store.text_vectors(model_id, vocabulary.all_prompts())
+            matrix = scoring.build_tag_matrix(vocabulary, texts)
         records: dict[Path, int | None] = {path: store.content_of(path) for path in wanted}
         have = store.contents_with_vectors(model_id, [c for c in records.values() if c is not None])
         found: list[tuple[Path, int]] = []
@@ -84,17 +90,22 @@ def score_images_at(
                 found.append((path, cid))
         dim = matrix.shape[1]
         vectors = store.vectors(model_id, [c for _, c in found], dim) if found else np.zeros((0, dim), np.float32)
-    scores = (
-        scoring.score_images(vectors, matrix, logit_scale=info.get("logit_scale"), logit_bias=info.get("logit_bias"))
-        if found
-        else np.zeros((0, len(vocabulary.tags)))
+    if not found:
+        scores = np.zeros((0, len(vocabulary.tags)))
+    elif index is not None:
+        scores = labels_mod.tagger_scores(vectors, index)
+    else:
+        scores = scoring.score_images(
+            vectors, matrix, logit_scale=info.get("logit_scale"), logit_bias=info.get("logit_bias")
+        )
+    probabilities = (
+        index is not None or info.get("logit_bias") is not None or scoring.is_probability_model(info.get("name") or "")
     )
-    probabilities = info.get("logit_bias") is not None or scoring.is_probability_model(info.get("name") or "")
     return ScoredImages(
         [p for p, _ in found],
         scores,
         vocabulary,
-        scoring_options(settings),
+        tagger_scoring_options(settings) if index is not None else scoring_options(settings),
         info.get("name") or settings.model,
         probabilities,
         missing,

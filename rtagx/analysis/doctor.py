@@ -81,8 +81,19 @@ def check_model(settings: Settings) -> Check:
             f"open_clip {version}: {e}",
             "on a connected machine run `rtagx doctor --download`, or pass --pretrained /path/to/checkpoint",
         )
+    identity = resolved.identity
+    if identity.kind != "clip":  # a trained tagger: fixed tags, no prompts
+        runtime = "onnxruntime" if identity.kind == "wd14" else "torch"
+        have = _version(runtime)
+        detail = (
+            f"{identity.name}: {identity.kind} tagger with fixed outputs ({len(identity.labels)} tags), "
+            f"weights at {resolved.checkpoint_file}; runs on {runtime} {have or '(not installed)'}"
+        )
+        return Check("OK" if have else "FAIL", "model", detail, "" if have else "pip install 'rtagx[taggers]'")
     return Check(
-        "OK", "model", f"{resolved.identity.name} / {settings.pretrained}: weights at {resolved.checkpoint_file}"
+        "OK",
+        "model",
+        f"{identity.name} / {settings.pretrained}: embedding + zero-shot (CLIP), weights at {resolved.checkpoint_file}",
     )
 
 

@@ -12,7 +12,9 @@ from rtagx.cache.store import WrittenRecord, open_store, path_key
 from rtagx.errors import FileSkip
 from rtagx.keywords import metadata
 from rtagx.run.common import load_vocabulary_for, owning_root, written_place
+from rtagx.run.tagger import tagger_vocabulary_for
 from rtagx.settings import Settings, load_settings
+from rtagx.tags import labels as labels_mod
 from rtagx.tags import scoring
 
 
@@ -63,13 +65,21 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
             return info
         eff = load_settings(base=remembered)
         vocabulary = load_vocabulary_for(eff)
+        m = store.model_info(model_id)
+        if m.get("kind", "clip") != "clip":  # a trained tagger: the cached vector is its probabilities
+            vocabulary, index = tagger_vocabulary_for(m, vocabulary, eff)
+            probs = store.vectors(model_id, [rec.content_id], len(m.get("labels") or ()))
+            tagger_scores = labels_mod.tagger_scores(probs, index)[0]
+            order = np.argsort(-tagger_scores, kind="stable")[:top]
+            info.update(model=m.get("name"), vocabulary=vocabulary.source, templates="")
+            info["scores"] = [(vocabulary.tags[i].keyword, float(tagger_scores[i])) for i in order]
+            return info
         prompts = vocabulary.all_prompts()
         texts = store.text_vectors(model_id, prompts)
         if len(texts) < len(set(prompts)):
             return info
         matrix = scoring.build_tag_matrix(vocabulary, texts)
         vec = store.vectors(model_id, [rec.content_id], matrix.shape[1])
-        m = store.model_info(model_id)
     scores = scoring.score_images(vec, matrix, logit_scale=m.get("logit_scale"), logit_bias=m.get("logit_bias"))[0]
     order = np.argsort(-scores)[:top]
     info["model"] = m.get("name")

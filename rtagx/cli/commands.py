@@ -131,7 +131,7 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--model",
                 "-m",
                 default=None,
-                help="open_clip model name, or path to an open_clip model config JSON. [default: ViT-B-16]",
+                help="open_clip model name, or path to an open_clip model config JSON; or a trained tagger: wd-vit-tagger-v3 (wd-swinv2-, wd-convnext-, wd-eva02-large-tagger-v3), joytag, hf-hub:OWNER/REPO, or a folder with its files. [default: ViT-B-16]",
             ),
             click.option(
                 "--pretrained",
@@ -229,6 +229,12 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(min=0, min_open=True),
                 default=None,
                 help="Softmax temperature for --min-share, in cosine units. [default: 0.01, CLIP's own]",
+            ),
+            click.option(
+                "--ratings",
+                is_flag=True,
+                default=None,
+                help="Trained taggers (WD14): also write the model's most likely rating tag (general, sensitive, ...).",
             ),
         ]
     ):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import stat
 import threading
@@ -427,6 +428,8 @@ def decode_for_model(
     to sRGB from an embedded profile (``respect_icc=False``: only for CMYK). Raises
     DecodeError(reason, detail) for any file that cannot be used.
     """
+    if spec.pad_first:  # trained taggers: full-resolution decode, the reference's pixels (no ICC)
+        return _render_padded(_decode_source(Path(path), None, max_megapixels), spec, respect_icc=False)
     src = _decode_source(Path(path), spec, max_megapixels)
     return _render(src, spec, respect_icc)
 
@@ -470,6 +473,47 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
         canvas.paste(im, layout.offset)
         im = canvas
     return np.array(im, dtype=np.uint8)
+
+
+def _render_padded(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.ndarray:
+    """The trained taggers' reference preprocessing: upright image, alpha over the fill colour, padded
+    to a centred square (offsets ``(side - w) // 2`` in full-resolution pixels), one bicubic resize.
+
+    From a full-resolution decode (what :func:`decode_for_model` does for these models: their own
+    inference costs far more than a full JPEG decode) this is the reference exactly, ICC profiles
+    ignored as the reference ignores them. From a reduced decode (a RAW preview) the square is placed
+    with a fractional resample box, so the image lands where the full-resolution reference puts it."""
+    s = spec.size
+    fill = (spec.fill_color,) * 3
+    im = _to_resample_mode(src.image)
+    if im.mode in ("RGBA", "LA"):
+        base = Image.new("RGB", im.size, fill)
+        base.paste(im.convert("RGB"), (0, 0), im.getchannel("A"))
+        im = base
+    if src.orientation in ORIENT_TRANSPOSE:
+        im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
+    im = _finish_rgb(im, src.icc, respect_icc)
+    fw, fh = src.full_size
+    cw, ch = src.content
+    if swaps_axes(src.orientation):
+        fw, fh, cw, ch = fh, fw, ch, cw
+    side = max(fw, fh)
+    pad_left, pad_top = (side - fw) // 2, (side - fh) // 2
+    if im.size == (fw, fh):  # full resolution: the reference as written
+        square = Image.new("RGB", (side, side), fill)
+        square.paste(im, (pad_left, pad_top))
+        if side != s:
+            square = square.resize((s, s), Image.Resampling.BICUBIC)
+        return np.array(square, dtype=np.uint8)
+    kx, ky = cw / fw, ch / fh  # reduced pixels per full-resolution pixel
+    side_x, side_y = side * kx, side * ky
+    canvas_w, canvas_h = math.ceil(side_x) + 2, math.ceil(side_y) + 2
+    ox, oy = 1 + round(pad_left * kx), 1 + round(pad_top * ky)
+    canvas = Image.new("RGB", (canvas_w, canvas_h), fill)
+    canvas.paste(im, (ox, oy))
+    x0, y0 = ox - pad_left * kx, oy - pad_top * ky
+    out = canvas.resize((s, s), Image.Resampling.BICUBIC, box=(x0, y0, x0 + side_x, y0 + side_y))
+    return np.array(out, dtype=np.uint8)
 
 
 def _clamp(value: float, limit: int) -> float:

@@ -35,6 +35,9 @@ class PreprocessSpec:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0  # padding colour of resize_mode "longest" (open_clip's fill_color)
+    # Trained taggers' order (WD14, JoyTag reference code): alpha over the fill colour, pad the upright
+    # image to a centred square of the fill colour, then one bicubic resize of the whole square.
+    pad_first: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -47,10 +50,13 @@ class PreprocessSpec:
     @classmethod
     def from_model(cls, model: Any) -> PreprocessSpec:
         """Read ``model.visual.preprocess_cfg`` (open_clip), with OpenAI defaults for missing keys."""
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
         visual = getattr(model, "visual", model)
         cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+        if not cfg.get("mean") or not cfg.get("std"):  # importing open_clip takes seconds: only if needed
+            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+            cfg["mean"] = cfg.get("mean") or OPENAI_DATASET_MEAN
+            cfg["std"] = cfg.get("std") or OPENAI_DATASET_STD
         size = cfg.get("size", getattr(visual, "image_size", 224))
         if isinstance(size, (tuple, list)):
             if len(set(size)) != 1:
@@ -59,11 +65,12 @@ class PreprocessSpec:
         fill = cfg.get("fill_color", 0)
         return cls(
             size=int(size),
-            mean=_triple(cfg.get("mean") or OPENAI_DATASET_MEAN),
-            std=_triple(cfg.get("std") or OPENAI_DATASET_STD),
+            mean=_triple(cfg["mean"]),
+            std=_triple(cfg["std"]),
             interpolation=cfg.get("interpolation") or "bicubic",
             resize_mode=cfg.get("resize_mode") or "shortest",
             fill_color=int(fill[0] if isinstance(fill, (tuple, list)) else fill),
+            pad_first=bool(cfg.get("pad_first", False)),
         )
 
     @property

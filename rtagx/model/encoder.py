@@ -49,9 +49,20 @@ class ModelIdentity:
     checkpoint_path: str | None = None
     checkpoint_hash: str | None = None
     image_size: int = 224
+    # Trained taggers (rtagx.model.taggers): their kind, tag names and WD14 categories. "clip" has none.
+    kind: str = "clip"
+    labels: tuple[str, ...] = ()
+    categories: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:  # from JSON (the cache's memo) lists come back: keep it hashable
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "categories", tuple(self.categories))
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {}
+        if self.kind != "clip":
+            extra = {"kind": self.kind, "labels": list(self.labels), "categories": list(self.categories)}
+        return extra | {
             "key": self.key,
             "name": self.name,
             "pretrained": self.pretrained,
@@ -184,6 +195,12 @@ def resolve_model(
     Raises :class:`ModelError` with a one-line, actionable message for an unknown name, a missing
     config or checkpoint file, an unknown tag, or weights that are neither cached nor downloadable.
     """
+    from rtagx.model import taggers
+
+    source = taggers.tagger_source(model)
+    if source is not None:  # a trained tagger (WD14 / JoyTag): --pretrained does not apply
+        return taggers.resolve_tagger(source, model, offline=offline, digest=digest)
+
     import open_clip
 
     config_path: Path | None = None
@@ -500,6 +517,10 @@ def load_encoder(
     only its patch embedding, see bench/cpu_options.py). ``cpu_bf16``: the ``cpu_bf16`` setting
     (None: detect the CPU's bf16 instructions).
     """
+    if resolved.identity.kind != "clip":
+        from rtagx.model.taggers import load_tagger
+
+        return load_tagger(resolved, device=device, threads=threads)
     import open_clip
     import torch
 

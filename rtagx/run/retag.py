@@ -159,7 +159,7 @@ def retag_files(
             return cached_model_encoder(store, model_id, settings, text_only=True)
 
     tagger.prepare_text(text_encoder)
-    dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
+    dim = tagger.vector_dim()
     have = store.contents_with_vectors(model_id, [r.content_id for r in records.values()])
     works: list[FileWork] = []
     moved: list[FileRow] = []

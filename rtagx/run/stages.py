@@ -171,7 +171,11 @@ def decode_file(work: FileWork, spec: decode.PreprocessSpec, max_megapixels: flo
 
 
 def encode_batch(encoder: Encoder, arrays: list[np.ndarray], spec: decode.PreprocessSpec) -> np.ndarray:
-    """One batch of decoded images through the image tower: L2-normalised vectors, one row each."""
+    """One batch of decoded images through the image tower: L2-normalised vectors, one row each
+    (a trained tagger takes the arrays as they are and gives its probabilities)."""
+    encode_arrays = getattr(encoder, "encode_arrays", None)
+    if encode_arrays is not None:
+        return np.asarray(encode_arrays(arrays))
     return encoder.encode_images(decode.to_model_batch(arrays, spec))
 
 

@@ -181,7 +181,7 @@ def tag_with_store(
         return encoder_box[0]
 
     tagger.prepare_text(text_encoder)
-    dim = tagger.tag_matrix.shape[1] if tagger.tag_matrix is not None and tagger.tag_matrix.size else 0
+    dim = tagger.vector_dim()
 
     # 4. files whose vectors are cached: score and write, in chunks. A file unchanged since rtagx
     #    wrote it under the same settings is settled without loading its vector or reading it.

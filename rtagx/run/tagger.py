@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from rtagx.cache.store import FileRow, Store, WrittenRecord, path_key
-from rtagx.errors import FileSkip
+from rtagx.errors import FileSkip, VocabularyError
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary, Timer
 from rtagx.run.stages import FileWork
 from rtagx.settings import Settings
+from rtagx.tags import labels as labels_mod
 from rtagx.tags import scoring
 from rtagx.tags import vocab as vocab_mod
 from rtagx.tags.reviews import apply_decisions
@@ -38,12 +39,27 @@ def scoring_options(settings: Settings) -> scoring.ScoringOptions:
     )
 
 
-def settings_hash(model_key: str, vocabulary: vocab_mod.Vocabulary, settings: Settings) -> str:
+def tagger_scoring_options(settings: Settings) -> scoring.ScoringOptions:
+    """Scoring options for a trained tagger: no top-k cap unless one is asked for (the models'
+    reference code lists every tag above its threshold; CLIP's default cap of 10 does not apply)."""
+    options = scoring_options(settings)
+    origin = settings.sources.get("top_k", "default")
+    if origin in ("default", "last run") and settings.top_k == Settings.top_k:
+        options.top_k = None
+    return options
+
+
+def settings_hash(
+    model_key: str,
+    vocabulary: vocab_mod.Vocabulary,
+    settings: Settings,
+    options: scoring.ScoringOptions | None = None,
+) -> str:
     """Everything that decides which keywords a file gets, and where they are written."""
     parts = {
         "model": model_key,
         "vocab": vocabulary.fingerprint(),
-        "scoring": asdict(scoring_options(settings)),
+        "scoring": asdict(options or scoring_options(settings)),
     }
     return f"{_digest(parts, 12)}.{write_settings_hash(settings)}"
 
@@ -93,6 +109,7 @@ def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
         "keyword_root",
         "with_ancestors",
         "preserve_mtime",
+        "ratings",
     )
     out = {k: getattr(settings, k) for k in keep}
     out["model_key"] = identity_key
@@ -129,9 +146,30 @@ class Tagger:
         self.logit_bias: float | None = None
         self.last_scores: np.ndarray | None = None  # the last batch's tag scores (for review decisions)
         self.reviewed = store.reviewed_contents()  # contents with review decisions: never settled unread
+        self.label_index: np.ndarray | None = None  # trained taggers: vocabulary tag -> output index
+        self.n_outputs = 0
+
+    def vector_dim(self) -> int:
+        """The length of this model's cached vectors (0 when not known yet)."""
+        if self.label_index is not None:
+            return self.n_outputs
+        return self.tag_matrix.shape[1] if self.tag_matrix is not None and self.tag_matrix.size else 0
 
     def prepare_text(self, get_encoder: Callable[[], Encoder]) -> None:
-        """Tag matrix from cached prompt vectors; encode only prompts the cache lacks."""
+        """Tag matrix from cached prompt vectors; encode only prompts the cache lacks. A trained
+        tagger has no prompts: its vocabulary maps the model's tags (:mod:`rtagx.tags.labels`)."""
+        info = self.store.model_info(self.model_id)
+        if info.get("kind", "clip") != "clip":
+            self.vocab, self.label_index = tagger_vocabulary_for(info, self.vocab, self.settings)
+            self.n_outputs = len(info.get("labels") or ())
+            self.options = tagger_scoring_options(self.settings)
+            self.hash = settings_hash(self.model_key, self.vocab, self.settings, self.options)
+            return
+        if self.vocab.model_tags and not self.vocab.tags:
+            raise VocabularyError(
+                f"{self.vocab.source}: '!tagger all' names a trained tagger's tags, and {self.model_name or 'this model'} "
+                f"is a CLIP model: list the tags"
+            )
         prompts = self.vocab.all_prompts()
         with Timer(self.summary.timings, "text"):
             cached = self.store.text_vectors(self.model_id, prompts)
@@ -151,6 +189,12 @@ class Tagger:
         self.logit_scale, self.logit_bias = info.get("logit_scale"), info.get("logit_bias")
 
     def _choose(self, vectors: np.ndarray) -> list[list[scoring.ChosenTag]]:
+        if self.label_index is not None:
+            probabilities = np.asarray(vectors, dtype=np.float16).astype(np.float32)  # as the cache keeps them
+            with Timer(self.summary.timings, "score"):
+                scores = labels_mod.tagger_scores(probabilities, self.label_index)
+                self.last_scores = scores
+                return scoring.choose_tags(scores, self.vocab, self.options, probabilities=True)
         assert self.tag_matrix is not None
         # Score exactly what the cache keeps (float16): a fresh vector and the same vector read back
         # by `retag` or a sibling then give identical scores, so no tag flips at the threshold.
@@ -282,6 +326,27 @@ class Tagger:
             )
         )
         return base
+
+
+def user_vocabulary(settings: Settings, vocabulary: vocab_mod.Vocabulary) -> vocab_mod.Vocabulary | None:
+    """The vocabulary the user chose, or None when ``--tags`` was left at its default."""
+    origin = settings.sources.get("tags", "default")
+    if origin in ("default", "last run") and settings.tags == vocab_mod.DEFAULT_VOCABULARY:
+        return None
+    return vocabulary
+
+
+def tagger_vocabulary_for(
+    info: dict[str, Any], vocabulary: vocab_mod.Vocabulary, settings: Settings
+) -> tuple[vocab_mod.Vocabulary, np.ndarray]:
+    """A trained tagger's vocabulary (from the model info the cache keeps) and its output indices."""
+    return labels_mod.tagger_vocabulary(
+        info.get("labels") or (),
+        info.get("categories") or (),
+        user_vocabulary(settings, vocabulary),
+        kind=str(info.get("kind")),
+        ratings=settings.ratings,
+    )
 
 
 def settle_unchanged(tagger: Tagger, works: list[FileWork]) -> list[FileWork]:

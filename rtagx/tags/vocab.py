@@ -38,7 +38,7 @@ DEFAULT_VOCABULARY = "imagenet"
 SHIPPED_VOCABULARIES = ("imagenet", "coco", "places365", "openimages", "photos")
 TAG_ATTRIBUTES = ("threshold", "group", "templates")
 NO_TEMPLATES = "none"  # @templates=none: a tag described by its '>' sentences only
-DIRECTIVES = ("templates", "template", "threshold", "never", "rename", "exclusive", "include")
+DIRECTIVES = ("templates", "template", "threshold", "never", "rename", "exclusive", "include", "tagger")
 _NAME_FORBIDDEN = "|=;,"  # structural characters of a tag line
 _MAX_INCLUDE_DEPTH = 16
 _MAX_FILE_BYTES = 64 << 20
@@ -67,6 +67,7 @@ class Vocabulary:
     threshold: float | None = None  # the file's `!threshold`: used when no --threshold is given
     never: tuple[str, ...] = ()  # keywords never written (compared case-insensitively)
     renames: dict[str, str] = field(default_factory=dict)  # written keyword -> replacement
+    model_tags: bool = False  # `!tagger all`: every tag of a trained tagger, plus this file's lines
 
     def prompts_for(self, tag: Tag) -> list[str]:
         """Every text whose vector is averaged into the tag's vector: templated names, then descriptions."""
@@ -94,6 +95,8 @@ class Vocabulary:
             "never": sorted(n.casefold() for n in self.never),
             "renames": sorted((k.casefold(), v) for k, v in self.renames.items()),
         }
+        if self.model_tags:
+            data["model_tags"] = True
         return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=12).hexdigest()
 
     def is_never(self, keyword: str) -> bool:
@@ -271,9 +274,10 @@ class _Parsed:
     renames: dict[str, tuple[str, str]] = field(default_factory=dict)  # casefold old -> (old, new)
     rename_where: dict[str, str] = field(default_factory=dict)
     lines: int = 0
+    model_tags: bool = False
 
     def to_vocabulary(self, source: str) -> Vocabulary:
-        if not self.tags:
+        if not self.tags and not self.model_tags:
             raise VocabularyError(f"{self.source}:{max(self.lines, 1)}: no tags in vocabulary (empty file?)")
         return Vocabulary(
             tags=[t.build() for t in self.tags],
@@ -282,6 +286,7 @@ class _Parsed:
             threshold=self.threshold,
             never=tuple(dict.fromkeys(self.never)),
             renames={old: new for old, new in self.renames.values()},
+            model_tags=self.model_tags,
         )
 
 
@@ -480,6 +485,11 @@ class _Parser:
             raise self.fail(f"'{old}' is renamed twice (first at {self.out.rename_where[key]})")
         self.out.renames[key] = (old, new)
         self.out.rename_where[key] = f"{self.source}:{self.lineno}"
+
+    def _d_tagger(self, arg: str) -> None:
+        if arg.strip().lower() != "all":
+            raise self.fail("!tagger takes 'all': every tag of a trained tagger (WD14, JoyTag), plus this file's lines")
+        self.out.model_tags = True
 
     def _d_exclusive(self, arg: str) -> None:
         path = tuple(self._name(level, "!exclusive path") for level in arg.split("|"))
