@@ -130,6 +130,36 @@ def test_a_rejected_tag_is_never_written_again_and_an_accepted_one_stays(tagged)
     assert len(keywords(photos / "sub" / "renamed.jpg")) == 3
 
 
+def test_a_tag_added_by_hand_is_the_persons_keyword(tagged, server):
+    photos, cache = tagged["photos"], tagged["cache"]
+    canon, nikon = photos / "Canon_40D.jpg", photos / "Nikon_D70.jpg"
+    mine = next(t for t in ["dog", "cat", "car", "beach"] if t not in keywords(nikon))
+    handed_over = keywords(canon)[0]  # rtagx wrote it; the person adds it too: it becomes theirs
+    for path, tag in ((nikon, mine), (canon, handed_over)):
+        status, body = request(
+            server,
+            "POST",
+            "/api/add",
+            body={"paths": [str(path)], "tag": tag},
+            headers={"X-Rtagx-Token": server.token, "Origin": server.origin},
+        )
+        assert status == 200, body
+        assert tag in keywords(path)
+    for path, tag in ((nikon, mine), (canon, handed_over)):  # not in rtagx's record of what it wrote
+        out = subprocess.run(["exiftool", "-j", "-XMP-rtagx:Keywords", str(path)], check=True, capture_output=True)
+        assert tag not in json.loads(out.stdout)[0].get("Keywords", [])
+    # neither untag nor a retag that drops every tag removes them
+    code, out = rtagx("untag", str(photos), "--cache", str(cache), "-q")
+    assert code == 0, out
+    assert keywords(nikon) == [mine] and keywords(canon) == [handed_over]
+    code, out = rtagx("retag", str(photos), "--cache", str(cache), "--threshold", "0.99", "--yes", "-q")
+    assert code == 0, out
+    assert mine in keywords(nikon) and handed_over in keywords(canon)
+    code, out = rtagx("untag", str(photos), "--cache", str(cache), "-q")
+    assert code == 0, out
+    assert keywords(nikon) == [mine] and keywords(canon) == [handed_over]
+
+
 def test_calibrate_from_reviews_fits_thresholds_on_the_decisions(tagged):
     photos, cache = tagged["photos"], tagged["cache"]
     library = ReviewLibrary([photos], {"cache": str(cache)})

@@ -29,8 +29,9 @@ from rtagx.analysis.evaluate import Explanation, explain_scores
 from rtagx.cache.store import FileRecord, WriterLock, open_store, path_key
 from rtagx.cache.thumbs import prune_thumbnails, thumbnail_bytes
 from rtagx.cache.thumbs import thumbs_dir as default_thumbs
-from rtagx.errors import CacheError, UsageError
-from rtagx.run.common import check_paths, load_vocabulary_for, owning_root
+from rtagx.errors import CacheError, FileSkip, UsageError
+from rtagx.keywords import metadata
+from rtagx.run.common import check_paths, load_vocabulary_for, owning_root, written_place
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary
 from rtagx.run.retag import run_retag
 from rtagx.run.tagger import scoring_options
@@ -382,6 +383,78 @@ class ReviewLibrary:
             # every reviewed copy of the same content gets the decision too (it is kept by content)
             contents = {p.content_id for p in photos}
             return self._retag([p.path for p in self.photos if p.content_id in contents], dry_run=False)
+
+    def add_by_hand(self, photos: Sequence[Photo], tag: str) -> list[FileOutcome]:
+        """A person adds ``tag`` to ``photos``: it is the person's keyword, never rtagx's. It is
+        written into each reviewed copy (where rtagx writes that file's keywords: IPTC + XMP, sidecar
+        or caption) through the atomic writer, under the cache lock, without entering rtagx's record
+        (a keyword rtagx had written is handed over), so no untag, retag or replace-own removes it.
+        The tag is also recorded as accepted on the content, as the person's verdict on it."""
+        i = self.tag_for(tag)
+        t = self.vocab.tags[i]
+        keyword = self.vocab.rename(t.keyword)
+        hier = "|".join(self.vocab.rename(level) for level in t.path if not self.vocab.is_never(level))
+        contents = {p.content_id for p in photos}
+        outcomes: list[FileOutcome] = []
+        with self._write_lock:
+            lock = WriterLock(self.cache)
+            lock.acquire(wait=True, timeout=60)
+            try:
+                with open_store(self.cache) as store:
+                    store.put_reviews(
+                        [
+                            (p.content_id, t.keyword, ACCEPTED, self.model_id, float(self.photo_scores(p)[i]))
+                            for p in photos
+                        ]
+                    )
+                    roots = store.roots()
+                    for p in [p for p in self.photos if p.content_id in contents]:
+                        key = path_key(p.path)
+                        record = store.written([key]).get(key)
+                        place = written_place(self.settings, record, owning_root(p.path, roots))
+                        score = [(t.keyword, float(self.photo_scores(p)[i]))]
+                        try:
+                            result = metadata.add_person_keywords(
+                                p.path,
+                                [keyword],
+                                hierarchical=[hier] if hier else [],
+                                target=place["write"],
+                                sidecar_style=place["sidecar_style"],
+                                caption_ext=place["caption_ext"],
+                                preserve_mtime=self.settings.preserve_mtime,
+                            )
+                        except FileSkip as e:
+                            outcomes.append(FileOutcome(p.path, "skipped", score, reason=e.reason, detail=e.detail))
+                            continue
+                        folded = keyword.casefold()
+                        if record is not None and any(k.casefold() == folded for k in record.keywords):
+                            # handed over: rtagx's record of what it wrote no longer holds it
+                            store.put_written(
+                                [
+                                    record._replace(
+                                        keywords=[k for k in record.keywords if k.casefold() != folded],
+                                        hierarchical=[
+                                            h for h in record.hierarchical if h.rsplit("|", 1)[-1].casefold() != folded
+                                        ],
+                                    )
+                                ]
+                            )
+                        outcomes.append(
+                            FileOutcome(
+                                p.path,
+                                "written" if result.changed else "unchanged",
+                                score,
+                                added=list(result.added),
+                                target=result.target,
+                                written_to=result.written_to,
+                                warnings=list(result.warnings),
+                            )
+                        )
+            finally:
+                lock.release()
+        with self._lock:
+            self._scores.clear()
+        return outcomes
 
     def plan(self) -> list[FileOutcome]:
         """What the next ``retag`` of the reviewed roots would change (nothing is written)."""

@@ -181,7 +181,8 @@ class Pages:
             f'<a href="{self.url("/folder", path=p.path.parent)}">folder</a> &middot; keywords rtagx wrote: '
             f"{esc(', '.join(view.written) or 'none')}</p>"
             f'<div class="photo"><img alt="{esc(p.path.name)}" src="{self.url("/thumb", path=p.path, size=768)}">'
-            f'<div><p data-path="{esc(p.path)}">add a tag from the vocabulary: <select id="add-tag-name">{options}'
+            f'<div><p data-path="{esc(p.path)}">add a tag from the vocabulary as your own keyword '
+            f'(no rtagx run removes it): <select id="add-tag-name">{options}'
             '</select> <button id="add-tag">add</button></p>'
             f"<p class='keys'>{esc(KEYS)}</p>"
             "<table><tr><th>#</th><th>tag</th><th>score</th><th>threshold</th><th>threshold cut</th><th>margin</th>"
