@@ -266,6 +266,33 @@ def test_changes_need_post_the_token_header_and_our_origin(server, tagged):
     assert tag not in keywords(Path(canon))
 
 
+def test_the_first_page_is_served_while_the_photos_still_load(tagged, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    load = ReviewLibrary._load_photos
+
+    def slow_load(self: ReviewLibrary) -> None:
+        release.wait(30)
+        load(self)
+
+    monkeypatch.setattr(ReviewLibrary, "_load_photos", slow_load)
+    server = start(tagged)
+    try:
+        status, body = request(server, "GET", f"/?{q(token=server.token)}")
+        assert status == 200 and b"still listing" in body and b">dog<" in body
+        assert request(server, "GET", f"/?{q(token='wrong')}")[0] == 403
+        release.set()  # a page that needs the photos waits for them, then is served in full
+        canon = tagged["photos"] / "Canon_40D.jpg"
+        status, body = request(server, "GET", f"/photo?{q(path=canon, token=server.token)}")
+        assert status == 200 and b"Canon_40D.jpg" in body
+        status, body = request(server, "GET", f"/?{q(token=server.token)}")
+        assert b"4 photos" in body  # the symlink out of the root is not one of them
+    finally:
+        release.set()
+        server.stop()
+
+
 def test_grid_pages_are_sorted_by_score_with_the_threshold_line(server, tagged):
     library = ReviewLibrary([tagged["photos"]], {"cache": str(tagged["cache"])})
     grid = library.tag_grid("cat", per_page=2)

@@ -107,7 +107,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         return PlainTextResponse(f"rtagx review: {e}", status_code=404)
 
     def index(request: Request) -> Response:
-        return HTMLResponse(pages.index(library.tag_summary(), len(library.photos), library.roots))
+        return HTMLResponse(pages.index(library.tag_summary(), library.photo_count(), library.roots))
 
     def tag(request: Request) -> Response:
         try:

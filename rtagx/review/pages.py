@@ -86,14 +86,14 @@ class Pages:
         )
 
     # -- views ----------------------------------------------------------------------------------
-    def index(self, tags: Sequence[tuple[str, int | None, float]], photos: int, roots: Sequence[Path]) -> str:
+    def index(self, tags: Sequence[tuple[str, int | None, float]], photos: int | None, roots: Sequence[Path]) -> str:
         rows = "".join(
             f'<tr><td><a href="{self.url("/tag", name=t)}">{esc(t)}</a></td>'
             f"<td>{'counting...' if n is None else n}</td><td>{thr:.4f}</td></tr>"
             for t, n, thr in tags
         )
         body = (
-            f"<h1>Tags</h1><p class='meta'>{photos} photos under {esc(', '.join(map(str, roots)))}</p>"
+            f"<h1>Tags</h1><p class='meta'>{'(still listing the)' if photos is None else photos} photos under {esc(', '.join(map(str, roots)))}</p>"
             f"<table><tr><th>tag</th><th>photos at or above threshold</th><th>threshold</th></tr>{rows}</table>"
         )
         return self.page("Tags", body)
