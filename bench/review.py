@@ -10,8 +10,10 @@ ViT-B/16, prompt vectors of the 1,000-tag ``imagenet`` vocabulary, the root with
 photo files themselves are not written (no page but the thumbnail reads them): one real camera JPEG
 is added to time a thumbnail cold (draft-mode decode) and warm (from the disk cache).
 
-What it measures: the start (loading the cached vectors: what ``rtagx review`` does before it
-prints its address), then over real HTTP to the running server (token, Host and Origin checks
+What it measures: the start (settings, vocabulary and prompt vectors: what ``rtagx review`` does
+before it prints its address; the photos and their vectors load in the background), the first page
+(the tag list the command opens) at once, a tag's grid asked for before the vectors are in, the
+time until they are; then, once loaded, over real HTTP to the running server (token, Host and Origin checks
 included) the first request of each view: a tag's grid page 1 (scores 100k photos for the tag, sorts
 them), its page 2 (memoized), a photo's explain view, the biggest folder, the tag list, the dry run
 of the next retag is not timed here (it is `retag --dry-run`, see bench/cache_scale.py).
@@ -113,11 +115,25 @@ def main() -> int:
     start_s = time.perf_counter() - t0
     server = ReviewServer(library)
     server.start()
+    serving_s = time.perf_counter() - t0
     q = lambda **kw: urllib.parse.urlencode({**kw, "token": server.token})  # noqa: E731
     folder = lib["root"] / "a000" / "b00"
     tag = library.vocab.tags[0].keyword
-    results = {"photos": len(library.photos), "tags": len(library.vocab.tags), "start_s": round(start_s, 3)}
+    results: dict[str, float | int] = {"tags": len(library.vocab.tags), "start_s": round(start_s, 3)}
+    results["serving_after_s"] = round(serving_s, 3)
     try:
+        # the page the command opens, while the photos and vectors still load in the background
+        took, status, _ = get(server.port, f"/?{q()}")
+        assert status == 200, ("first_page", status)
+        results["first_page_s"] = round(took, 4)
+        results["first_page_after_start_s"] = round(time.perf_counter() - t0, 3)
+        # a tag's grid asked for at once waits for the vectors (another tag than the ones timed below)
+        took, status, _ = get(server.port, f"/tag?{q(name=library.vocab.tags[250].keyword)}")
+        assert status == 200, ("tag_while_loading", status)
+        results["tag_page1_while_loading_s"] = round(took, 4)
+        library.wait_loaded()
+        results["loaded_after_s"] = round(time.perf_counter() - t0, 3)
+        results["photos"] = len(library.photos)
         for name, target in [
             ("tag_page1", f"/tag?{q(name=tag)}"),
             ("tag_page2", f"/tag?{q(name=tag, page=1)}"),

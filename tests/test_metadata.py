@@ -25,7 +25,13 @@ from PIL import Image
 from rtagx.errors import MetadataError, UsageError
 from rtagx.keywords import iptc, metadata, tiff_ifd
 from rtagx.keywords import jpeg_segments as jpeg
-from rtagx.keywords.metadata import read_keywords, remove_own_keywords, resolve_target, write_keywords
+from rtagx.keywords.metadata import (
+    add_person_keywords,
+    read_keywords,
+    remove_own_keywords,
+    resolve_target,
+    write_keywords,
+)
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
@@ -330,6 +336,44 @@ def test_resolve_target():
 
 
 # ------------------------------------------------------------------ ownership and modes
+
+
+@needs_exiftool
+def test_keywords_added_for_a_person_are_never_rtagxs(jpg, tmp_path):
+    write_keywords(jpg, ["dog", "cat"])
+    r = add_person_keywords(jpg, ["Cat", "holiday"])  # "cat" was rtagx's: handed over to the person
+    assert r.changed and r.added == ["holiday"] and r.keywords_after == ["dog", "cat", "holiday"]
+    m = one(jpg)
+    assert as_list(m["XMP-dc:Subject"]) == ["dog", "cat", "holiday"]
+    assert as_list(m["IPTC:Keywords"]) == ["dog", "cat", "holiday"]
+    assert as_list(m["XMP-rtagx:Keywords"]) == ["dog"]
+    assert not add_person_keywords(jpg, ["holiday"]).changed  # already the person's: nothing to write
+    # neither replace-own nor untag removes them
+    assert write_keywords(jpg, ["bird"]).removed == ["dog"]
+    assert remove_own_keywords(jpg).removed == ["bird"]
+    m = one(jpg)
+    assert as_list(m["XMP-dc:Subject"]) == ["cat", "holiday"]
+    assert as_list(m["IPTC:Keywords"]) == ["cat", "holiday"]
+    assert not any(k.startswith("XMP-rtagx") for k in m)
+
+    # a file with no keywords at all gets IPTC and XMP keywords, and nothing of rtagx's
+    bare = tmp_path / "bare.jpg"
+    Image.new("RGB", (16, 16), "gray").save(bare)
+    add_person_keywords(bare, ["sunset"])
+    m = one(bare)
+    assert as_list(m["XMP-dc:Subject"]) == ["sunset"] and as_list(m["IPTC:Keywords"]) == ["sunset"]
+    assert b"ns.rtagx.dev" not in bare.read_bytes()
+    assert not remove_own_keywords(bare).changed
+
+    # the sidecar rtagx would use: the keyword goes there, unowned
+    raw = tmp_path / "photo.dng"
+    raw.write_bytes(b"not really raw")
+    add_person_keywords(raw, ["beach"], hierarchical=["place|beach"])
+    m = one(tmp_path / "photo.dng.xmp")
+    assert as_list(m["XMP-dc:Subject"]) == ["beach"]
+    assert as_list(m["XMP-lr:HierarchicalSubject"]) == ["place|beach"]
+    assert not any(k.startswith("XMP-rtagx") for k in m)
+    assert read_keywords(raw).owned == []
 
 
 @needs_exiftool

@@ -130,6 +130,36 @@ def test_a_rejected_tag_is_never_written_again_and_an_accepted_one_stays(tagged)
     assert len(keywords(photos / "sub" / "renamed.jpg")) == 3
 
 
+def test_a_tag_added_by_hand_is_the_persons_keyword(tagged, server):
+    photos, cache = tagged["photos"], tagged["cache"]
+    canon, nikon = photos / "Canon_40D.jpg", photos / "Nikon_D70.jpg"
+    mine = next(t for t in ["dog", "cat", "car", "beach"] if t not in keywords(nikon))
+    handed_over = keywords(canon)[0]  # rtagx wrote it; the person adds it too: it becomes theirs
+    for path, tag in ((nikon, mine), (canon, handed_over)):
+        status, body = request(
+            server,
+            "POST",
+            "/api/add",
+            body={"paths": [str(path)], "tag": tag},
+            headers={"X-Rtagx-Token": server.token, "Origin": server.origin},
+        )
+        assert status == 200, body
+        assert tag in keywords(path)
+    for path, tag in ((nikon, mine), (canon, handed_over)):  # not in rtagx's record of what it wrote
+        out = subprocess.run(["exiftool", "-j", "-XMP-rtagx:Keywords", str(path)], check=True, capture_output=True)
+        assert tag not in json.loads(out.stdout)[0].get("Keywords", [])
+    # neither untag nor a retag that drops every tag removes them
+    code, out = rtagx("untag", str(photos), "--cache", str(cache), "-q")
+    assert code == 0, out
+    assert keywords(nikon) == [mine] and keywords(canon) == [handed_over]
+    code, out = rtagx("retag", str(photos), "--cache", str(cache), "--threshold", "0.99", "--yes", "-q")
+    assert code == 0, out
+    assert mine in keywords(nikon) and handed_over in keywords(canon)
+    code, out = rtagx("untag", str(photos), "--cache", str(cache), "-q")
+    assert code == 0, out
+    assert keywords(nikon) == [mine] and keywords(canon) == [handed_over]
+
+
 def test_calibrate_from_reviews_fits_thresholds_on_the_decisions(tagged):
     photos, cache = tagged["photos"], tagged["cache"]
     library = ReviewLibrary([photos], {"cache": str(cache)})
@@ -234,6 +264,33 @@ def test_changes_need_post_the_token_header_and_our_origin(server, tagged):
     assert status == 200, out
     assert json.loads(out)["files"][canon]["removed"] == [tag]
     assert tag not in keywords(Path(canon))
+
+
+def test_the_first_page_is_served_while_the_photos_still_load(tagged, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    load = ReviewLibrary._load_photos
+
+    def slow_load(self: ReviewLibrary) -> None:
+        release.wait(30)
+        load(self)
+
+    monkeypatch.setattr(ReviewLibrary, "_load_photos", slow_load)
+    server = start(tagged)
+    try:
+        status, body = request(server, "GET", f"/?{q(token=server.token)}")
+        assert status == 200 and b"still listing" in body and b">dog<" in body
+        assert request(server, "GET", f"/?{q(token='wrong')}")[0] == 403
+        release.set()  # a page that needs the photos waits for them, then is served in full
+        canon = tagged["photos"] / "Canon_40D.jpg"
+        status, body = request(server, "GET", f"/photo?{q(path=canon, token=server.token)}")
+        assert status == 200 and b"Canon_40D.jpg" in body
+        status, body = request(server, "GET", f"/?{q(token=server.token)}")
+        assert b"4 photos" in body  # the symlink out of the root is not one of them
+    finally:
+        release.set()
+        server.stop()
 
 
 def test_grid_pages_are_sorted_by_score_with_the_threshold_line(server, tagged):

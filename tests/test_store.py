@@ -94,6 +94,22 @@ def test_vectors_are_float16_and_keyed_by_model(tmp_path: Path) -> None:
             store.vectors(b, [cid], 8)
 
 
+def test_many_vectors_come_by_one_range_scan_in_the_order_asked(tmp_path: Path) -> None:
+    with open_store(tmp_path / "c.sqlite3") as store:
+        a, b = store.model_id("model-a"), store.model_id("model-b")
+        ids = store.put_files([(tmp_path / f"{i}.jpg", 1, 1, f"fp-{i}") for i in range(3000)])
+        vecs = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+        store.put_vectors(a, ids[:2500], vecs[:2500])
+        store.put_vectors(b, ids, vecs[::-1].copy())  # another model's vectors in the same range
+        asked = list(reversed(ids[:2500])) + ids[:10]  # out of order, with repeats
+        got = store.vectors(a, asked, 8)
+        want = np.concatenate([vecs[:2500][::-1], vecs[:10]])
+        assert np.allclose(got, want, atol=1e-2)
+        assert store.contents_with_vectors(a, ids) == set(ids[:2500])
+        with pytest.raises(CacheError):
+            store.vectors(a, ids, 8)  # the last 500 have none
+
+
 def test_fingerprint_aliases_share_one_content(tmp_path: Path) -> None:
     with open_store(tmp_path / "c.sqlite3") as store:
         (cid,) = store.put_files([(tmp_path / "a.jpg", 10, 1, "fp-1")])

@@ -1581,7 +1581,8 @@ def review(ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, *
         raise UsageError("nothing to review: no tagged folders in the cache yet (run `rtagx tag PATH` first)")
     library = ReviewLibrary(roots, overrides, config_path=ctx.config)
     server = ReviewServer(library, port)
-    click.echo(f"rtagx review: {len(library.photos)} photos at {server.url}  (Ctrl-C stops)", err=True)
+    # the photos and their vectors load in the background: the first page is served at once
+    click.echo(f"rtagx review: serving at {server.url}  (Ctrl-C stops)", err=True)
     if not no_browser:
         import webbrowser
 

@@ -628,23 +628,47 @@ class _Plan:
         return self.xmp_changed or self.iptc_changed or self.xp_keywords is not None
 
 
-def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str) -> _Plan:
+def _add_persons(diff: _Diff, person: Sequence[str]) -> _Diff:
+    """``diff`` with ``person``'s keywords added (the ones the file lacks) and none of them owned."""
+    folded = {k.casefold() for k in diff.new}
+    extra: list[str] = []
+    for k in person:
+        if k.casefold() not in folded:
+            extra.append(k)
+            folded.add(k.casefold())
+    theirs = {k.casefold() for k in person}
+    owned = [k for k in diff.owned if k.casefold() not in theirs]
+    return _Diff(diff.new + extra, owned, diff.added + extra, diff.removed)
+
+
+def _plan(
+    box: _Container,
+    chosen: list[str],
+    chosen_hier: list[str],
+    mode: str,
+    person: Sequence[str] = (),
+    person_hier: Sequence[str] = (),
+) -> _Plan:
     doc = box.doc
     current = box.current_keywords()
     owned = doc.get_array(NS_RTAGX, "Keywords") or []
     owned_h = doc.get_array(NS_RTAGX, "HierarchicalKeywords") or []
     hier_field = doc.get_array(NS_LR, "hierarchicalSubject")
+    if person:  # the person's keywords from now on: out of rtagx's record, whoever wrote them first
+        theirs = {k.casefold() for k in person}
+        owned = [k for k in owned if k.casefold() not in theirs]
+        owned_h = [h for h in owned_h if h.rsplit(HIERARCHY_SEPARATOR, 1)[-1].casefold() not in theirs]
 
-    flat = _apply(current, owned, chosen, mode)
+    flat = _add_persons(_apply(current, owned, chosen, mode), person)
     if hier_field is None:  # carry the flat keywords in as top-level entries (a flat "AC|DC" is no hierarchy)
         carried = [k for k in current if HIERARCHY_SEPARATOR not in k]
         cur_h, owned_h = carried, _unique(owned_h + [k for k in owned if k in carried])
     else:
         cur_h = hier_field
-    hier = _apply(cur_h, owned_h, chosen_hier, mode)
+    hier = _add_persons(_apply(cur_h, owned_h, chosen_hier, mode), person_hier)
     has_hierarchy = any(HIERARCHY_SEPARATOR in h for h in hier.new)
     created = doc.get_array(NS_RTAGX, "Created") or []
-    if hier_field is None and has_hierarchy:
+    if hier_field is None and has_hierarchy and not person:  # a person's hierarchy: their field
         created = _unique([*created, _LR_FIELD])
     write_hier = hier_field is not None or has_hierarchy
     if hier_field is not None and _LR_FIELD in created and not has_hierarchy:
@@ -672,8 +696,8 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         had_field = (had_subject and _SUBJECT_FIELD not in created) or (
             presence == "keywords" and _IPTC_BLOCK not in created and _IPTC_KEYWORDS not in created
         )
-        typed_since = bool(flat.new) and not had_field
-        if not had_subject or (_SUBJECT_FIELD in created and not typed_since):
+        typed_since = (bool(flat.new) and not had_field) or bool(person)  # person: typed now
+        if (not had_subject and not person) or (_SUBJECT_FIELD in created and not typed_since):
             subject = []
         for mark in (_IPTC_BLOCK, _IPTC_KEYWORDS):
             if mark in created and iptc_drop is None and presence != "absent" and not typed_since:
@@ -711,7 +735,7 @@ def _plan(box: _Container, chosen: list[str], chosen_hier: list[str], mode: str)
         iptc_changed = True
     elif iptc_drop == _IPTC_KEYWORDS:
         iptc_changed = presence == "keywords"
-    elif presence in ("absent", "no-keywords") and not flat.owned:
+    elif presence in ("absent", "no-keywords") and not flat.owned and not person:
         iptc_changed = False  # no keyword of rtagx's to put there: the file keeps no IPTC keywords
     else:
         iptc_changed = box.has_iptc and not box.iptc_in_sync(flat.new)
@@ -788,6 +812,33 @@ def write_keywords(
     return _write(path, where, sidecar_style, flat, hier, mode, preserve_mtime, dry_run)
 
 
+def add_person_keywords(
+    path: Path,
+    keywords: Sequence[str],
+    *,
+    hierarchical: Sequence[str] = (),
+    target: str = "auto",
+    sidecar_style: str = "ext",
+    caption_ext: str = ".txt",
+    preserve_mtime: bool = False,
+    dry_run: bool = False,
+) -> WriteResult:
+    """Add ``keywords`` as a person's (typed by hand, say in ``rtagx review``): written like rtagx's
+    (IPTC + XMP, or the sidecar) but never recorded as rtagx's, so no later run removes them. A keyword
+    rtagx had written is handed over: it stays in the file and leaves rtagx's record. Nothing else
+    changes. Caption files hold no ownership record: there the keywords are merged in."""
+    path = Path(path)
+    _check_choice(sidecar_style, SIDECAR_STYLES, "sidecar style")
+    where = resolve_target(path, target)
+    flat = _unique([clean_keyword(k) for k in keywords])
+    if where == "none" or not flat:
+        return WriteResult(path, None, where, [], [], False, [])
+    if where == "txt":
+        return _write_caption(path, flat, "merge", caption_ext, preserve_mtime, dry_run)
+    hier = _hierarchy(flat, hierarchical, None)
+    return _write(path, where, sidecar_style, [], [], "merge", preserve_mtime, dry_run, person=(flat, hier))
+
+
 def remove_own_keywords(
     path: Path,
     *,
@@ -837,6 +888,7 @@ def _write(
     dry_run: bool,
     *,
     only_own: bool = False,
+    person: tuple[list[str], list[str]] = ([], []),
 ) -> WriteResult:
     def attempt() -> WriteResult:
         box = _open(path, where, style)
@@ -845,7 +897,7 @@ def _write(
         ):
             # Nothing of rtagx's here: removing it changes nothing (no reconciling a person's fields).
             return WriteResult(path, None, where, [], [], False, box.current_keywords(), list(box.warnings))
-        plan = _plan(box, flat, hier, mode)
+        plan = _plan(box, flat, hier, mode, *person)
         if plan.changed:
             if dry_run:
                 check_writable(box.path)  # a dry run reports what the real run would skip

@@ -107,7 +107,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         return PlainTextResponse(f"rtagx review: {e}", status_code=404)
 
     def index(request: Request) -> Response:
-        return HTMLResponse(pages.index(library.tag_summary(), len(library.photos), library.roots))
+        return HTMLResponse(pages.index(library.tag_summary(), library.photo_count(), library.roots))
 
     def tag(request: Request) -> Response:
         try:
@@ -157,7 +157,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
     def plan(request: Request) -> Response:
         return HTMLResponse(pages.plan(library.plan()))
 
-    async def decide(request: Request) -> Response:
+    async def change(request: Request, by_hand: bool) -> Response:
         try:
             body = await request.json()
             paths = body["paths"]
@@ -171,7 +171,10 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         except (ValueError, KeyError, TypeError, UsageError) as e:
             return JSONResponse({"error": f"bad request: {e}"}, status_code=400)
         try:
-            outcomes = await _in_thread(library.decide, photos, tag_name, decision)
+            if by_hand:  # the person's keyword, never rtagx's
+                outcomes = await _in_thread(library.add_by_hand, photos, tag_name)
+            else:
+                outcomes = await _in_thread(library.decide, photos, tag_name, decision)
         except RtagxError as e:
             return JSONResponse({"error": str(e)}, status_code=409)
         files = {}
@@ -185,6 +188,12 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             }
         written = sum(o.action == "written" for o in outcomes)
         return JSONResponse({"files": files, "summary": f"{len(outcomes)} files, {written} rewritten"})
+
+    async def decide(request: Request) -> Response:
+        return await change(request, by_hand=False)
+
+    async def add(request: Request) -> Response:
+        return await change(request, by_hand=True)
 
     async def apply(request: Request) -> Response:
         try:
@@ -210,6 +219,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         Route("/plan", plan),
         Route("/search", search),
         Route("/api/decide", decide, methods=["POST"]),
+        Route("/api/add", add, methods=["POST"]),
         Route("/api/apply", apply, methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), token, port_of)

@@ -1,7 +1,8 @@
 """The data side of ``rtagx review``: everything the pages show and every change they make.
 
 At start it loads the cached vectors of every file under the reviewed roots (no image is decoded)
-with the settings the deepest root was tagged with. A tag's grid is one matrix-vector product over
+with the settings the deepest root was tagged with, in the background: pages are served at once
+and each waits only for what it reads. A tag's grid is one matrix-vector product over
 those vectors, sorted once and memoized, so paging is a slice. Only files in the cache under the
 reviewed roots can be named: :meth:`ReviewLibrary.photo_for` refuses anything else (``..``, a
 symlink out of the root, any other absolute path).
@@ -29,8 +30,9 @@ from rtagx.analysis.evaluate import Explanation, explain_scores
 from rtagx.cache.store import FileRecord, WriterLock, open_store, path_key
 from rtagx.cache.thumbs import prune_thumbnails, thumbnail_bytes
 from rtagx.cache.thumbs import thumbs_dir as default_thumbs
-from rtagx.errors import CacheError, UsageError
-from rtagx.run.common import check_paths, load_vocabulary_for, owning_root
+from rtagx.errors import CacheError, FileSkip, UsageError
+from rtagx.keywords import metadata
+from rtagx.run.common import check_paths, load_vocabulary_for, owning_root, written_place
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary
 from rtagx.run.retag import run_retag
 from rtagx.run.tagger import scoring_options
@@ -126,6 +128,10 @@ class ReviewLibrary:
 
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> None:
+        """What every page needs (settings, vocabulary, prompt vectors) now; the photo list and then
+        their vectors in the background, so the first page is served at once. Each view waits only
+        for what it reads: the tag list for nothing, a folder or a photo for the list, a tag's grid
+        for the vectors (a photo's own view reads its one vector from the cache meanwhile)."""
         with open_store(self.cache, readonly=True) as store:
             roots = store.roots()
             owner = owning_root(self.roots[0], roots)
@@ -150,31 +156,77 @@ class ReviewLibrary:
             if missing:
                 raise CacheError(f"{len(missing)} prompt vectors are not cached: run `rtagx retag` once first")
             self.tag_matrix = scoring.build_tag_matrix(self.vocab, cached)
-            records: dict[bytes, FileRecord] = {}
-            for root in self.roots:
-                records.update(store.files_under(root))
-            have = store.contents_with_vectors(model_id, [r.content_id for r in records.values()])
-            # a cached file whose real path leaves the roots (a symlink out) is neither listed nor served
-            real_dirs: dict[str, bool] = {}
-            keys = sorted(k for k, r in records.items() if r.content_id in have and self._inside_fast(k, real_dirs))
-            dim = int(self.tag_matrix.shape[1])
-            content_ids = [records[k].content_id for k in keys]
-            self.vectors = np.asarray(store.vectors(model_id, content_ids, dim), dtype=np.float32)
-        self.vectors /= np.maximum(np.linalg.norm(self.vectors, axis=1, keepdims=True), 1e-12)  # as score_images
-        self.photos = [
-            Photo(os.fsdecode(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)
-        ]
-        self.by_path = {p.name: p for p in self.photos}
         self.options = scoring_options(self.settings)
         self.thresholds = scoring.tag_thresholds(self.vocab, self.options, self.model_name, self.probabilities)
         self.tag_index = {t.keyword.casefold(): i for i, t in enumerate(self.vocab.tags)}
-        self._sorted_paths = sorted((p.name, p.row) for p in self.photos)
-        self._path_strs = [s for s, _ in self._sorted_paths]
         with self._lock:
             self._scores.clear()
         self._counts: np.ndarray | None = None
         self._counted = threading.Event()
-        threading.Thread(target=self._count_tags, name="rtagx-review-counts", daemon=True).start()
+        self._listed = threading.Event()
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        threading.Thread(target=self._load_photos, name="rtagx-review-load", daemon=True).start()
+
+    def _load_photos(self) -> None:
+        try:
+            with open_store(self.cache, readonly=True) as store:
+                records: dict[bytes, FileRecord] = {}
+                for root in self.roots:
+                    records.update(store.files_under(root))
+                have = store.contents_with_vectors(self.model_id, [r.content_id for r in records.values()])
+                # a cached file whose real path leaves the roots (a symlink out) is neither listed nor served
+                real_dirs: dict[str, bool] = {}
+                keys = sorted(k for k, r in records.items() if r.content_id in have and self._inside_fast(k, real_dirs))
+                self._photos = [
+                    Photo(os.fsdecode(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)
+                ]
+                self._by_path = {p.name: p for p in self._photos}
+                self._sorted_paths = sorted((p.name, p.row) for p in self._photos)
+                self._path_strs = [s for s, _ in self._sorted_paths]
+                self._listed.set()
+                dim = int(self.tag_matrix.shape[1])
+                vectors = np.asarray(store.vectors(self.model_id, [p.content_id for p in self._photos], dim))
+            vectors = vectors.astype(np.float32, copy=False)
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # as score_images, without a copy
+            vectors /= np.maximum(norms, 1e-12)
+            self._vectors = vectors
+        except Exception as e:  # handed to every request that waits for the photos
+            self._load_error = e
+            self._listed.set()
+            self._counted.set()
+            return
+        finally:
+            self._loaded.set()
+        self._count_tags()
+
+    def _wait(self, event: threading.Event) -> None:
+        event.wait()
+        if self._load_error is not None:
+            raise CacheError(f"cannot load the reviewed photos: {self._load_error}")
+
+    def wait_loaded(self) -> None:
+        """Block until every photo and its vector is loaded (tests, benchmarks)."""
+        self._wait(self._loaded)
+
+    @property
+    def photos(self) -> list[Photo]:
+        self._wait(self._listed)
+        return self._photos
+
+    @property
+    def by_path(self) -> dict[str, Photo]:
+        self._wait(self._listed)
+        return self._by_path
+
+    @property
+    def vectors(self) -> np.ndarray:
+        self._wait(self._loaded)
+        return self._vectors
+
+    def photo_count(self) -> int | None:
+        """How many photos are reviewed, or None while they are still being listed."""
+        return len(self._photos) if self._listed.is_set() and self._load_error is None else None
 
     # -- the only way from a name in a request to a file ---------------------------------------
     def photo_for(self, raw: str) -> Photo:
@@ -240,8 +292,13 @@ class ReviewLibrary:
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     def photo_scores(self, photo: Photo) -> np.ndarray:
+        if self._loaded.is_set():
+            one = self.vectors[photo.row : photo.row + 1]
+        else:  # the vectors are still loading: this photo's own from the cache
+            with open_store(self.cache, readonly=True) as store:
+                one = store.vectors(self.model_id, [photo.content_id], int(self.tag_matrix.shape[1]))
         return scoring.score_images(
-            self.vectors[photo.row : photo.row + 1],
+            one,
             self.tag_matrix,
             logit_scale=self.logit_scale,
             logit_bias=self.logit_bias,
@@ -315,6 +372,7 @@ class ReviewLibrary:
         return PhotoView(photo, explanation, written, self._decisions([photo]).get(photo.content_id, {}))
 
     def folder_view(self, folder: Path, page: int = 0, per_page: int = PAGE_SIZE) -> FolderView:
+        self._wait(self._listed)
         prefix = str(folder).rstrip("/") + "/"
         subs: dict[str, int] = {}
         here: list[Photo] = []
@@ -382,6 +440,78 @@ class ReviewLibrary:
             # every reviewed copy of the same content gets the decision too (it is kept by content)
             contents = {p.content_id for p in photos}
             return self._retag([p.path for p in self.photos if p.content_id in contents], dry_run=False)
+
+    def add_by_hand(self, photos: Sequence[Photo], tag: str) -> list[FileOutcome]:
+        """A person adds ``tag`` to ``photos``: it is the person's keyword, never rtagx's. It is
+        written into each reviewed copy (where rtagx writes that file's keywords: IPTC + XMP, sidecar
+        or caption) through the atomic writer, under the cache lock, without entering rtagx's record
+        (a keyword rtagx had written is handed over), so no untag, retag or replace-own removes it.
+        The tag is also recorded as accepted on the content, as the person's verdict on it."""
+        i = self.tag_for(tag)
+        t = self.vocab.tags[i]
+        keyword = self.vocab.rename(t.keyword)
+        hier = "|".join(self.vocab.rename(level) for level in t.path if not self.vocab.is_never(level))
+        contents = {p.content_id for p in photos}
+        outcomes: list[FileOutcome] = []
+        with self._write_lock:
+            lock = WriterLock(self.cache)
+            lock.acquire(wait=True, timeout=60)
+            try:
+                with open_store(self.cache) as store:
+                    store.put_reviews(
+                        [
+                            (p.content_id, t.keyword, ACCEPTED, self.model_id, float(self.photo_scores(p)[i]))
+                            for p in photos
+                        ]
+                    )
+                    roots = store.roots()
+                    for p in [p for p in self.photos if p.content_id in contents]:
+                        key = path_key(p.path)
+                        record = store.written([key]).get(key)
+                        place = written_place(self.settings, record, owning_root(p.path, roots))
+                        score = [(t.keyword, float(self.photo_scores(p)[i]))]
+                        try:
+                            result = metadata.add_person_keywords(
+                                p.path,
+                                [keyword],
+                                hierarchical=[hier] if hier else [],
+                                target=place["write"],
+                                sidecar_style=place["sidecar_style"],
+                                caption_ext=place["caption_ext"],
+                                preserve_mtime=self.settings.preserve_mtime,
+                            )
+                        except FileSkip as e:
+                            outcomes.append(FileOutcome(p.path, "skipped", score, reason=e.reason, detail=e.detail))
+                            continue
+                        folded = keyword.casefold()
+                        if record is not None and any(k.casefold() == folded for k in record.keywords):
+                            # handed over: rtagx's record of what it wrote no longer holds it
+                            store.put_written(
+                                [
+                                    record._replace(
+                                        keywords=[k for k in record.keywords if k.casefold() != folded],
+                                        hierarchical=[
+                                            h for h in record.hierarchical if h.rsplit("|", 1)[-1].casefold() != folded
+                                        ],
+                                    )
+                                ]
+                            )
+                        outcomes.append(
+                            FileOutcome(
+                                p.path,
+                                "written" if result.changed else "unchanged",
+                                score,
+                                added=list(result.added),
+                                target=result.target,
+                                written_to=result.written_to,
+                                warnings=list(result.warnings),
+                            )
+                        )
+            finally:
+                lock.release()
+        with self._lock:
+            self._scores.clear()
+        return outcomes
 
     def plan(self) -> list[FileOutcome]:
         """What the next ``retag`` of the reviewed roots would change (nothing is written)."""

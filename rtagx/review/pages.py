@@ -86,14 +86,14 @@ class Pages:
         )
 
     # -- views ----------------------------------------------------------------------------------
-    def index(self, tags: Sequence[tuple[str, int | None, float]], photos: int, roots: Sequence[Path]) -> str:
+    def index(self, tags: Sequence[tuple[str, int | None, float]], photos: int | None, roots: Sequence[Path]) -> str:
         rows = "".join(
             f'<tr><td><a href="{self.url("/tag", name=t)}">{esc(t)}</a></td>'
             f"<td>{'counting...' if n is None else n}</td><td>{thr:.4f}</td></tr>"
             for t, n, thr in tags
         )
         body = (
-            f"<h1>Tags</h1><p class='meta'>{photos} photos under {esc(', '.join(map(str, roots)))}</p>"
+            f"<h1>Tags</h1><p class='meta'>{'(still listing the)' if photos is None else photos} photos under {esc(', '.join(map(str, roots)))}</p>"
             f"<table><tr><th>tag</th><th>photos at or above threshold</th><th>threshold</th></tr>{rows}</table>"
         )
         return self.page("Tags", body)
@@ -181,7 +181,8 @@ class Pages:
             f'<a href="{self.url("/folder", path=p.path.parent)}">folder</a> &middot; keywords rtagx wrote: '
             f"{esc(', '.join(view.written) or 'none')}</p>"
             f'<div class="photo"><img alt="{esc(p.path.name)}" src="{self.url("/thumb", path=p.path, size=768)}">'
-            f'<div><p data-path="{esc(p.path)}">add a tag from the vocabulary: <select id="add-tag-name">{options}'
+            f'<div><p data-path="{esc(p.path)}">add a tag from the vocabulary as your own keyword '
+            f'(no rtagx run removes it): <select id="add-tag-name">{options}'
             '</select> <button id="add-tag">add</button></p>'
             f"<p class='keys'>{esc(KEYS)}</p>"
             "<table><tr><th>#</th><th>tag</th><th>score</th><th>threshold</th><th>threshold cut</th><th>margin</th>"

@@ -74,7 +74,7 @@
       ev.preventDefault();
       const row = add.closest("[data-path]");
       const tag = document.getElementById("add-tag-name").value;
-      post("/api/decide", { tag: tag, decision: 1, paths: [row.dataset.path] })
+      post("/api/add", { tag: tag, paths: [row.dataset.path] })
         .then(() => location.reload(), (e) => say("refused: " + e.message));
       return;
     }
