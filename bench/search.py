@@ -123,7 +123,7 @@ def build_cache(workdir: Path, n: int, checkpoint: Path) -> Path:
                 os.link(seed, path)
                 rows.append((path, st.st_size, st.st_mtime_ns, f"synthetic-{k}"))
             ids = store.put_files(rows)
-            store.put_vectors(model_id, ids, vectors[start : start + len(rows)], rows)
+            store.put_vectors(model_id, ids, vectors[start : start + len(rows)])
             log(f"  {start + len(rows)} / {n}")
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     tmp.rename(cache)
