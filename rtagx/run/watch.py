@@ -37,12 +37,11 @@ from typing import Any
 from rtagx.cache.store import open_store, path_key
 from rtagx.errors import LockBusyError, RtagxError, UsageError
 from rtagx.model.loaded import LoadedModels
-from rtagx.run.common import check_paths, open_locked
+from rtagx.run.common import check_paths, load_vocabulary_for, open_locked
 from rtagx.run.events import RunEvents, RunSummary
 from rtagx.run.scan import ScannedFile, scan_with_settings, scan_would_yield, selected_extensions
 from rtagx.run.tag import run_tag
 from rtagx.settings import Settings
-from rtagx.tags import vocab as vocab_mod
 
 #: How long a round that failed (busy cache, broken vocabulary) waits before it is tried again.
 RETRY_SECONDS = 30.0
@@ -608,9 +607,7 @@ class Watcher:
         self._reload_at = None
         try:
             new = self._settings_source() if self._settings_source else self.settings
-            vocabulary = vocab_mod.load_vocabulary(new.tags)
-            if new.templates:
-                vocab_mod.with_templates(vocabulary, new.templates)
+            load_vocabulary_for(new)  # a broken vocabulary keeps the last good settings
         except RtagxError as e:
             self.events.message(f"settings not reloaded, keeping the last good ones: {e}")
             return
