@@ -8,7 +8,7 @@ Every option is loaded through rtagx's own ``load_encoder`` (the path ``rtagx ta
 "bf16 autocast", which is torch.autocast around the fp32 model (what rtagx did before) for
 comparison. Speed: images/s encoding pre-decoded batches (best of --repeat round-robin passes over
 --speed-images images, batch --batch). Fidelity, against the fp32 vectors of the same images (the camera samples
-in ../shared/fixtures plus generated photos, decoded by rtagx): mean and min cosine, and the share of
+in tests/data/camera-samples plus generated photos, decoded by rtagx): mean and min cosine, and the share of
 (image, tag) decisions that flip at a fixed threshold: the 90th percentile of the fp32 scores against
 a 80-tag vocabulary (COCO class names, "a photo of a {}.") encoded by the fp32 text tower. Random
 weights give an odd score distribution; the percentile threshold makes the flip count meaningful
@@ -42,7 +42,7 @@ from rtagx.model.encoder import cpu_has_native_bf16, load_encoder, resolve_model
 def images(spec: decode.PreprocessSpec, workdir: Path, extra: int) -> list[np.ndarray]:
     from throughput import make_images
 
-    samples = REPO.parent / "shared" / "fixtures" / "camera-samples" / "jpg"
+    samples = REPO / "tests" / "data" / "camera-samples" / "jpg"
     files = [p for p in sorted(samples.rglob("*.jpg")) if p.name != "corrupted.jpg"] if samples.is_dir() else []
     files += make_images(workdir / "small", extra, (500, 375))
     out = []

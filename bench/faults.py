@@ -23,7 +23,7 @@ then prints one table:
 * keyword fuzz: seeded random Unicode keyword lists written with write_keywords, read with exiftool.
 
 "leftovers" counts files that are neither photos nor the sidecars rtagx is meant to write, still
-there after the last complete run. Needs exiftool and the camera samples (../shared/fixtures).
+there after the last complete run. Needs exiftool; uses the camera samples in tests/data.
 """
 
 from __future__ import annotations
