@@ -16,7 +16,7 @@ from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_enco
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
-from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
+from rtagx.run.events import RunEvents, RunSummary, Timer, add_time, report_skip
 from rtagx.run.local import embed
 from rtagx.run.scan import ScannedFile, ScanProblem, scan_with_settings, selected_extensions
 from rtagx.run.stages import FileWork, Skip, diff_with_cache, file_row, fingerprint_or_skip, pair_raw_siblings
@@ -274,7 +274,7 @@ def extra_pass(
     )
     summary.embedded += scratch.embedded
     for stage, seconds in scratch.timings.items():
-        summary.timings[f"{stage} ({name})"] = seconds
+        add_time(summary.timings, stage, seconds)  # the encode rate counts every model's images
     tagger.summary = summary
     return tagger
 
