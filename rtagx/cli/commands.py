@@ -124,20 +124,37 @@ def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+MODEL_HELP = "open_clip model name, or path to an open_clip model config JSON; or a trained tagger: wd-vit-tagger-v3 (wd-swinv2-, wd-convnext-, wd-eva02-large-tagger-v3), joytag, hf-hub:OWNER/REPO, or a folder with its files."
+PRETRAINED_HELP = "open_clip pretrained tag, or path to a local checkpoint file."
+
+
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return _model_options(fn, repeatable=False)
+
+
+def repeatable_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``tag``'s model options: --model (and --pretrained) may be given several times."""
+    return _model_options(fn, repeatable=True)
+
+
+def _model_options(fn: Callable[..., Any], *, repeatable: bool) -> Callable[..., Any]:
+    more = " Repeat it to tag with several models at once: their keywords are united." if repeatable else ""
+    more_p = " Repeatable: the Nth --pretrained goes with the Nth --model." if repeatable else ""
     for decorator in reversed(
         [
             click.option(
                 "--model",
                 "-m",
                 default=None,
-                help="open_clip model name, or path to an open_clip model config JSON; or a trained tagger: wd-vit-tagger-v3 (wd-swinv2-, wd-convnext-, wd-eva02-large-tagger-v3), joytag, hf-hub:OWNER/REPO, or a folder with its files. [default: ViT-B-16]",
+                multiple=repeatable,
+                help=f"{MODEL_HELP}{more} [default: ViT-B-16]",
             ),
             click.option(
                 "--pretrained",
                 "-p",
                 default=None,
-                help="open_clip pretrained tag, or path to a local checkpoint file. [default: dfn2b]",
+                multiple=repeatable,
+                help=f"{PRETRAINED_HELP}{more_p} [default: dfn2b]",
             ),
             click.option(
                 "--device",
@@ -563,7 +580,7 @@ def _ask_before_writing(new: list[Path]) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@model_options
+@repeatable_model_options
 @scoring_options
 @write_options
 @output_options
@@ -604,14 +621,30 @@ def tag(
 
     if not paths:
         raise click.UsageError("give at least one PATH (a folder or image files)")
-    overrides = _overrides(**options)
+    models, pretrained = list(options.pop("model") or ()), list(options.pop("pretrained") or ())
+    if len(models) <= 1:
+        pretrained = pretrained[-1:]  # one model: the last --pretrained wins, as always
+    elif len(pretrained) > len(models):
+        raise click.UsageError("more --pretrained than --model: the Nth --pretrained goes with the Nth --model")
+    overrides = _overrides(
+        model=models[0] if models else None, pretrained=pretrained[0] if pretrained else None, **options
+    )
     if exclude:
         overrides["exclude"] = exclude
     settings = load_settings(overrides, config_path=ctx.config)
+    default_pretrained = type(settings)().pretrained
+    chosen = [(settings.model, settings.pretrained)]
+    for n, m in enumerate(models[1:], start=1):
+        pair = (m, pretrained[n] if n < len(pretrained) else default_pretrained)
+        if pair not in chosen:  # a model named twice runs once
+            chosen.append(pair)
+    extra = chosen[1:]
     _confirm_first_write(settings, paths, dry_run, yes)
     renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run, progress=not settings.no_progress)
     try:
-        summary = run_tag(list(paths), settings, dry_run=dry_run, events=renderer.events, clear_untagged=True)
+        summary = run_tag(
+            list(paths), settings, dry_run=dry_run, events=renderer.events, clear_untagged=True, extra_models=extra
+        )
     finally:
         renderer.close()
     if summary.seen == 0 and not summary.interrupted and not summary.left_untagged:
@@ -1547,8 +1580,10 @@ def watch_cmd(
     sys.exit(EXIT_OK)
 
 
-# Every option of `tag` (one source: its own parameter list), then the watcher's own.
-watch_cmd.params[1:1] = [p for p in tag.params if not isinstance(p, click.Argument)]
+# Every option of `tag` (one source: its own parameter list), then the watcher's own; the watcher
+# runs one model (its --model and --pretrained are not repeatable).
+_SINGLE_MODEL = {p.name: p for p in getattr(model_options(lambda: None), "__click_params__", [])}
+watch_cmd.params[1:1] = [_SINGLE_MODEL.get(p.name or "", p) for p in tag.params if not isinstance(p, click.Argument)]
 
 
 @cli.command()

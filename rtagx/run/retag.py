@@ -3,6 +3,7 @@ changed. Never decodes an image and never loads the image tower."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -70,7 +71,10 @@ def run_retag(
                 )
             retag_files(store, records, settings, remembered, summary, events, dry_run)
             if not dry_run and owner is not None and owner in root_paths and owner in scopes:
-                store.put_root(owner, root_settings(settings, remembered.get("model_key", "")))
+                remember = root_settings(settings, remembered.get("model_key", ""))
+                if remembered.get("extra_models"):
+                    remember["extra_models"] = remembered["extra_models"]
+                store.put_root(owner, remember)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -153,6 +157,7 @@ def retag_files(
             )
         return
     tagger = Tagger(store, settings, vocabulary, model_id, model_key or "", events, summary, dry_run)
+    tagger.several_models = bool(remembered.get("extra_models"))
 
     def text_encoder() -> Encoder:
         with Timer(summary.timings, "load-model"):
@@ -202,8 +207,42 @@ def retag_files(
     if moved and not dry_run:
         store.put_files(moved, moved_ids, alias=False)
     summary.reused += len(works)
+    tagger.extra = extra_taggers(store, works, settings, vocabulary, remembered, summary, events, dry_run)
     events.stage("write", len(works))
     handle_cached(tagger, works, dim)
+
+
+def extra_taggers(
+    store: Store,
+    works: list[FileWork],
+    settings: Settings,
+    vocabulary: Any,
+    remembered: dict[str, Any],
+    summary: RunSummary,
+    events: RunEvents,
+    dry_run: bool,
+) -> list[Tagger]:
+    """A root tagged with several models: re-score with each further model it remembers and collect
+    each file's keywords, for the first model's tagger to unite and write."""
+    out: list[Tagger] = []
+    for name, pretrained, key in remembered.get("extra_models") or ():
+        model_id = store.find_model(key)
+        if model_id is None:
+            raise CacheError(f"the cache has no vectors of {name} ({pretrained}): run `rtagx tag` again")
+        own = dataclasses.replace(settings, model=name, pretrained=pretrained)
+        tagger = Tagger(store, own, vocabulary, model_id, key, events, summary, dry_run)
+        tagger.collect = {}
+        tagger.several_models = True
+
+        def text_encoder(model_id: int = model_id, own: Settings = own) -> Encoder:
+            with Timer(summary.timings, "load-model"):
+                return cached_model_encoder(store, model_id, own, text_only=True)
+
+        tagger.prepare_text(text_encoder)
+        have = store.contents_with_vectors(model_id, [w.content_id for w in works if w.content_id is not None])
+        handle_cached(tagger, [w for w in works if w.content_id in have], tagger.vector_dim())
+        out.append(tagger)
+    return out
 
 
 def cached_model_encoder(store: Store, model_id: int, settings: Settings, *, text_only: bool) -> Encoder:

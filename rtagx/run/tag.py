@@ -5,6 +5,7 @@ checked before the first file is touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_enco
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
-from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
+from rtagx.run.events import RunEvents, RunSummary, Timer, add_time, report_skip
 from rtagx.run.local import embed
 from rtagx.run.scan import ScannedFile, ScanProblem, scan_with_settings, selected_extensions
 from rtagx.run.stages import FileWork, Skip, diff_with_cache, file_row, fingerprint_or_skip, pair_raw_siblings
@@ -32,10 +33,14 @@ def run_tag(
     events: RunEvents | None = None,
     models: LoadedModels | None = None,
     clear_untagged: bool = False,
+    extra_models: Sequence[tuple[str, str]] = (),
 ) -> RunSummary:
     """Embed what is new, tag every file under ``paths``, write keywords. See module docstring.
     ``models`` keeps the model loaded from one call to the next (``rtagx watch``). Files ``untag``
-    cleared inside a root are left alone, unless ``clear_untagged`` and ``paths`` lie inside them."""
+    cleared inside a root are left alone, unless ``clear_untagged`` and ``paths`` lie inside them.
+    ``extra_models`` (name, pretrained): further models, each run first over the same files (its
+    vectors stored under its own identity, its keywords collected); the first model's pass then
+    writes the union of all keywords once per file."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
@@ -66,8 +71,23 @@ def run_tag(
             identity = resolved().identity
             remember_identity(store, settings.model, settings.pretrained, identity)
         load = models.load if models else load_encoder
+        extra = [
+            extra_pass(store, roots, settings, vocabulary, name, pretrained, summary, events, dry_run, clear_untagged)
+            for name, pretrained in extra_models
+        ]
         tag_with_store(
-            store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run, load, clear_untagged
+            store,
+            roots,
+            settings,
+            vocabulary,
+            identity,
+            resolved,
+            summary,
+            events,
+            dry_run,
+            load,
+            clear_untagged,
+            extra=extra,
         )
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -89,9 +109,16 @@ def tag_with_store(
     dry_run: bool,
     load: Callable[..., Encoder] = load_encoder,
     clear_untagged: bool = False,
-) -> None:
+    *,
+    extra: Sequence[Tagger] = (),
+    collect: bool = False,
+) -> Tagger:
     model_id = store.model_id(identity.key, identity.as_dict())
     tagger = Tagger(store, settings, vocabulary, model_id, identity.key, events, summary, dry_run)
+    tagger.extra = list(extra)
+    tagger.several_models = collect or bool(extra)
+    if collect:
+        tagger.collect = {}
     encoder_box: list[Encoder] = []
 
     def full_encoder() -> Encoder:
@@ -112,9 +139,12 @@ def tag_with_store(
 
     # 0. remember the roots now: an interrupted first run is a root all the same (for `retag`,
     #    `cache stats` and the first-write question). A folder's run takes over the roots inside it.
-    if not dry_run:
+    if not dry_run and not collect:
+        remember = root_settings(settings, identity.key)
+        if extra:
+            remember["extra_models"] = [[t.settings.model, t.settings.pretrained, t.model_key] for t in extra]
         for root in roots:
-            store.put_root(root, root_settings(settings, identity.key), replace_nested=root.is_dir())
+            store.put_root(root, remember, replace_nested=root.is_dir())
 
     # 1. scan and diff with the cache
     scanned: list[ScannedFile] = []
@@ -196,6 +226,57 @@ def tag_with_store(
     orphans = tag_followers(tagger, followers, dim or 0)
     if orphans:
         embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
+    return tagger
+
+
+def extra_pass(
+    store: Store,
+    roots: list[Path],
+    settings: Settings,
+    vocabulary: vocab_mod.Vocabulary,
+    name: str,
+    pretrained: str,
+    summary: RunSummary,
+    events: RunEvents,
+    dry_run: bool,
+    clear_untagged: bool,
+) -> Tagger:
+    """One further model's pass over the files: embed what its cache lacks, collect each file's
+    keywords (written later by the first model's pass). Its files are counted once, by that pass:
+    only its embeddings and timings join ``summary``."""
+    own = dataclasses.replace(settings, model=name, pretrained=pretrained)
+    identity = remembered_identity(store, name, pretrained)
+    if identity is None:
+        identity = resolve_model(name, pretrained, offline=True if settings.offline else None).identity
+        if not dry_run:
+            remember_identity(store, name, pretrained, identity)
+    box: list[ResolvedModel] = []
+
+    def resolved() -> ResolvedModel:
+        if not box:
+            box.append(resolve_model(name, pretrained, offline=True if settings.offline else None))
+        return box[0]
+
+    scratch = RunSummary(dry_run=dry_run)
+    tagger = tag_with_store(
+        store,
+        roots,
+        own,
+        vocabulary,
+        identity,
+        resolved,
+        scratch,
+        RunEvents(),
+        dry_run,
+        load_encoder,
+        clear_untagged,
+        collect=True,
+    )
+    summary.embedded += scratch.embedded
+    for stage, seconds in scratch.timings.items():
+        add_time(summary.timings, stage, seconds)  # the encode rate counts every model's images
+    tagger.summary = summary
+    return tagger
 
 
 def tag_followers(tagger: Tagger, pairs: list[tuple[FileWork, FileWork]], dim: int) -> list[FileWork]:

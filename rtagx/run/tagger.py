@@ -148,6 +148,38 @@ class Tagger:
         self.reviewed = store.reviewed_contents()  # contents with review decisions: never settled unread
         self.label_index: np.ndarray | None = None  # trained taggers: vocabulary tag -> output index
         self.n_outputs = 0
+        # Several models in one run: a tagger of a further model collects each file's chosen
+        # keywords (``collect``) instead of writing; the first model's tagger adds them (``extra``)
+        # to its own and writes the union once, recorded as rtagx's.
+        self.collect: dict[bytes, tuple[list[str], list[str], list[tuple[str, float]]]] | None = None
+        self.extra: list[Tagger] = []
+        self.several_models = False  # one of several models: --tags applies to CLIP models only
+
+    def combined_hash(self) -> str:
+        """This model's settings hash, with the further models' folded into its scoring part."""
+        if not self.extra:
+            return self.hash
+        scoring_part, _, write_part = self.hash.rpartition(".")
+        return f"{_digest([scoring_part] + [t.hash for t in self.extra], 12)}.{write_part}"
+
+    def merged(self, key: bytes, flat: list[str], hier: list[str], tags: list[tuple[str, float]]) -> None:
+        """Add the further models' keywords for ``key`` to this model's (first model's first;
+        keywords that differ only in case once)."""
+        seen = {k.casefold() for k in flat}
+        seen_h = {k.casefold() for k in hier}
+        for other in self.extra:
+            more = (other.collect or {}).get(key)
+            if more is None:
+                continue
+            for k in more[0]:
+                if k.casefold() not in seen:
+                    seen.add(k.casefold())
+                    flat.append(k)
+            for k in more[1]:
+                if k.casefold() not in seen_h:
+                    seen_h.add(k.casefold())
+                    hier.append(k)
+            tags.extend(more[2])
 
     def vector_dim(self) -> int:
         """The length of this model's cached vectors (0 when not known yet)."""
@@ -160,7 +192,9 @@ class Tagger:
         tagger has no prompts: its vocabulary maps the model's tags (:mod:`rtagx.tags.labels`)."""
         info = self.store.model_info(self.model_id)
         if info.get("kind", "clip") != "clip":
-            self.vocab, self.label_index = tagger_vocabulary_for(info, self.vocab, self.settings)
+            self.vocab, self.label_index = tagger_vocabulary_for(
+                info, self.vocab, self.settings, several_models=self.several_models
+            )
             self.n_outputs = len(info.get("labels") or ())
             self.options = tagger_scoring_options(self.settings)
             self.hash = settings_hash(self.model_key, self.vocab, self.settings, self.options)
@@ -223,6 +257,11 @@ class Tagger:
                 for n, (w, chosen) in enumerate(zip(works, chosen_all))
             ]
         keys = [path_key(w.file.path) for w in works]
+        if self.collect is not None:
+            for key, chosen in zip(keys, chosen_all):
+                flat, hier = scoring.keywords_for(chosen, self.vocab, with_ancestors=self.settings.with_ancestors)
+                self.collect[key] = (flat, hier, [(c.tag.keyword, c.score) for c in chosen])
+            return
         previous = self.store.written(keys)
         records: list[WrittenRecord] = []
         aliases: list[FileRow] = []
@@ -252,6 +291,9 @@ class Tagger:
         s = self.settings
         flat, hier = scoring.keywords_for(chosen, self.vocab, with_ancestors=s.with_ancestors)
         tags = [(c.tag.keyword, c.score) for c in chosen]
+        if self.extra:
+            self.merged(key, flat, hier, tags)
+        settings_hash_ = self.combined_hash()
         path = work.file.path
         base = FileOutcome(path, "unchanged", tags, embedded=embedded, reused=work.reused)
         try:
@@ -266,13 +308,13 @@ class Tagger:
             and prev.hierarchical == hier
             and prev.size == st.st_size
             and prev.mtime_ns == st.st_mtime_ns
-            and prev.settings_hash.rpartition(".")[2] == self.hash.rpartition(".")[2]
+            and prev.settings_hash.rpartition(".")[2] == settings_hash_.rpartition(".")[2]
         ):
             # The file is as rtagx left it and would get the same keywords the same way: no need to
             # read it (a retag with a new threshold over 100k files mostly lands here).
             base.target = prev.target
-            if prev.settings_hash != self.hash and not self.dry_run:
-                records.append(prev._replace(settings_hash=self.hash, model_id=self.model_id, tags=tags))
+            if prev.settings_hash != settings_hash_ and not self.dry_run:
+                records.append(prev._replace(settings_hash=settings_hash_, model_id=self.model_id, tags=tags))
             return base
         if s.write == "none":
             base.target = "none"
@@ -315,7 +357,7 @@ class Tagger:
             WrittenRecord(
                 key,
                 self.model_id,
-                self.hash,
+                settings_hash_,
                 flat,
                 hier,
                 result.target,
@@ -337,13 +379,24 @@ def user_vocabulary(settings: Settings, vocabulary: vocab_mod.Vocabulary) -> voc
 
 
 def tagger_vocabulary_for(
-    info: dict[str, Any], vocabulary: vocab_mod.Vocabulary, settings: Settings
+    info: dict[str, Any], vocabulary: vocab_mod.Vocabulary, settings: Settings, *, several_models: bool = False
 ) -> tuple[vocab_mod.Vocabulary, np.ndarray]:
-    """A trained tagger's vocabulary (from the model info the cache keeps) and its output indices."""
+    """A trained tagger's vocabulary (from the model info the cache keeps) and its output indices.
+    With ``several_models``, a vocabulary is for the CLIP models of the run unless it says
+    ``!tagger all`` or every tag it lists is one of the tagger's: else the tagger keeps its own tags."""
+    user = user_vocabulary(settings, vocabulary)
+    if several_models and user is not None and not user.model_tags:
+
+        def norm(text: str) -> str:
+            return " ".join(text.replace("_", " ").split()).casefold()
+
+        names = {norm(n) for n in info.get("labels") or ()}
+        if not all(any(norm(n) in names for n in (t.keyword, *t.names)) for t in user.tags):
+            user = None
     return labels_mod.tagger_vocabulary(
         info.get("labels") or (),
         info.get("categories") or (),
-        user_vocabulary(settings, vocabulary),
+        user,
         kind=str(info.get("kind")),
         ratings=settings.ratings,
     )
@@ -353,7 +406,9 @@ def settle_unchanged(tagger: Tagger, works: list[FileWork]) -> list[FileWork]:
     if tagger.dry_run and not works:
         return works
     rest: list[FileWork] = []
-    summary, events, settings_hash_ = tagger.summary, tagger.events, tagger.hash
+    if tagger.collect is not None:
+        return works  # a further model's tagger collects every file's keywords
+    summary, events, settings_hash_ = tagger.summary, tagger.events, tagger.combined_hash()
     for start in range(0, len(works), 4096):  # chunks: memory stays flat on a 100k-file no-op run
         part = works[start : start + 4096]
         keys = [path_key(w.file.path) for w in part]
