@@ -91,9 +91,17 @@ def _verbosity(attr: str) -> Callable[[click.Context, click.Parameter, Any], Non
     return callback
 
 
+def _stacked(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Apply a group of click options to a command, the first listed shown first in its --help."""
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """-q/-v/--debug work after the command name too: `rtagx tag -v DIR` as well as `rtagx -v tag DIR`."""
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--quiet",
@@ -118,10 +126,8 @@ def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 callback=_verbosity("debug"),
                 help="Show tracebacks for errors.",
             ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 MODEL_HELP = "open_clip model name, or path to an open_clip model config JSON; or a trained tagger: wd-vit-tagger-v3 (wd-swinv2-, wd-convnext-, wd-eva02-large-tagger-v3), joytag, hf-hub:OWNER/REPO, or a folder with its files."
@@ -140,7 +146,8 @@ def repeatable_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _model_options(fn: Callable[..., Any], *, repeatable: bool) -> Callable[..., Any]:
     more = " Repeat it to tag with several models at once: their keywords are united." if repeatable else ""
     more_p = " Repeatable: the Nth --pretrained goes with the Nth --model." if repeatable else ""
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--model",
@@ -191,14 +198,13 @@ def _model_options(fn: Callable[..., Any], *, repeatable: bool) -> Callable[...,
                 f"[default: {DEFAULT_MAX_MEGAPIXELS:g}]",
             ),
             click.option("--offline", is_flag=True, default=None, help="Never try to download model weights."),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--tags",
@@ -253,14 +259,13 @@ def scoring_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 default=None,
                 help="Trained taggers (WD14): also write the model's most likely rating tag (general, sensitive, ...).",
             ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 def write_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--write",
@@ -308,14 +313,13 @@ def write_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--yes", "-y", is_flag=True, help="Do not ask before the first write into a folder's original files."
             ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--json", "as_json", is_flag=True, help="Print JSON lines: one object per file, then a summary object."
@@ -330,10 +334,8 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 default=None,
                 help="Exit with code 4 instead of waiting when another rtagx holds the cache.",
             ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 class OneLineErrorsGroup(click.Group):
@@ -1225,7 +1227,8 @@ def main() -> None:
 
 def _cached_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Which cached vectors to use."""
-    for decorator in reversed(
+    return _stacked(
+        fn,
         [
             click.option(
                 "--model",
@@ -1237,10 +1240,8 @@ def _cached_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--cache", default=None, help="Vector cache file (env RTAGX_CACHE). [default: in the user data folder]"
             ),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+        ],
+    )
 
 
 def _write_html(ctx: Context, target: Path, page: str) -> None:
