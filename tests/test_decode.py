@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from orientation import stored_frame
 from PIL import Image, ImageOps
 
 from rtagx.imaging import decode
@@ -261,18 +262,6 @@ def test_bilinear_interpolation(tmp_path):
 # EXIF orientation
 # ---------------------------------------------------------------------------------------------------
 
-# stored = INVERSE[o](upright), so that exif_transpose(stored tagged o) == upright
-_INVERSE = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
 
 def test_orientation_fixtures_all_match(samples_dir):
     """The same scene saved with orientation 1..8 decodes to the same upright picture."""
@@ -293,7 +282,7 @@ def test_orientation_fixtures_all_match(samples_dir):
 @pytest.mark.parametrize("ext", [".jpg", ".png"])
 def test_every_orientation_matches_reference(tmp_path, orientation, ext):
     upright = camera_like(1200, 800, seed=6)  # big enough for JPEG draft to kick in at 64 px
-    stored = upright if _INVERSE[orientation] is None else upright.transpose(_INVERSE[orientation])
+    stored = stored_frame(upright, orientation)
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}{ext}"

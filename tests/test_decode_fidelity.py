@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from orientation import stored_frame
 from PIL import Image, ImageCms, ImageOps
 from test_decode import OPENAI_MEAN, OPENAI_STD, camera_like, psnr, reference
 from test_decode_formats import make_dng
@@ -35,23 +36,6 @@ from rtagx.imaging.geometry import ORIENT_TRANSPOSE
 #: The README's bound for "the same picture" between rtagx's model input and the reference.
 MIN_PSNR_DB = 40.0
 SIZES = (64, 224)
-
-# stored = INVERSE[o](upright), so that applying EXIF orientation o to ``stored`` gives ``upright``
-INVERSE: dict[int, Image.Transpose | None] = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
-def stored_frame(upright: Image.Image, orientation: int) -> Image.Image:
-    method = INVERSE[orientation]
-    return upright if method is None else upright.transpose(method)
 
 
 def exif_with(orientation: int) -> Image.Exif:
