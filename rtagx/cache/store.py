@@ -836,6 +836,65 @@ class Store:
                 raise CacheError(f"cache {self.path}: vectors of model #{model_id} are not {dim}-dimensional")
             yield ids, np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim)
 
+    @staticmethod
+    def _scope_ranges(scopes: Sequence[Path]) -> list[tuple[bytes, bytes, bytes]]:
+        """(exact key, first, end) path-key ranges of the files at or below each scope, in path order;
+        a scope inside another is dropped (its files are the outer scope's already)."""
+        keys = sorted({path_key(p) for p in scopes})
+        kept: list[bytes] = []
+        for k in keys:
+            if not any(k == o or k.startswith(o.rstrip(b"/") + b"/") for o in kept):
+                kept.append(k)
+        return [(k, k.rstrip(b"/") + b"/", k.rstrip(b"/") + b"0") for k in kept]
+
+    _FILES_WITH_VECTORS = (
+        "FROM files f JOIN vectors v ON v.model_id = ? AND v.content_id = f.content_id "
+        "WHERE f.path = ? OR (f.path >= ? AND f.path < ?)"
+    )
+
+    def count_files_with_vectors(self, model_id: int, scopes: Sequence[Path] = ()) -> int:
+        """How many files (at or below ``scopes``; none: all) have a vector of the model."""
+        if not scopes:
+            q = "SELECT COUNT(*) FROM files f JOIN vectors v ON v.model_id = ? AND v.content_id = f.content_id"
+            return int(self.conn.execute(q, (model_id,)).fetchone()[0])
+        q = f"SELECT COUNT(*) {self._FILES_WITH_VECTORS}"
+        return sum(int(self.conn.execute(q, (model_id, *r)).fetchone()[0]) for r in self._scope_ranges(scopes))
+
+    def iter_files_with_vectors(
+        self, model_id: int, dim: int, scopes: Sequence[Path] = (), block_rows: int = 8192
+    ) -> Iterator[tuple[list[bytes], np.ndarray, list[str], np.ndarray]]:
+        """Every file (at or below ``scopes``; none: all) with a vector of the model, in path order,
+        as blocks of (path keys, content ids int64, fingerprints, float16 rows): a file per row, so a
+        content two files hold comes twice. One cursor walks the ``files`` key in order and looks each
+        vector up by its key; memory stays at one block however large the library."""
+        select = "SELECT f.path, f.content_id, f.fingerprint, v.vector "
+        parts: list[tuple[str, tuple[bytes, ...]]] = [
+            (f"{select}{self._FILES_WITH_VECTORS} ORDER BY f.path", r) for r in self._scope_ranges(scopes)
+        ]
+        if not scopes:
+            join = "FROM files f JOIN vectors v ON v.model_id = ? AND v.content_id = f.content_id"
+            parts = [(f"{select}{join} ORDER BY f.path", ())]
+        for sql, args in parts:
+            cur = self.conn.execute(sql, (model_id, *args))
+            while rows := cur.fetchmany(block_rows):
+                paths, ids, fingerprints, blobs = zip(*rows)
+                blob = b"".join(blobs)
+                if len(blob) != len(rows) * dim * 2:
+                    raise CacheError(f"cache {self.path}: vectors of model #{model_id} are not {dim}-dimensional")
+                vectors = np.frombuffer(blob, dtype=np.float16).reshape(len(rows), dim)
+                yield list(paths), np.array(ids, dtype=np.int64), list(fingerprints), vectors
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the cache as it was when the first one ran
+        (a count and the rows it counted agree while a ``tag`` run writes beside them)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
+
     def iter_files(self) -> Iterator[FileRecord]:
         """Every file row, in path order."""
         make = FileRecord._make

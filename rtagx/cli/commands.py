@@ -450,7 +450,13 @@ class Renderer:
             return
         from tqdm import tqdm
 
-        labels = {"scan": "scanning", "prompts": "encoding prompts", "embed": "embedding", "write": "tagging"}
+        labels = {
+            "scan": "scanning",
+            "prompts": "encoding prompts",
+            "embed": "embedding",
+            "write": "tagging",
+            "export": "exporting",
+        }
         self.close()  # one bar at a time: the stage that started last
         try:  # a terminal that reports no size (a bare pty, some CI consoles) would hide the bars
             size = os.get_terminal_size(sys.stderr.fileno())
@@ -1433,6 +1439,97 @@ def duplicates(
         from rtagx.analysis.html import duplicates_page
 
         _write_html(ctx, html_file, duplicates_page(result))
+
+
+# -- export (issue 13): vectors and tags for data pipelines (rtagx/analysis/export.py) -------------
+
+
+@cli.command("export")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write into (created; must be empty unless --overwrite).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npy", "parquet"]),
+    default="npy",
+    show_default=True,
+    help="npy: clip-retrieval's layout, img_emb/img_emb_0000.npy (float16) + metadata/metadata_0000.parquet; parquet: part_0000.parquet shards with a float32 `embedding` column beside the metadata.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Rows per shard.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in the folder (its files only).")
+@_cached_model_options
+@scoring_options
+@click.option(
+    "--offline", is_flag=True, default=None, help="Never try to download model weights (only for new prompts)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+@verbosity_options
+@click.pass_obj
+@handle_errors
+def export_cmd(
+    ctx: Context,
+    paths: tuple[Path, ...],
+    to: Path,
+    fmt: str,
+    shard_size: int,
+    overwrite: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Export cached vectors with paths, content keys and chosen tags, for data pipelines.
+
+    Every vector of the current model (the one PATHS were tagged with, else --model, else the newest)
+    of the files under PATHS (default: every file the cache knows), with the tags `retag --dry-run`
+    would choose. Read by pyarrow, DuckDB, Spark, faiss and autofaiss. No image is decoded; memory
+    stays bounded; each shard appears whole or not at all. Needs `pip install 'rtagx[export]'`.
+    """
+    from rtagx.analysis.export import export_vectors
+    from rtagx.cli.render import json_line
+
+    overrides = _overrides(**options)
+    settings = _analysis_settings(ctx, options)
+    renderer = _analysis_renderer(ctx, settings)
+    try:
+        result = export_vectors(
+            list(paths),
+            overrides,
+            to=to,
+            fmt=fmt,
+            shard_rows=shard_size,
+            overwrite=overwrite,
+            events=renderer.events,
+            config_path=ctx.config,
+        )
+    finally:
+        renderer.close()
+    if as_json:
+        click.echo(json_line(result.as_json()))
+        return
+    if ctx.quiet:
+        return
+    summary = result.as_json()
+    sources = ", ".join(f"{k} {n}" for k, n in summary["tags_from"].items())
+    click.echo(
+        f"exported {result.rows} vectors of {result.model.name or result.model.key} ({result.model.dim} x "
+        f"{result.dtype}) to {result.to}: {summary['shards']} shard{'s' * (summary['shards'] != 1)}, "
+        f"{result.bytes / 1e6:.1f} MB, in {result.seconds:.1f} s ({summary['rows_per_second']:.0f} rows/s); tags: {sources}"
+    )
+    for name in result.files[:6]:
+        click.echo(f"  {name}")
+    if len(result.files) > 6:
+        click.echo(f"  ... {len(result.files) - 6} more")
 
 
 # -- watch (issue 17): a separate block, kept at the end of the file ------------------------------

@@ -246,16 +246,22 @@ class Tagger:
                 probabilities=self.logit_bias is not None or None,
             )
 
-    def handle(self, works: Sequence[FileWork], vectors: np.ndarray, embedded: bool) -> None:
-        """Score a batch of files whose vectors are known, write their keywords, report each."""
+    def choose(self, vectors: np.ndarray, content_ids: Sequence[int | None]) -> list[list[scoring.ChosenTag]]:
+        """The tags this model chooses for a batch of vectors (one per content), after a person's
+        review decisions: what a run writes, and what ``rtagx export`` lists beside each vector."""
         chosen_all = self._choose(vectors)
         # a person's review decisions (by content): rejected tags never written, accepted ones kept
-        reviews = self.store.reviews_for(w.content_id for w in works if w.content_id is not None)
+        reviews = self.store.reviews_for(c for c in content_ids if c is not None)
         if reviews and self.last_scores is not None:
             chosen_all = [
-                apply_decisions(chosen, self.last_scores[n], self.vocab, reviews.get(w.content_id or -1, {}))
-                for n, (w, chosen) in enumerate(zip(works, chosen_all))
+                apply_decisions(chosen, self.last_scores[n], self.vocab, reviews.get(cid or -1, {}))
+                for n, (cid, chosen) in enumerate(zip(content_ids, chosen_all))
             ]
+        return chosen_all
+
+    def handle(self, works: Sequence[FileWork], vectors: np.ndarray, embedded: bool) -> None:
+        """Score a batch of files whose vectors are known, write their keywords, report each."""
+        chosen_all = self.choose(vectors, [w.content_id for w in works])
         keys = [path_key(w.file.path) for w in works]
         if self.collect is not None:
             for key, chosen in zip(keys, chosen_all):
