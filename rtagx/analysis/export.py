@@ -38,7 +38,7 @@ import numpy as np
 
 from rtagx import __version__
 from rtagx.analysis.search import CachedModel, choose_model, text_path
-from rtagx.cache.store import Store, is_untagged, key_path, open_store
+from rtagx.cache.store import Store, is_untagged, key_path, open_store, path_key
 from rtagx.errors import UsageError
 from rtagx.model.encoder import Encoder
 from rtagx.run.common import load_vocabulary_for, open_locked, owning_root
@@ -51,8 +51,11 @@ FORMATS = ("npy", "parquet")
 #: Rows per shard: 100k ViT-B vectors are a 100 MB float16 .npy (200 MB as float32 Parquet), a size
 #: faiss, autofaiss and Spark read comfortably and that keeps the number of files small.
 DEFAULT_SHARD_ROWS = 100_000
-#: Files read, scored and written per step (one Parquet row group).
+#: Files read and written per step (one Parquet row group).
 BLOCK_ROWS = 8192
+#: Files scored at once, as ``retag`` scores them: scoring takes ~35 KB per file against the
+#: 1,000 ImageNet tags (peak RSS 218 MB at 2,048, 430 MB at 8,192, measured on 20,000 files).
+SCORE_ROWS = 2048
 MANIFEST = "_rtagx_export.json"
 #: Where each format's shards go, as (folder, name prefix, suffix) inside DIR.
 LAYOUT = {
@@ -172,19 +175,32 @@ class Scorers:
             if same not in by_settings:
                 by_settings[same] = scorer(store, model, settings, remembered, events)
             self.by_root[root] = by_settings[same]
+        self.by_root_key = {path_key(root): tagger for root, tagger in self.by_root.items()}
         orphan_settings = load_settings(overrides, config_path=config_path)
         self.orphans = scorer(store, model, orphan_settings, {}, events) if vocabulary_given(orphan_settings) else None
 
     def tagger_for(self, key: bytes) -> Tagger | None:
         """The scorer of the file ``key`` (None: no root holds it and no vocabulary was named)."""
-        path = key_path(key)
-        if path in self.by_root:  # a single file tagged on its own is a root of its own
-            return self.by_root[path]
+        if key in self.by_root_key:  # a single file tagged on its own is a root of its own
+            return self.by_root_key[key]
         parent = key.rsplit(b"/", 1)[0] or b"/"
         if parent not in self.by_parent:  # the files of one folder share their deepest root
             owner = owning_root(key_path(parent), self.roots)
             self.by_parent[parent] = self.by_root.get(owner[0], self.orphans) if owner else self.orphans
         return self.by_parent[parent]
+
+    @staticmethod
+    def fill(
+        rows: list[int],
+        chosen: list[list[Any]],
+        tags: list[list[str]],
+        scores: list[list[float]],
+        source: list[str],
+    ) -> None:
+        for i, picked in zip(rows, chosen):
+            tags[i] = [c.tag.keyword for c in picked]
+            scores[i] = [float(c.score) for c in picked]
+            source[i] = "scored"
 
     def tags(
         self, keys: Sequence[bytes], content_ids: np.ndarray, vectors: np.ndarray
@@ -205,12 +221,11 @@ class Scorers:
                 unscored.append(i)
             else:
                 groups.setdefault(id(tagger), (tagger, []))[1].append(i)
-        for tagger, rows in groups.values():
-            chosen = tagger.choose(vectors[rows], [int(content_ids[i]) for i in rows])
-            for i, picked in zip(rows, chosen):
-                tags[i] = [c.tag.keyword for c in picked]
-                scores[i] = [float(c.score) for c in picked]
-                source[i] = "scored"
+        for tagger, group in groups.values():
+            for start in range(0, len(group), SCORE_ROWS):
+                rows = group[start : start + SCORE_ROWS]
+                chosen = tagger.choose(vectors[rows], [int(content_ids[i]) for i in rows])
+                self.fill(rows, chosen, tags, scores, source)
         if unscored:
             written = self.store.written(keys[i] for i in unscored)
             for i in unscored:
