@@ -244,3 +244,27 @@ def test_an_empty_or_missing_cache_says_so(tmp_path) -> None:
     code, out = rtagx("export", "--cache", str(tmp_path / "empty.sqlite3"), "--to", str(tmp_path / "b"))
     assert code == 1 and "holds no image vectors yet" in out and "rtagx tag" in out
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_persons_review_decisions_shape_the_exported_tags(library, tmp_path) -> None:
+    """A tag a person rejected in ``rtagx review`` is not exported; one they accepted is, as retag does."""
+    cache = tmp_path / "cache.sqlite3"
+    source, copy = sqlite3.connect(library["cache"]), sqlite3.connect(cache)
+    source.backup(copy)  # the WAL's pages too
+    source.close()
+    copy.close()
+    before = export(library, tmp_path / "before")
+    meta, _, _ = read_npy_export(tmp_path / "before")
+    first = meta.slice(0, 1).to_pylist()[0]
+    with open_store(cache) as store:
+        model_id = store.find_model(before["model_key"])
+        store.put_reviews([(first["content_id"], first["tags"][0], -1, model_id, first["scores"][0])])
+    code, out = rtagx("export", "--cache", str(cache), "--to", str(tmp_path / "after"), "--json")
+    assert code == 0, out
+    after, _, _ = read_npy_export(tmp_path / "after")
+    row = after.slice(0, 1).to_pylist()[0]
+    assert row["image_path"] == first["image_path"] and first["tags"][0] not in row["tags"]
+    chosen = retag_choices(cache)
+    assert after.column("tags").to_pylist() == [
+        [t for t, _ in chosen[p]] for p in after.column("image_path").to_pylist()
+    ]
