@@ -268,3 +268,39 @@ def test_a_persons_review_decisions_shape_the_exported_tags(library, tmp_path) -
     assert after.column("tags").to_pylist() == [
         [t for t, _ in chosen[p]] for p in after.column("image_path").to_pylist()
     ]
+
+
+def test_a_new_vocabulary_is_encoded_once_and_an_untagged_folder_gets_no_tags(library, tmp_path) -> None:
+    """--tags the cache has not seen: its prompts are encoded (text tower) and kept, and the tags equal
+    retag's with the same options; files under a folder `untag` cleared are exported without tags."""
+    cache = tmp_path / "cache.sqlite3"
+    source, copy = sqlite3.connect(library["cache"]), sqlite3.connect(cache)
+    source.backup(copy)
+    source.close()
+    copy.close()
+    vocab = tmp_path / "new.txt"
+    vocab.write_text("bicycle\nharbour\nforest\n", encoding="utf-8")
+    options = ["--tags", str(vocab), "--threshold", "-1", "--top-k", "2"]
+    with sqlite3.connect(cache) as conn:
+        prompts_before = conn.execute("SELECT COUNT(*) FROM text_vectors").fetchone()[0]
+    code, out = rtagx("export", "--cache", str(cache), "--to", str(tmp_path / "new"), "--json", *options)
+    assert code == 0, out
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM text_vectors").fetchone()[0] > prompts_before
+    meta, _, _ = read_npy_export(tmp_path / "new")
+    chosen = retag_choices(cache, *options)
+    paths = meta.column("image_path").to_pylist()
+    assert meta.column("tags").to_pylist() == [[t for t, _ in chosen[p]] for p in paths]
+    assert {t for tags in meta.column("tags").to_pylist() for t in tags} <= {"bicycle", "harbour", "forest"}
+    sub = library["photos"] / "sub"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(sub.iterdir())}
+    code, out = rtagx("untag", str(sub), "--cache", str(cache), "-q")
+    assert code == 0, out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(sub.iterdir())} == before  # nothing was written
+    code, out = rtagx("export", "--cache", str(cache), "--to", str(tmp_path / "untagged"), "--json")
+    assert code == 0, out
+    meta, _, _ = read_npy_export(tmp_path / "untagged")
+    for row in meta.to_pylist():
+        inside = row["image_path"].startswith(f"{sub}/")
+        assert row["tags_source"] == ("untagged" if inside else "scored")
+        assert bool(row["tags"]) != inside
