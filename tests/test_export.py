@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,54 @@ def test_a_new_vocabulary_is_encoded_once_and_an_untagged_folder_gets_no_tags(li
         inside = row["image_path"].startswith(f"{sub}/")
         assert row["tags_source"] == ("untagged" if inside else "scored")
         assert bool(row["tags"]) != inside
+
+
+HELD_EXPORT = """
+import os, sys, time
+from rtagx.analysis import export
+export.BLOCK_ROWS = 3  # small blocks: a shard of 4 rows takes two of them
+_add = export.ShardWriter.add
+_calls = [0]
+def _held(self, *args):
+    # a test hook around the real writer: after two blocks (one whole shard and half the next),
+    # say so and wait while the hold file exists
+    _add(self, *args)
+    _calls[0] += 1
+    if _calls[0] == 2:
+        open(os.environ["RTAGX_TEST_REACHED"], "w").close()
+        while os.path.exists(os.environ["RTAGX_TEST_HOLD"]):
+            time.sleep(0.02)
+export.ShardWriter.add = _held
+from rtagx.cli.commands import main
+sys.argv = ["rtagx", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_killed_export_leaves_only_whole_shards(library, tmp_path) -> None:
+    hold, reached, to = tmp_path / "hold", tmp_path / "reached", tmp_path / "out"
+    hold.touch()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RTAGX_NO_PROGRESS": "1"}
+    env |= {"RTAGX_TEST_HOLD": str(hold), "RTAGX_TEST_REACHED": str(reached)}
+    args = ["export", "--cache", str(library["cache"]), "--to", str(to), "--shard-size", "4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HELD_EXPORT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hung child, not a measurement
+        while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reached.exists(), proc.communicate()
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait()
+    finally:
+        hold.unlink(missing_ok=True)
+    visible = sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert visible == ["img_emb/img_emb_0000.npy", "metadata/metadata_0000.parquet"]  # no manifest: not finished
+    hidden = sorted(p.name for p in to.rglob(".*"))
+    assert hidden and all(".tmp-" in name and "0001" in name for name in hidden)  # the half shard, hidden
+    assert np.load(to / "img_emb" / "img_emb_0000.npy").shape == (4, 32)
+    assert ds.dataset(to / "metadata", format="parquet").to_table().num_rows == 4  # readers skip the temporary
+    summary = export(library, to, "--overwrite", "--shard-size", "4")
+    assert summary["rows"] == len(cached_vectors(library["cache"]))
+    assert not list(to.rglob(".*"))
