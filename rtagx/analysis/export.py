@@ -19,8 +19,12 @@ Memory stays bounded: one cursor walks the cache in path order in blocks of 8192
 is scored and appended to the open shard (npy rows straight to the file, Parquet as one row group),
 and a shard is written to a hidden temporary file and renamed when complete, so a killed export
 leaves only whole shards (and a hidden temporary that readers skip). ``_rtagx_export.json``, written
-last, says the export finished and what it holds. Measured (bench/export_speed.py, 20,000 vectors of
-512 dimensions, Intel Xeon, 2 shared cores): see the README's export section.
+last, says the export finished and what it holds.
+
+Measured (bench/export_speed.py: 512-dim vectors scored against ImageNet's 1,000 tags, the CLI as a
+child process, "Intel(R) Xeon(R) Processor", 2 cores shared at load average ~10): 100,000 vectors
+in 5.6 s of CPU as npy (6.7 s as Parquet), ~1.5 s of it start-up and imports; peak RSS 255 MB at
+20,000 and at 100,000 vectors (npy), 294-312 MB (Parquet): memory does not grow with the library.
 """
 
 from __future__ import annotations
@@ -197,6 +201,7 @@ class Scorers:
         scores: list[list[float]],
         source: list[str],
     ) -> None:
+        """Put a scored group's chosen tags into the block's columns, at the group's rows."""
         for i, picked in zip(rows, chosen):
             tags[i] = [c.tag.keyword for c in picked]
             scores[i] = [float(c.score) for c in picked]
