@@ -1490,9 +1490,9 @@ def export_cmd(
 ) -> None:
     """Export cached vectors with paths, content keys and chosen tags, for data pipelines.
 
-    Every vector of the current model (the one PATHS were tagged with, else --model, else the newest)
-    of the files under PATHS (default: every file the cache knows), with the tags `retag --dry-run`
-    would choose. Read by pyarrow, DuckDB, Spark, faiss and autofaiss. No image is decoded; memory
+    Every vector of one model (--model, else the one PATHS were tagged with, else the newest in the
+    cache) of the files under PATHS (default: every file the cache knows), with the tags
+    `retag --dry-run` would choose. Read by pyarrow, DuckDB, Spark, faiss and autofaiss. No image is decoded; memory
     stays bounded; each shard appears whole or not at all. Needs `pip install 'rtagx[export]'`.
     """
     from rtagx.analysis.export import export_vectors
