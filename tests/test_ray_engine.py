@@ -229,3 +229,29 @@ def test_a_cluster_that_cannot_be_reached_is_one_line(tmp_path, samples_dir, tin
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach the Ray cluster at {address}" in lines[0], result.stderr
     assert {name: (folder / name).read_bytes() for name in NAMES} == before  # no file touched
+
+
+@pytest.mark.parametrize(
+    ("resources", "nodes", "options", "expected"),
+    [
+        ({"CPU": 64, "GPU": 8}, 2, {}, (8, 1.0, 128)),  # one actor per GPU
+        ({"CPU": 64, "GPU": 8}, 2, {"ray_gpus_per_actor": 0.5}, (16, 0.5, 128)),  # two share a GPU
+        ({"CPU": 5}, 3, {}, (2, 0.0, 16)),  # no GPU: one per node, at most half the CPUs
+        ({"CPU": 32}, 4, {"ray_actors": 3, "batch_size": 8}, (3, 0.0, 8)),
+    ],
+)
+def test_pool_defaults_come_from_the_clusters_resources(resources, nodes, options, expected) -> None:
+    from rtagx.run.ray_engine import plan_pool
+
+    plan = plan_pool(resources, nodes, load_settings(options, environ={}))
+    assert (plan.actors, plan.gpus_per_actor, plan.batch_size) == expected
+
+
+def test_a_pool_that_would_leave_no_cpu_for_decoding_is_refused() -> None:
+    from rtagx.errors import ClusterError
+    from rtagx.run.ray_engine import plan_pool
+
+    with pytest.raises(ClusterError, match="leave none for decoding"):
+        plan_pool({"CPU": 4}, 4, load_settings({"ray_actors": 4}, environ={}))
+    with pytest.raises(ClusterError, match="has 0 GPUs"):
+        plan_pool({"CPU": 4}, 1, load_settings({"ray_gpus_per_actor": 1}, environ={}))
