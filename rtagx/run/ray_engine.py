@@ -131,7 +131,7 @@ def connect(settings: Settings, events: RunEvents) -> None:
     with contextlib.suppress(Exception):  # the job's own progress is rtagx's to show
         ray.data.DataContext.get_current().enable_progress_bars = False
     if not address:
-        events.message(f"engine ray: on the Ray at {ray.get_runtime_context().gcs_address}")
+        events.message(f"engine ray: no --ray-address given; using the Ray at {ray.get_runtime_context().gcs_address}")
 
 
 def plan_pool(resources: dict[str, float], nodes: int, settings: Settings) -> PoolPlan:
