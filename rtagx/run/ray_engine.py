@@ -27,6 +27,7 @@ import signal
 import socket
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -411,7 +412,9 @@ def embed_on_ray(
     writer = BatchWriter(tagger, summary, events)
     done: set[int] = set()
     try:
-        ds = build_dataset(ray, works, resolved.identity, settings, plan, spec)
+        with warnings.catch_warnings():  # Ray 2.51+ calls scheduling_strategy a deprecated remote arg
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = build_dataset(ray, works, resolved.identity, settings, plan, spec)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 take(batch, works, done, writer, summary)
