@@ -45,6 +45,13 @@ class LockBusyError(CacheError):
     exit_code = 4
 
 
+class ClusterError(RtagxError):
+    """``--engine ray`` cannot run: Ray is not installed, the cluster cannot be reached, or the
+    cluster failed the job (every batch received before is stored; a rerun embeds the rest)."""
+
+    exit_code = 5
+
+
 class FileSkip(Exception):
     """A single file cannot be processed. Never stops a run; counted under ``reason``.
 

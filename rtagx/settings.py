@@ -84,6 +84,12 @@ class Settings:
     offline: bool = False
     no_wait: bool = False
     rehash: bool = False  # hash every file's image data, whatever its size/mtime/ctime/inode say
+    # Where images are embedded (run/ray_engine.py): this process, or a Ray cluster.
+    engine: str = "local"
+    ray_address: str = ""  # "": RAY_ADDRESS, else the Ray running on this machine, else start one here
+    ray_actors: int = 0  # encoder actors; 0: one per GPU, or one per node (at most CPUs / 2) without GPUs
+    ray_gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    ray_ship_bytes: bool = False  # the driver's node reads each file and ships its bytes to the workers
     # Settings without a command-line option (config file or RTAGX_* only):
     decode_timeout: float = 120.0  # seconds one image may take to decode before it is skipped
     cpu_bf16: bool | None = None  # does this CPU multiply bf16 in hardware? None: detect
@@ -105,6 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "write": ("auto", "embed", "sidecar", "txt", "none"),
     "mode": ("merge", "replace-own", "replace-all"),
     "sidecar_style": ("ext", "stem"),
+    "engine": ("local", "ray"),
 }
 
 #: Config keys that are spelled like the command-line option rather than the field (``--ext``,
@@ -124,6 +131,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_share": (lambda v: v is None or 0.0 <= v <= 1.0, "a softmax share within [0, 1]"),
     "temperature": (lambda v: v is None or v > 0, "a number > 0"),
     "decode_timeout": (lambda v: v > 0, "a number of seconds > 0"),
+    "ray_actors": (lambda v: v >= 0, "a whole number >= 0"),
+    "ray_gpus_per_actor": (lambda v: v is None or v >= 0, "a number of GPUs >= 0 (fractions share a GPU)"),
 }
 
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 all good (a declined first-write question and a folder without images too); 1 fatal
 error; 2 usage error (an option, argument, variable or config key); 3 finished but some files were
-skipped or failed; 4 the cache is locked by another rtagx and --no-wait was given; 130 interrupted.
+skipped or failed; 4 the cache is locked by another rtagx and --no-wait was given; 5 --engine ray cannot
+run (Ray not installed, cluster unreachable or failed); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -338,6 +339,44 @@ def output_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
+def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Where images are embedded: this process, or a Ray cluster (README: "More than one machine")."""
+    return _stacked(
+        fn,
+        [
+            click.option(
+                "--engine",
+                type=click.Choice(CHOICES["engine"]),
+                default=None,
+                help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'rtagx[ray]'). Scanning, the cache and keyword writing stay here. [default: local]",
+            ),
+            click.option(
+                "--ray-address",
+                default=None,
+                help="The Ray cluster: auto (the one this machine belongs to), HOST:PORT, or ray://HOST:PORT (Ray Client). [default: RAY_ADDRESS, else the Ray running here, else a new one on this machine]",
+            ),
+            click.option(
+                "--ray-actors",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Encoder actors, each loading the model once (0: one per GPU; without GPUs one per node, at most half the CPUs).",
+            ),
+            click.option(
+                "--ray-gpus-per-actor",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="GPUs each encoder actor reserves (0.5: two actors share a GPU). [default: 1 when the cluster has GPUs, else 0]",
+            ),
+            click.option(
+                "--ray-ship-bytes",
+                is_flag=True,
+                default=None,
+                help="Read each file on the driver's node and ship its bytes to the workers, for photos not on storage every node mounts at the same path.",
+            ),
+        ],
+    )
+
+
 class OneLineErrorsGroup(click.Group):
     """click prints usage errors as three lines (``Usage: ... Try ... Error: ...``); rtagx promises
     one line, ``rtagx: error: ...`` naming the option or argument, with exit code 2."""
@@ -607,6 +646,7 @@ def _ask_before_writing(new: list[Path]) -> None:
     default=None,
     help="Hash every file's image data instead of trusting unchanged size, mtime, ctime and inode.",
 )
+@engine_options
 @verbosity_options
 @click.pass_obj
 @handle_errors

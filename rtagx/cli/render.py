@@ -15,6 +15,7 @@ STAGE_ORDER = (
     "load-model",
     "text",
     "load-vectors",
+    "ray-start",  # --engine ray: joining the cluster and the model probe on a worker
     "decode",
     "encode",
     "store",

@@ -48,6 +48,10 @@ def run_tag(
     selected_extensions(settings)  # an unknown --ext is a usage error before anything runs
     roots = check_paths(paths)
     vocabulary = load_vocabulary_for(settings)
+    if settings.engine == "ray":  # Ray missing is one line before anything runs; the cluster is joined
+        from rtagx.run.ray_engine import import_ray  # only when something needs embedding
+
+        import_ray()
 
     resolved_box: list[ResolvedModel] = []
 
@@ -186,9 +190,10 @@ def tag_with_store(
     if to_embed:
         resolved()
 
-    # 3. prompt vectors (the model is loaded here only if something needs it)
+    # 3. prompt vectors (the model is loaded here only if something needs it; with --engine ray the
+    #    image tower runs on the cluster and this process loads the text tower only)
     def text_encoder() -> Encoder:
-        if to_embed:
+        if to_embed and settings.engine == "local":
             return full_encoder()
         if not encoder_box:
             with Timer(summary.timings, "load-model"):
@@ -220,12 +225,20 @@ def tag_with_store(
     handle_cached(tagger, work_cached, dim)
 
     # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write.
+    def run_embed(works: list[FileWork]) -> None:
+        """The executor the settings choose: this process (run/local.py) or a Ray cluster."""
+        if settings.engine == "ray":
+            from rtagx.run.ray_engine import embed_on_ray
+
+            embed_on_ray(tagger, resolved(), works, settings, summary, events, dry_run)
+        else:
+            embed(tagger, full_encoder(), works, settings, summary, events, dry_run)
+
     if to_embed:
-        encoder = full_encoder()
-        embed(tagger, encoder, to_embed, settings, summary, events, dry_run)
+        run_embed(to_embed)
     orphans = tag_followers(tagger, followers, dim or 0)
     if orphans:
-        embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
+        run_embed(orphans)
     return tagger
 
 
