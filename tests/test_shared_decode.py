@@ -182,3 +182,13 @@ def test_decode_for_models_keys_the_same_paths(tmp_path: Path, samples_dir: Path
     path = samples_dir / "jpg" / SAMPLES[0]
     assert path_key(path) == path_key(Path(str(path)))
     assert decode_for_models(path, []) == []
+
+
+def test_watch_with_a_model_list_runs_the_first_and_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('model = ["ViT-B-16", "wd-vit-tagger-v3"]\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "watch", str(tmp_path / "missing"), "--yes"])
+    assert (
+        f"rtagx: watch runs one model, ViT-B-16 (the first of 'model' in config file {config}); "
+        "the others (wd-vit-tagger-v3) run with `rtagx tag`" in result.output
+    )

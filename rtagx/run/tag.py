@@ -55,9 +55,10 @@ def run_tag(
     """Embed what is new, tag every file under ``paths``, write keywords. See module docstring.
     ``models`` keeps the model loaded from one call to the next (``rtagx watch``). Files ``untag``
     cleared inside a root are left alone, unless ``clear_untagged`` and ``paths`` lie inside them.
-    ``extra_models`` (name, pretrained): further models, each run first over the same files (its
-    vectors stored under its own identity, its keywords collected); the first model's pass then
-    writes the union of all keywords once per file."""
+    ``extra_models`` (name, pretrained): further models over the same files (the CLI passes
+    ``settings.extra_models``; ``watch`` none), each file decoded once for all of them, each model's
+    vectors stored under its own identity; the first model's pass writes the union of all keywords
+    once per file (:func:`run_several`)."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
