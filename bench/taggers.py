@@ -225,7 +225,9 @@ def main() -> None:
     cache = work / "cache.sqlite3"
     cache.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), RTAGX_OFFLINE="1")
-    cmd = [sys.executable, "-m", "rtagx", "tag", str(photos), *models, "--cache", str(cache), "--tags", "photos"]
+    cmd = [sys.executable, "-m", "rtagx", "tag", str(photos), *models, "--cache", str(cache)]
+    if args.kind == "both":
+        cmd += ["--tags", "photos"]  # CLIP's vocabulary (the tagger keeps its own tags)
     start = time.perf_counter()
     out = subprocess.run([*cmd, "--write", "none", "--yes", "--json"], capture_output=True, text=True, env=env)
     ours = time.perf_counter() - start
