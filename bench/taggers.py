@@ -1,13 +1,18 @@
 """Trained taggers: rtagx ``tag`` against a naive per-image loop, with random-weight models of the
 real shapes (WD14 vit-tagger-v3: a ViT-B/16 at 448 px with 10,861 outputs, exported to ONNX with the
-WD14 signature; or JoyTag: the same ViT size with its 5,000+ outputs on torch).
+WD14 signature; JoyTag: the same ViT size with its 5,000+ outputs on torch; CLIP ViT-B-16 at 224 px
+from open_clip's own config).
 
-The naive loop is what the usual scripts do: for each image, PIL open, the reference
-``prepare_image`` (pad white, bicubic), one ``session.run`` / forward with batch 1, threshold, next.
-rtagx: ``python -m rtagx tag DIR --write none`` into a fresh cache (decode threads overlapping
-batched inference, results stored), timed as the whole command. Both use every core.
+The naive loop is what the usual scripts do: for each image, PIL open, the reference preprocessing
+(WD14/JoyTag: pad white, bicubic; CLIP: open_clip's eval transform), one ``session.run`` / forward
+with batch 1, threshold, next, with onnxruntime's and torch's default settings. ``--kind both`` runs
+CLIP then WD14 that way (two loops, two decodes per image) against one ``rtagx tag --model CLIP
+--model WD14`` (one decode per image).
 
-Run (about 5 minutes on 2 cores: the export is most of it)::
+Two figures each way: the naive loop alone (model already loaded) and the naive script with its
+model load; rtagx's pipeline (the command's own summary, less resolve-model, load-model and text:
+a new vocabulary's prompts, encoded once) and its whole command (imports, model load, cache). Run
+(minutes on 2 cores: the export is a third of it)::
 
     python3 bench/taggers.py --kind wd14 --images 16 --workdir /tmp/rtagx-bench-taggers
 
@@ -17,6 +22,7 @@ Run (about 5 minutes on 2 cores: the export is most of it)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -97,27 +103,30 @@ def build_real_joytag(directory: Path) -> Path:
     return build_joytag(directory, config=cfg)
 
 
-def naive_wd14(model_dir: Path, images: list[Path]) -> float:
+def naive_wd14(model_dir: Path, images: list[Path]) -> tuple[float, float]:
+    """(loop seconds, seconds with the session's creation): onnxruntime's defaults, batch 1."""
     import onnxruntime as ort
     from tiny_taggers import wd14_reference_input
 
+    begin = time.perf_counter()
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]
     start = time.perf_counter()
     for path in images:
         probs = session.run(None, {"input": wd14_reference_input(path, size)})[0][0]
         _ = [i for i, p in enumerate(probs) if p >= 0.35]
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - begin
 
 
-def naive_joytag(model_dir: Path, images: list[Path]) -> float:
-    import json
-
+def naive_joytag(model_dir: Path, images: list[Path]) -> tuple[float, float]:
+    """(loop seconds, seconds with the model's load): torch's defaults, batch 1."""
     import torch
     from tiny_taggers import joytag_reference_input
 
     from rtagx.model.joytag import build_network, load_state
 
+    begin = time.perf_counter()
     cfg = json.loads((model_dir / "config.json").read_text())
     network = build_network(cfg)
     load_state(network, str(model_dir / "model.safetensors"))
@@ -127,12 +136,51 @@ def naive_joytag(model_dir: Path, images: list[Path]) -> float:
         with torch.inference_mode():
             probs = torch.sigmoid(network(joytag_reference_input(path, cfg["image_size"])))[0]
         _ = (probs >= 0.4).nonzero()
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - begin
+
+
+def build_real_clip(directory: Path) -> tuple[Path, Path]:
+    """open_clip's ViT-B-16 config and a checkpoint of random weights (fixed seed)."""
+    import open_clip
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config, checkpoint = directory / "ViT-B-16-random.json", directory / "ViT-B-16-random.pt"
+    if not checkpoint.is_file():
+        cfg = open_clip.get_model_config("ViT-B-16")
+        config.write_text(json.dumps(cfg))
+        torch.manual_seed(0)
+        torch.save({"state_dict": open_clip.model.CLIP(**cfg).state_dict()}, checkpoint)
+    return config, checkpoint
+
+
+def naive_clip(config: Path, checkpoint: Path, images: list[Path]) -> tuple[float, float]:
+    """open_clip's usual script: model + eval transform, then per image open, preprocess, encode."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    start = time.perf_counter()
+    cfg = json.loads(config.read_text())
+    model = open_clip.model.CLIP(**cfg)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu")["state_dict"])
+    model.eval()
+    preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
+    text = torch.nn.functional.normalize(torch.randn(1000, cfg["embed_dim"]), dim=-1)
+    loaded = time.perf_counter()
+    for path in images:
+        with torch.inference_mode(), Image.open(path) as im:
+            x = preprocess(im.convert("RGB")).unsqueeze(0)
+            v = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        _ = ((v @ text.T)[0] >= 0.2).nonzero()
+    end = time.perf_counter()
+    return end - loaded, end - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=("wd14", "joytag"), default="wd14")
+    parser.add_argument("--kind", choices=("wd14", "joytag", "both"), default="wd14")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--small", action="store_true", help="the tests' tiny models (pipeline only)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/rtagx-bench-taggers"))
@@ -141,10 +189,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from tiny_taggers import build_joytag, build_wd14
 
+    tagger_kind = "joytag" if args.kind == "joytag" else "wd14"
     if args.small:
-        model_dir = (build_wd14 if args.kind == "wd14" else build_joytag)(work / f"small-{args.kind}")
+        model_dir = (build_wd14 if tagger_kind == "wd14" else build_joytag)(work / f"small-{tagger_kind}")
     else:
-        model_dir = (build_real_wd14 if args.kind == "wd14" else build_real_joytag)(work / f"real-{args.kind}")
+        model_dir = (build_real_wd14 if tagger_kind == "wd14" else build_real_joytag)(work / f"real-{tagger_kind}")
     samples = sorted(p for p in (REPO / "tests/data/camera-samples/jpg").glob("*.jpg") if p.name != "corrupted.jpg")
     photos = work / "photos"
     shutil.rmtree(photos, ignore_errors=True)
@@ -162,21 +211,57 @@ def main() -> None:
         Image.fromarray(arr).save(dest, quality=95)
         images.append(dest)
 
-    naive = (naive_wd14 if args.kind == "wd14" else naive_joytag)(model_dir, images)
+    models = ["--model", str(model_dir)]
+    naive_loop = naive_whole = 0.0
+    if args.kind == "both":
+        from conftest import build_tiny_clip
+
+        config, checkpoint = build_tiny_clip(work / "small-clip") if args.small else build_real_clip(work / "real-clip")
+        loop, whole = naive_clip(config, checkpoint, images)
+        naive_loop, naive_whole = naive_loop + loop, naive_whole + whole
+        models = ["--model", str(config), "--pretrained", str(checkpoint), *models]
+    loop, whole = (naive_wd14 if tagger_kind == "wd14" else naive_joytag)(model_dir, images)
+    naive_loop, naive_whole = naive_loop + loop, naive_whole + whole
     cache = work / "cache.sqlite3"
     cache.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), RTAGX_OFFLINE="1")
-    cmd = [sys.executable, "-m", "rtagx", "tag", str(photos), "--model", str(model_dir), "--cache", str(cache)]
+    cmd = [sys.executable, "-m", "rtagx", "tag", str(photos), *models, "--cache", str(cache)]
+    if args.kind == "both":  # CLIP's vocabulary (the tagger keeps its own tags): a short one, its
+        vocab = work / "words.txt"  # prompts encoded once (excluded from the pipeline figure anyway)
+        vocab.write_text("person\ndog\ncat\ncar\nbeach\nmountain\nfood\nbuilding\ntree\nsky\n", encoding="utf-8")
+        cmd += ["--tags", str(vocab)]
     start = time.perf_counter()
-    out = subprocess.run([*cmd, "--write", "none", "--yes"], capture_output=True, text=True, env=env)
+    out = subprocess.run([*cmd, "--write", "none", "--yes", "--json"], capture_output=True, text=True, env=env)
     ours = time.perf_counter() - start
     if out.returncode not in (0, 3):
         raise SystemExit(out.stdout + out.stderr)
+    summary = [json.loads(line) for line in out.stdout.splitlines() if '"summary"' in line][-1]
+    # the pipeline: the run less its once-per-model costs (finding and loading the models, encoding
+    # a new vocabulary's prompts: cached from then on), as the naive loops start with models loaded
+    once = ("resolve-model", "load-model", "text")
+    pipeline = summary["seconds"] - sum(summary["timings"].get(k, 0.0) for k in once)
     n = len(images)
-    print(f"{args.kind} {'tiny' if args.small else 'real-shape'} model, {n} images")
-    print(f"naive per-image loop (model loaded, not counted): {naive:.2f}s, {n / naive:.2f} img/s")
-    print(f"rtagx tag (whole command, imports and model load included): {ours:.2f}s, {n / ours:.2f} img/s")
-    print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr.strip())
+    what = {"wd14": "WD14", "joytag": "JoyTag", "both": "CLIP ViT-B-16 + WD14"}[args.kind]
+    print(f"{what}, {'tiny' if args.small else 'real-shape'} random-weight models, {n} images, {_cpu()}")
+    print(
+        f"naive per-image loop{'s' if args.kind == 'both' else ''}: {n / naive_loop:.3f} img/s loop alone ({naive_loop:.1f}s), "
+        f"{n / naive_whole:.3f} img/s with the model load ({naive_whole:.1f}s)"
+    )
+    print(
+        f"rtagx tag: {n / pipeline:.3f} img/s pipeline ({pipeline:.1f}s), {n / ours:.3f} img/s whole command "
+        f"({ours:.1f}s: imports, model load, cache); decoded {summary.get('decoded')} for {summary['embedded']} embeddings"
+    )
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings"].items()))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -94,13 +94,20 @@ class Settings:
     decode_timeout: float = 120.0  # seconds one image may take to decode before it is skipped
     cpu_bf16: bool | None = None  # does this CPU multiply bf16 in hardware? None: detect
     no_progress: bool = False  # never draw progress bars, even on a terminal
+    # Further models of a run, after ``model``: (name, pretrained) pairs from a list given as
+    # ``model = [...]`` in the config file or as several --model; not a key of its own.
+    extra_models: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def cache_path(self) -> Path:
         return Path(self.cache).expanduser() if self.cache else default_cache_path()
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_OPTIONS}
+
+    def models(self) -> list[tuple[str, str]]:
+        """Every model of a run, first ``model`` then the further ones, as (name, pretrained)."""
+        return [(self.model, self.pretrained), *self.extra_models]
 
 
 #: The one list of allowed values for each option that takes a choice: the CLI builds its
@@ -167,7 +174,11 @@ def validate_settings(settings: Settings) -> None:
             raise UsageError(f"{where(settings, name)}: bad value {value!r} (expected {expected})")
 
 
-OPTION_NAMES = tuple(f.name for f in fields(Settings) if f.name != "sources")
+_NOT_OPTIONS = ("sources", "extra_models")
+OPTION_NAMES = tuple(f.name for f in fields(Settings) if f.name not in _NOT_OPTIONS)
+
+#: Settings that take a list of models (a run with several): ``model`` and ``pretrained``.
+LIST_OF_MODELS = ("model", "pretrained")
 _ENV_PREFIX = "RTAGX_"
 
 
@@ -268,11 +279,19 @@ def load_settings(
     environ = os.environ if environ is None else environ
     settings = Settings()
     sources = {name: "default" for name in OPTION_NAMES}
+    # ``model`` / ``pretrained`` given as lists (config file, several --model): the layer that set
+    # each last decides; a single value from a later layer (an option) ends the list.
+    lists: dict[str, list[str]] = {}
 
     def apply(values: Mapping[str, Any], origin: str) -> None:
         for name, value in values.items():
             if name not in OPTION_NAMES:
                 continue
+            if name in LIST_OF_MODELS:
+                lists.pop(name, None)
+                if isinstance(value, (list, tuple)):
+                    lists[name] = _model_list(name, value, origin)
+                    value = lists[name][0]
             setattr(settings, name, _coerce(name, value, origin))
             sources[name] = origin
 
@@ -292,4 +311,36 @@ def load_settings(
     if overrides:
         apply({k: v for k, v in overrides.items() if v is not None}, "option")
     settings.sources = sources
-    return dataclasses.replace(settings, sources=sources)
+    return dataclasses.replace(settings, sources=sources, extra_models=_extra_models(settings, lists))
+
+
+def _model_list(name: str, value: list[Any] | tuple[Any, ...], origin: str) -> list[str]:
+    """A list of models (or of their weights): text entries, at least one model. A bad entry is a
+    usage error naming the key and the file (or the option) and the entry."""
+    if name == "model" and not value:
+        raise UsageError(f"{origin_label(name, origin)}: an empty list (name at least one model)")
+    out = []
+    for n, entry in enumerate(value, start=1):
+        if not isinstance(entry, str) or (name == "model" and not entry.strip()):
+            raise UsageError(
+                f"{origin_label(name, origin)}: bad entry {n} of the list, {entry!r} "
+                f"(expected {'a model name' if name == 'model' else 'the weights of the model at the same place'})"
+            )
+        out.append(entry.strip())
+    return out
+
+
+def _extra_models(settings: Settings, lists: dict[str, list[str]]) -> tuple[tuple[str, str], ...]:
+    """The models after the first, each with the weights at the same place of the ``pretrained``
+    list (the default weights where that list is shorter or not given); a model named twice once."""
+    models = lists.get("model", [])
+    weights = lists.get("pretrained", [])
+    if len(weights) > max(1, len(models)):
+        where_ = origin_label("pretrained", settings.sources.get("pretrained", "option"))
+        raise UsageError(f"{where_}: more weights ({len(weights)}) than models ({len(models) or 1}) in the list")
+    chosen = [(settings.model, settings.pretrained)]
+    for n, name in enumerate(models[1:], start=1):
+        pair = (name, weights[n] if n < len(weights) else Settings.pretrained)
+        if pair not in chosen:
+            chosen.append(pair)
+    return tuple(chosen[1:])

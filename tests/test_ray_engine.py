@@ -255,3 +255,30 @@ def test_a_pool_that_would_leave_no_cpu_for_decoding_is_refused() -> None:
         plan_pool({"CPU": 4}, 4, load_settings({"ray_actors": 4}, environ={}))
     with pytest.raises(ClusterError, match="has 0 GPUs"):
         plan_pool({"CPU": 4}, 1, load_settings({"ray_gpus_per_actor": 1}, environ={}))
+
+
+def test_several_models_on_ray_write_the_local_engines_union(
+    cluster, tmp_path, samples_dir, tiny_clip, tiny_clip_other, vocab
+) -> None:
+    """``--model A --model B --engine ray``: each model's share goes to the cluster in turn (the
+    further model first, collecting), and the files get the same union as from the local engine."""
+    other = (str(tiny_clip_other[0]), str(tiny_clip_other[1]))
+    results: dict[str, dict[str, list[str]]] = {}
+    for engine in ("local", "ray"):
+        folder = photos(tmp_path / engine / "photos", samples_dir)
+        cfg, ckpt = tiny_clip
+        options = {
+            "model": str(cfg),
+            "pretrained": str(ckpt),
+            "cache": str(tmp_path / engine / "cache.sqlite3"),
+            "tags": str(vocab),
+            "threshold": -1,
+            "top_k": 2,
+            "engine": engine,
+            **({"ray_address": cluster.address} if engine == "ray" else {}),
+        }
+        summary = run_tag([folder], load_settings(options, environ={}), extra_models=[other])
+        assert summary.embedded == 2 * len(NAMES) and summary.written == len(NAMES), engine
+        results[engine] = {name: keywords(folder / name) for name in NAMES}
+    assert results["ray"] == results["local"]
+    assert all(len(words) >= 2 for words in results["ray"].values())

@@ -496,7 +496,12 @@ class Renderer:
             "write": "tagging",
             "export": "exporting",
         }
-        self.close()  # one bar at a time: the stage that started last
+        if name.startswith("embed:"):  # several models: one bar per model, all shown while they embed
+            label = f"embedding ({name[6:]})"
+            self.close(keep="embed:")
+        else:
+            label = labels.get(name, name)
+            self.close()  # one bar at a time: the stage that started last
         try:  # a terminal that reports no size (a bare pty, some CI consoles) would hide the bars
             size = os.get_terminal_size(sys.stderr.fileno())
             sized = size.columns > 0 and size.lines > 0
@@ -504,8 +509,9 @@ class Renderer:
             sized = False
         self.bars[name] = tqdm(
             total=total or None,
-            desc=labels.get(name, name),
+            desc=label,
             unit="file" if name != "prompts" else "prompt",
+            position=len(self.bars),
             file=sys.stderr,
             dynamic_ncols=sized,
             ncols=None if sized else 80,
@@ -518,10 +524,10 @@ class Renderer:
         if bar is not None:
             bar.update(n)
 
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
+    def close(self, keep: str = "") -> None:
+        """Close the bars, but those of stages named ``keep...`` when ``keep`` is given."""
+        for name in [n for n in self.bars if not keep or not n.startswith(keep)]:
+            self.bars.pop(name).close()
 
     def wait_lock(self) -> None:
         if not self.ctx.quiet:
@@ -674,19 +680,16 @@ def tag(
         pretrained = pretrained[-1:]  # one model: the last --pretrained wins, as always
     elif len(pretrained) > len(models):
         raise click.UsageError("more --pretrained than --model: the Nth --pretrained goes with the Nth --model")
+    several = len(models) > 1  # as a list, like `model = [...]` in the config file (Settings decides)
     overrides = _overrides(
-        model=models[0] if models else None, pretrained=pretrained[0] if pretrained else None, **options
+        model=models if several else models[0] if models else None,
+        pretrained=pretrained if several and pretrained else pretrained[0] if pretrained else None,
+        **options,
     )
     if exclude:
         overrides["exclude"] = exclude
     settings = load_settings(overrides, config_path=ctx.config)
-    default_pretrained = type(settings)().pretrained
-    chosen = [(settings.model, settings.pretrained)]
-    for n, m in enumerate(models[1:], start=1):
-        pair = (m, pretrained[n] if n < len(pretrained) else default_pretrained)
-        if pair not in chosen:  # a model named twice runs once
-            chosen.append(pair)
-    extra = chosen[1:]
+    extra = list(settings.extra_models)
     _confirm_first_write(settings, paths, dry_run, yes)
     renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run, progress=not settings.no_progress)
     try:
@@ -1205,6 +1208,9 @@ def config_show(ctx: Context, as_json: bool) -> None:
     settings = load_settings(config_path=ctx.config)
     values = settings.as_dict()
     values["cache"] = str(settings.cache_path())
+    if settings.extra_models:  # a list of models: every one, the first first
+        values["model"] = tuple(name for name, _ in settings.models())
+        values["pretrained"] = tuple(weights for _, weights in settings.models())
     if as_json:
         click.echo(
             json.dumps({k: {"value": v, "from": settings.sources.get(k)} for k, v in values.items()}, default=str)
@@ -1647,7 +1653,7 @@ def watch_cmd(
 
     from rtagx.cli.render import json_line, summary_lines
     from rtagx.run import watch as watch_mod
-    from rtagx.settings import default_config_path, load_settings
+    from rtagx.settings import default_config_path, load_settings, where
 
     if not paths:
         raise click.UsageError("give at least one PATH (a folder to watch)")
@@ -1660,6 +1666,13 @@ def watch_cmd(
     if exclude:
         overrides["exclude"] = exclude
     settings = load_settings(overrides, config_path=ctx.config)
+    if settings.extra_models and not ctx.quiet:
+        further = ", ".join(name for name, _ in settings.extra_models)
+        click.echo(
+            f"rtagx: watch runs one model, {settings.model} (the first of {where(settings, 'model')}); "
+            f"the others ({further}) run with `rtagx tag`",
+            err=True,
+        )
     _confirm_first_write(settings, paths, dry_run, yes)
     config_path = ctx.config or Path(os.environ.get("RTAGX_CONFIG") or default_config_path())
     renderer = Renderer(ctx, as_json=as_json, as_csv=as_csv, list_files=dry_run)

@@ -68,6 +68,9 @@ def summary_lines(summary: RunSummary, *, removal: bool = False) -> list[str]:
     if s.left_untagged:
         first += f"; left alone {s.left_untagged} untagged by `rtagx untag`"
     stages = [f"{name} {s.timings[name]:.2f}s" for name in STAGE_ORDER if s.timings.get(name, 0) >= 0.005]
+    per_model = [f"{k[7:]} {v:.2f}s" for k, v in s.timings.items() if k.startswith("encode:")]
+    if per_model:  # several models: each one's share of the encode time
+        stages = [f"{t} ({', '.join(per_model)})" if t.startswith("encode ") else t for t in stages]
     rate = f", {s.embedded / s.wall_seconds:.1f} images/s" if s.embedded and s.wall_seconds else ""
     second = f"time {s.wall_seconds:.1f}s{rate}" + (" (" + ", ".join(stages) + ")" if stages else "")
     lines = [first, second]

@@ -95,6 +95,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "PreprocessSpec",
     "decode_for_model",
+    "decode_for_models",
     "identify",
     "open_rgb",
     "to_model_batch",
@@ -432,6 +433,30 @@ def decode_for_model(
         return _render_padded(_decode_source(Path(path), None, max_megapixels), spec, respect_icc=False)
     src = _decode_source(Path(path), spec, max_megapixels)
     return _render(src, spec, respect_icc)
+
+
+def decode_for_models(
+    path: Path,
+    specs: Sequence[PreprocessSpec],
+    *,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    respect_icc: bool = True,
+) -> list[np.ndarray]:
+    """One decode of ``path``, one array per spec (several models in one run read each file once).
+
+    Each array is what :func:`decode_for_model` would give for its spec, from a source at least as
+    large as that spec's own decode: a trained tagger's spec (``pad_first``) needs the full
+    resolution, so with one among the specs every array comes from the full-resolution image (the
+    tagger's array is then :func:`decode_for_model`'s exactly; a CLIP spec's is the resize of the
+    full image, the reference itself, where its own decode would use a JPEG draft). CLIP specs
+    alone share the draft of the largest. Raises DecodeError like :func:`decode_for_model`."""
+    if not specs:
+        return []
+    if any(s.pad_first for s in specs):
+        src = _decode_source(Path(path), None, max_megapixels)
+    else:
+        src = _decode_source(Path(path), max(specs, key=lambda s: s.size), max_megapixels)
+    return [_render_padded(src, s, respect_icc=False) if s.pad_first else _render(src, s, respect_icc) for s in specs]
 
 
 def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, respect_icc: bool = True) -> Image.Image:

@@ -281,6 +281,10 @@ def load_tagger(resolved: ResolvedModel, *, device: str = "auto", threads: int |
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's worker threads spin between runs by default: the decode threads that prepare
+        # the next batch, the cache writer and any other process lose those cores (bench/taggers.py:
+        # WD14 on 2 busy cores, 4.4-4.5 s/image without spinning, 5.2-10.5 s with it).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = onnx_providers(device)
         try:
             session = ort.InferenceSession(resolved.checkpoint_file, sess_options=options, providers=providers)

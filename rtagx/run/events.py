@@ -63,6 +63,7 @@ class RunSummary:
     unchanged: int = 0
     skipped: int = 0
     left_untagged: int = 0  # files under a path `untag` cleared inside a root: neither seen nor skipped
+    decoded: int = 0  # image decodes (a run of several models decodes each file once for all of them)
     skip_reasons: Counter = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -81,12 +82,18 @@ class RunSummary:
         elif outcome.action == "unchanged":
             self.unchanged += 1
 
+    def count_decoded(self, n: int = 1) -> None:
+        """Count decodes; decode threads call it at once, so it adds under the timings' lock."""
+        with Timer._lock:
+            self.decoded += n
+
     def as_json(self) -> dict[str, Any]:
         rate = self.embedded / self.timings["encode"] if self.timings.get("encode") else 0.0
         return {
             "summary": True,
             "seen": self.seen,
             "embedded": self.embedded,
+            "decoded": self.decoded,
             "reused": self.reused,
             "tagged": self.tagged,
             "written": self.written,

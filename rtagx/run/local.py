@@ -155,21 +155,27 @@ def embed(
     summary: RunSummary,
     events: RunEvents,
     dry_run: bool,
+    decoded: Callable[[FileWork], np.ndarray] | None = None,
 ) -> None:
     """Decode, encode, store and write, overlapped: a thread pool decodes ahead (bounded window), the
     calling thread only builds batches and runs the image tower, and :class:`BatchWriter` stores
-    vectors and writes keywords behind it. On Ctrl-C every batch already encoded is still stored."""
+    vectors and writes keywords behind it. On Ctrl-C every batch already encoded is still stored.
+    ``decoded``: each file's array when another stage decoded it already (several models in one
+    run share one decode per file; it raises what the decode raised)."""
     spec = decode.PreprocessSpec.from_model(encoder.model)
     max_mp = settings.max_megapixels or decode.DEFAULT_MAX_MEGAPIXELS
     batch_size = settings.batch_size or (16 if encoder.device == "cpu" else 128)
     workers = settings.workers or default_workers(encoder.device)
 
     def load(work: FileWork) -> np.ndarray:
+        if decoded is not None:
+            return decoded(work)
         t = time.perf_counter()
         try:
             return decode_file(work, spec, max_mp)
         finally:  # decode threads add under a lock: no second is lost
             add_time(summary.timings, "decode", time.perf_counter() - t)
+            summary.count_decoded()
 
     ensure_fingerprints(works)
     events.stage("embed", len(works))

@@ -2,7 +2,8 @@
 the local one (``run/local.py``: threads and bounded queues) or a distributed engine.
 
     scan (run/scan.py: ScannedFile) -> diff_with_cache (FileWork: cached or to embed)
-    -> decode_file (np.ndarray, HWC uint8 at the model's size) -> encode_batch (vectors)
+    -> decode_file (np.ndarray, HWC uint8 at the model's size; decode_for_models: one decode, one
+       array per model) -> encode_batch (vectors)
     -> store_batch (content ids) -> score and write (run/tagger.py: FileOutcome)
 """
 
@@ -168,6 +169,12 @@ def diff_with_cache(
 def decode_file(work: FileWork, spec: decode.PreprocessSpec, max_megapixels: float) -> np.ndarray:
     """Open one image upright, in sRGB, at the model's input size (raises FileSkip with a reason)."""
     return decode.decode_for_model(work.file.path, spec, max_megapixels=max_megapixels)
+
+
+def decode_for_models(path: Path, specs: list[decode.PreprocessSpec], max_megapixels: float) -> list[np.ndarray]:
+    """Open one image once and give each model its own input (several models in one run): see
+    :func:`rtagx.imaging.decode.decode_for_models`."""
+    return decode.decode_for_models(path, specs, max_megapixels=max_megapixels)
 
 
 def encode_batch(encoder: Encoder, arrays: list[np.ndarray], spec: decode.PreprocessSpec) -> np.ndarray:

@@ -6,20 +6,37 @@ checked before the first file is touched."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from rtagx.cache.store import FileRecord, Store, is_untagged, path_key
+from rtagx.errors import FileSkip
+from rtagx.imaging import decode
 from rtagx.keywords import metadata
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
 from rtagx.run.events import RunEvents, RunSummary, Timer, add_time, report_skip
-from rtagx.run.local import embed
+from rtagx.run.local import STUCK_DECODERS, default_workers, embed
 from rtagx.run.scan import ScannedFile, ScanProblem, scan_with_settings, selected_extensions
-from rtagx.run.stages import FileWork, Skip, diff_with_cache, file_row, fingerprint_or_skip, pair_raw_siblings
+from rtagx.run.stages import (
+    FileWork,
+    Skip,
+    decode_for_models,
+    diff_with_cache,
+    file_row,
+    fingerprint_or_skip,
+    pair_raw_siblings,
+)
 from rtagx.run.tagger import Tagger, handle_cached, root_settings, settle_unchanged
 from rtagx.settings import Settings, validate_settings
 from rtagx.tags import vocab as vocab_mod
@@ -38,9 +55,10 @@ def run_tag(
     """Embed what is new, tag every file under ``paths``, write keywords. See module docstring.
     ``models`` keeps the model loaded from one call to the next (``rtagx watch``). Files ``untag``
     cleared inside a root are left alone, unless ``clear_untagged`` and ``paths`` lie inside them.
-    ``extra_models`` (name, pretrained): further models, each run first over the same files (its
-    vectors stored under its own identity, its keywords collected); the first model's pass then
-    writes the union of all keywords once per file."""
+    ``extra_models`` (name, pretrained): further models over the same files (the CLI passes
+    ``settings.extra_models``; ``watch`` none), each file decoded once for all of them, each model's
+    vectors stored under its own identity; the first model's pass writes the union of all keywords
+    once per file (:func:`run_several`)."""
     events = events or RunEvents()
     started = time.perf_counter()
     summary = RunSummary(dry_run=dry_run)
@@ -75,24 +93,25 @@ def run_tag(
             identity = resolved().identity
             remember_identity(store, settings.model, settings.pretrained, identity)
         load = models.load if models else load_encoder
-        extra = [
-            extra_pass(store, roots, settings, vocabulary, name, pretrained, summary, events, dry_run, clear_untagged)
-            for name, pretrained in extra_models
-        ]
-        tag_with_store(
-            store,
-            roots,
-            settings,
-            vocabulary,
-            identity,
-            resolved,
-            summary,
-            events,
-            dry_run,
-            load,
-            clear_untagged,
-            extra=extra,
-        )
+        if extra_models:
+            run_several(
+                store,
+                roots,
+                settings,
+                vocabulary,
+                identity,
+                resolved,
+                summary,
+                events,
+                dry_run,
+                load,
+                clear_untagged,
+                extra_models,
+            )
+        else:
+            tag_with_store(
+                store, roots, settings, vocabulary, identity, resolved, summary, events, dry_run, load, clear_untagged
+            )
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -117,6 +136,63 @@ def tag_with_store(
     extra: Sequence[Tagger] = (),
     collect: bool = False,
 ) -> Tagger:
+    """One model's whole pass: plan it (scan, diff, prompts), then score the cached files and embed
+    the rest."""
+    planned = plan_pass(
+        store,
+        roots,
+        settings,
+        vocabulary,
+        identity,
+        resolved,
+        summary,
+        events,
+        dry_run,
+        load,
+        clear_untagged,
+        extra=extra,
+        collect=collect,
+    )
+    finish_cached(planned)
+    if planned.to_embed:
+        embed_works(planned, planned.to_embed)
+    finish_followers(planned)
+    return planned.tagger
+
+
+@dataclass
+class ModelPass:
+    """One model's share of a run once planned: what its cache has (``cached``), what it must embed
+    (``to_embed``), RAW files that follow a sibling, and how to load its image tower."""
+
+    tagger: Tagger
+    cached: list[FileWork]
+    to_embed: list[FileWork]
+    followers: list[tuple[FileWork, FileWork]]
+    dim: int
+    full_encoder: Callable[[], Encoder]
+    resolved: Callable[[], ResolvedModel]
+    label: str = ""
+
+
+def plan_pass(
+    store: Store,
+    roots: list[Path],
+    settings: Settings,
+    vocabulary: vocab_mod.Vocabulary,
+    identity: ModelIdentity,
+    resolved: Callable[[], ResolvedModel],
+    summary: RunSummary,
+    events: RunEvents,
+    dry_run: bool,
+    load: Callable[..., Encoder] = load_encoder,
+    clear_untagged: bool = False,
+    *,
+    extra: Sequence[Tagger] = (),
+    collect: bool = False,
+) -> ModelPass:
+    """Scan, diff with this model's cache and prepare its prompt vectors; nothing is decoded yet, so
+    that several models can share one decode of each file (:func:`embed_together`)."""
     model_id = store.model_id(identity.key, identity.as_dict())
     tagger = Tagger(store, settings, vocabulary, model_id, identity.key, events, summary, dry_run)
     tagger.extra = list(extra)
@@ -218,45 +294,122 @@ def tag_with_store(
     tagger.prepare_text(text_encoder)
     dim = tagger.vector_dim()
 
-    # 4. files whose vectors are cached: score and write, in chunks. A file unchanged since rtagx
-    #    wrote it under the same settings is settled without loading its vector or reading it.
-    events.stage("write", len(work_cached) + len(to_embed))
-    work_cached = settle_unchanged(tagger, work_cached)
-    handle_cached(tagger, work_cached, dim)
+    return ModelPass(
+        tagger, work_cached, to_embed, followers, dim, full_encoder, resolved, label=model_label(settings.model)
+    )
 
-    # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write.
-    def run_embed(works: list[FileWork]) -> None:
-        """The executor the settings choose: this process (run/local.py) or a Ray cluster."""
-        if settings.engine == "ray":
-            from rtagx.run.ray_engine import embed_on_ray
 
-            embed_on_ray(tagger, resolved(), works, settings, summary, events, dry_run)
-        else:
-            embed(tagger, full_encoder(), works, settings, summary, events, dry_run)
+def finish_cached(planned: ModelPass) -> None:
+    """Score (and write, or collect) the files whose vectors are cached. A file unchanged since rtagx
+    wrote it under the same settings is settled without loading its vector or reading it."""
+    tagger = planned.tagger
+    tagger.events.stage("write", len(planned.cached) + len(planned.to_embed))
+    handle_cached(tagger, settle_unchanged(tagger, planned.cached), planned.dim)
 
-    if to_embed:
-        run_embed(to_embed)
-    orphans = tag_followers(tagger, followers, dim or 0)
+
+def finish_followers(planned: ModelPass) -> None:
+    """Tag the RAW files that take their sibling's vector (those whose sibling failed are embedded)."""
+    tagger = planned.tagger
+    orphans = tag_followers(tagger, planned.followers, planned.dim or 0)
     if orphans:
-        run_embed(orphans)
-    return tagger
+        embed_works(planned, orphans)
 
 
-def extra_pass(
+def embed_works(planned: ModelPass, works: list[FileWork]) -> None:
+    """Embed ``works`` with the executor the settings choose: this process (run/local.py: decode in
+    a thread pool, encode in batches, store each batch, then write) or a Ray cluster."""
+    t = planned.tagger
+    if t.settings.engine == "ray":
+        from rtagx.run.ray_engine import embed_on_ray
+
+        embed_on_ray(t, planned.resolved(), works, t.settings, t.summary, t.events, t.dry_run)
+    else:
+        embed(t, planned.full_encoder(), works, t.settings, t.summary, t.events, t.dry_run)
+
+
+def model_label(name: str) -> str:
+    """A model's short name for progress bars and timings: a folder's or file's last part."""
+    return os.path.basename(name.rstrip("/\\")) or name
+
+
+def run_several(
+    store: Store,
+    roots: list[Path],
+    settings: Settings,
+    vocabulary: vocab_mod.Vocabulary,
+    identity: ModelIdentity,
+    resolved: Callable[[], ResolvedModel],
+    summary: RunSummary,
+    events: RunEvents,
+    dry_run: bool,
+    load: Callable[..., Encoder],
+    clear_untagged: bool,
+    extra_models: Sequence[tuple[str, str]],
+) -> None:
+    """Several models over the same files, each file decoded once for all of them.
+
+    Order matters because the first model writes the union of every model's keywords: each further
+    model first collects the keywords of the files its cache has; then the files any model lacks
+    are decoded once and embedded by every model that lacks them (further models first, chunk by
+    chunk, so their keywords are collected before the first model writes the file); then the first
+    model writes the files all its models had. Further models' files are counted once, by the first
+    model's pass: only their embeddings and timings join ``summary`` (per model as ``encode:NAME``)."""
+    extras = [plan_extra(store, roots, settings, vocabulary, n, p, dry_run, clear_untagged) for n, p in extra_models]
+    first = plan_pass(
+        store,
+        roots,
+        settings,
+        vocabulary,
+        identity,
+        resolved,
+        summary,
+        events,
+        dry_run,
+        load,
+        clear_untagged,
+        extra=[p.tagger for p in extras],
+    )
+    passes = [*extras, first]
+    seen_labels: set[str] = set()
+    for p in passes:  # two folders of the same name still get two bars
+        label, n = p.label, 2
+        while label in seen_labels:
+            label, n = f"{p.label}#{n}", n + 1
+        p.label = label
+        seen_labels.add(label)
+    try:
+        for p in extras:
+            finish_cached(p)
+        embed_together(passes, settings, summary, events, dry_run)
+        for p in extras:
+            finish_followers(p)
+        finish_cached(first)
+        finish_followers(first)
+    finally:
+        if summary.timings.get("encode"):
+            summary.timings[f"encode:{first.label}"] = summary.timings["encode"]
+        for p in extras:
+            scratch = p.tagger.summary
+            summary.embedded += scratch.embedded
+            for stage, seconds in scratch.timings.items():
+                add_time(summary.timings, stage, seconds)  # the encode rate counts every model's images
+            if scratch.timings.get("encode"):
+                summary.timings[f"encode:{p.label}"] = scratch.timings["encode"]
+            p.tagger.summary = summary
+
+
+def plan_extra(
     store: Store,
     roots: list[Path],
     settings: Settings,
     vocabulary: vocab_mod.Vocabulary,
     name: str,
     pretrained: str,
-    summary: RunSummary,
-    events: RunEvents,
     dry_run: bool,
     clear_untagged: bool,
-) -> Tagger:
-    """One further model's pass over the files: embed what its cache lacks, collect each file's
-    keywords (written later by the first model's pass). Its files are counted once, by that pass:
-    only its embeddings and timings join ``summary``."""
+) -> ModelPass:
+    """Plan a further model's pass: its tagger collects each file's keywords (written later by the
+    first model's pass), into a summary of its own (see :func:`run_several`)."""
     own = dataclasses.replace(settings, model=name, pretrained=pretrained)
     identity = remembered_identity(store, name, pretrained)
     if identity is None:
@@ -271,7 +424,7 @@ def extra_pass(
         return box[0]
 
     scratch = RunSummary(dry_run=dry_run)
-    tagger = tag_with_store(
+    return plan_pass(
         store,
         roots,
         own,
@@ -285,11 +438,99 @@ def extra_pass(
         clear_untagged,
         collect=True,
     )
-    summary.embedded += scratch.embedded
-    for stage, seconds in scratch.timings.items():
-        add_time(summary.timings, stage, seconds)  # the encode rate counts every model's images
-    tagger.summary = summary
-    return tagger
+
+
+def embed_together(
+    passes: Sequence[ModelPass], settings: Settings, summary: RunSummary, events: RunEvents, dry_run: bool
+) -> None:
+    """Embed what each model lacks, decoding each file once for all of them.
+
+    A thread pool decodes a chunk of files (one array per model that lacks the file:
+    :func:`decode_for_models`) while the models encode the chunk before; each model then runs its
+    usual embed stage over its share of the chunk, reading the arrays decoded here. Each model has
+    its own progress bar (stage ``embed:NAME``)."""
+    wanted = [p for p in passes if p.to_embed]
+    if not wanted:
+        return
+    if settings.engine == "ray":  # the cluster decodes: each model's share goes to it in turn, further
+        for p in wanted:  # models first, so their keywords are collected before the first one writes
+            embed_works(p, p.to_embed)
+        return
+    encoders = [p.full_encoder() for p in wanted]
+    specs = [decode.PreprocessSpec.from_model(e.model) for e in encoders]
+    own: list[dict[bytes, FileWork]] = [{path_key(w.file.path): w for w in p.to_embed} for p in wanted]
+    paths: dict[bytes, Path] = {}
+    for p in wanted:
+        for w in p.to_embed:
+            paths.setdefault(path_key(w.file.path), w.file.path)
+    keys = list(paths)
+    on_gpu = any(e.device != "cpu" for e in encoders)
+    batch = settings.batch_size or (128 if on_gpu else 16)
+    step = max(64, 4 * batch)
+    max_mp = settings.max_megapixels or decode.DEFAULT_MAX_MEGAPIXELS
+    for p in wanted:
+        events.stage(f"embed:{p.label}", len(p.to_embed))
+
+    def decode_one(key: bytes) -> dict[int, np.ndarray] | BaseException:
+        which = [i for i in range(len(wanted)) if key in own[i]]
+        t = time.perf_counter()
+        try:
+            arrays = decode_for_models(paths[key], [specs[i] for i in which], max_mp)
+            return dict(zip(which, arrays))
+        except Exception as e:  # handed to each model's embed stage, which reports it as usual
+            return e
+        finally:
+            add_time(summary.timings, "decode", time.perf_counter() - t)
+            summary.count_decoded()
+
+    def chunk_events(index: int, label: str) -> RunEvents:
+        first = wanted[index] is passes[-1]  # the first model's pass reports files; the others collect
+
+        def progress(name: str, n: int) -> None:
+            events.progress(f"embed:{label}" if name == "embed" else name, n)
+
+        return RunEvents(on_file=events.on_file if first else None, on_progress=progress)
+
+    views = [chunk_events(i, p.label) for i, p in enumerate(wanted)]
+    workers = settings.workers or default_workers("cuda" if on_gpu else "cpu")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode")
+    timed_out = False
+
+    def submit(part: list[bytes]) -> list[tuple[bytes, Future]]:
+        return [(k, pool.submit(decode_one, k)) for k in part]
+
+    try:
+        parts = [keys[n : n + step] for n in range(0, len(keys), step)]
+        ahead = submit(parts[0])
+        for n in range(len(parts)):
+            current, ahead = ahead, (submit(parts[n + 1]) if n + 1 < len(parts) else [])
+            results: dict[bytes, dict[int, np.ndarray] | BaseException] = {}
+            for key, future in current:
+                try:
+                    results[key] = future.result(timeout=settings.decode_timeout)
+                except FutureTimeout:
+                    timed_out = True
+                    STUCK_DECODERS.append(paths[key])
+                    results[key] = FileSkip(
+                        "decode-timeout",
+                        f"decoding took longer than {settings.decode_timeout:g} s (decode-timeout setting)",
+                    )
+            for i, p in enumerate(wanted):
+                works = [own[i][k] for k in parts[n] if k in own[i]]
+                if not works:
+                    continue
+
+                def decoded(work: FileWork, i: int = i, results: dict[bytes, Any] = results) -> np.ndarray:
+                    got = results[path_key(work.file.path)]
+                    if isinstance(got, BaseException):
+                        raise got
+                    return got.pop(i)  # each array is used once: free it as soon as it is encoded
+
+                embed(p.tagger, encoders[i], works, settings, p.tagger.summary, views[i], dry_run, decoded=decoded)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=not timed_out, cancel_futures=timed_out)
 
 
 def tag_followers(tagger: Tagger, pairs: list[tuple[FileWork, FileWork]], dim: int) -> list[FileWork]:
