@@ -14,6 +14,8 @@ Rows, all in one process and one run:
   from first decode to last file written); the share of the GPU kept busy (``nvidia-smi`` sampled
   every 100 ms during the embed stage, and the encoder's own encode time / embed-stage wall);
   the goal ratio embed stage / min(decode-bound, encoder-only at the run's batch);
+* keywords written into the files alone, on one thread as rtagx's writer does (a third bound:
+  writing into a 12-MP JPEG rewrites the file, about 25 ms);
 * GPU JPEG decoding (``torchvision.io.decode_jpeg`` on the device, batched, resize on the device):
   decode-only images/s, to tell whether moving decoding to the GPU would lift a decode-bound run.
   It is measured here only; rtagx decodes on the CPU (orientation, ICC and odd JPEGs go through one
@@ -191,6 +193,20 @@ def device_decode_only(files: list[Path], spec, device: str, batch: int = 64) ->
     return len(files) / (time.perf_counter() - t)
 
 
+def write_only(files: list[Path], workdir: Path, limit: int = 200) -> float:
+    """Keywords written into the files (``--write embed``), one thread as rtagx's writer: images/s."""
+    from rtagx.keywords import metadata
+
+    sample = files[:limit]
+    folder = link_copy(sample, workdir / "write-only")
+    t = time.perf_counter()
+    for p in sorted(folder.glob("*.jpg")):
+        metadata.write_keywords(p, ["dog", "beach", "sky", "sea", "person"], target="embed")
+    rate = len(sample) / (time.perf_counter() - t)
+    shutil.rmtree(folder, ignore_errors=True)
+    return rate
+
+
 def tag_run(files: list[Path], workdir: Path, label: str, model: str, pretrained: str, device: str) -> dict:
     """``run_tag`` end to end on a fresh hard-linked copy with a cold cache and a fresh model load."""
     import throughput
@@ -299,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         files = make_images(args.workdir / f"{name}-{w}x{h}", args.count, (w, h))
         dec = decode_only(files, spec, workers)
         gdec = device_decode_only(files, spec, device)
+        wr = write_only(files, args.workdir)
         run = tag_run(files, args.workdir, name, model, pretrained, device)
         bound = min(dec, enc_at_run)
         busy = "n/a" if run["gpu_busy"] is None else f"{run['gpu_busy']:.0%}"
         rows += [
             (name, f"decode only, {workers} workers (decode-bound limit)", f"{dec:.1f}"),
             (name, f"torchvision decode_jpeg on {device}, batch 64 (not used by rtagx)", f"{gdec or 0:.1f}"),
+            (name, "keywords written into the files alone, 1 thread (rtagx's writer)", f"{wr:.1f}"),
             (name, "rtagx tag, whole call (model load, prompts, scan, embed, write)", f"{run['whole']:.1f}"),
             (name, "rtagx tag, embed stage (first decode to last file written)", f"{run['embed']:.1f}"),
             (name, f"GPU busy (nvidia-smi) / encoder busy share of the stage: {busy} / {run['encode_share']:.0%}", ""),

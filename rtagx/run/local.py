@@ -52,8 +52,11 @@ def bounded_map(
         yield pending.popleft()
 
 
-#: nice step of decode and write threads on the CPU (0: same priority as the encoder)
-HELPER_NICE = 10
+#: nice step of the write thread on the CPU (0: the encoder's priority). Its work is off the
+#: critical path (three batches may queue), so it takes what the encoder leaves. Decode threads keep
+#: the encoder's priority: on large photos decoding is as much the bound as encoding, and niced
+#: threads lose to every other process on a busy machine (measured: decode time x6 under load 12)
+WRITER_NICE = 10
 #: the gate closes while encoding when decoding a batch takes less than this share of encoding it
 GATE_SHARE = 0.15
 #: GIL switch interval while embedding on the CPU (CPython's default is 5 ms): a helper thread
@@ -61,10 +64,10 @@ GATE_SHARE = 0.15
 SWITCH_INTERVAL = 0.0005
 
 
-def lower_thread_priority(step: int = HELPER_NICE) -> None:
+def lower_thread_priority(step: int = WRITER_NICE) -> None:
     """Lower the calling thread's CPU priority (Linux: threads have their own nice value; elsewhere
-    nothing). Decode and write threads use it on the CPU so that they take the cores the encoder's
-    threads leave, instead of preempting one of them in the middle of a parallel region."""
+    nothing). The write thread uses it on the CPU so that it takes the cores the encoder's threads
+    leave, instead of preempting one of them in the middle of a parallel region."""
     if step <= 0 or not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
@@ -249,7 +252,6 @@ def embed(
 
     on_cpu = encoder.device == "cpu"
     gate = EncodeGate(workers, batch_size, GATE_SHARE) if on_cpu else None
-    nice = HELPER_NICE if on_cpu else 0
 
     def load(work: FileWork) -> np.ndarray:
         if gate is not None:
@@ -266,7 +268,7 @@ def embed(
 
     ensure_fingerprints(works)
     events.stage("embed", len(works))
-    writer = BatchWriter(tagger, summary, events, gate=gate, nice=nice)
+    writer = BatchWriter(tagger, summary, events, gate=gate, nice=WRITER_NICE if on_cpu else 0)
     batch: list[tuple[FileWork, np.ndarray]] = []
 
     def flush() -> None:
@@ -279,9 +281,7 @@ def embed(
         add_time(summary.timings, "wait-write", time.perf_counter() - t)
         batch.clear()
 
-    pool = ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="rtagx-decode", initializer=lower_thread_priority, initargs=(nice,)
-    )
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode")
     switch_interval = sys.getswitchinterval()
     if on_cpu:
         sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
