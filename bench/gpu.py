@@ -314,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         w, h = SIZES[name]
         files = make_images(args.workdir / f"{name}-{w}x{h}", args.count, (w, h))
         dec = decode_only(files, spec, workers)
+        print(f"  {name}: decode only {dec:.1f} images/s", flush=True)
         gdec = device_decode_only(files, spec, device)
+        print(f"  {name}: decode_jpeg on {device} {gdec or 0:.1f} images/s", flush=True)
         wr = write_only(files, args.workdir)
+        print(f"  {name}: keywords written alone {wr:.1f} images/s", flush=True)
         run = tag_run(files, args.workdir, name, model, pretrained, device)
         bound = min(dec, enc_at_run)
         busy = "n/a" if run["gpu_busy"] is None else f"{run['gpu_busy']:.0%}"
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
         print(
-            f"  {name}: {run['embedded']} embedded, {run['skipped']} skipped; timings "
+            f"  {name}: rtagx tag {run['embed']:.1f} images/s (embed stage), {run['whole']:.1f} (whole call); "
+            f"{run['embedded']} embedded, {run['skipped']} skipped; timings "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(run["timings"].items())),
             flush=True,
         )

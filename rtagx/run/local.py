@@ -1,6 +1,29 @@
 """The local executor of the embed stages: a thread pool decodes ahead (bounded window), the calling
 thread builds batches and runs the image tower, and a background thread stores vectors and writes
-keywords behind it. A distributed executor runs the same stage functions (see ``run/stages.py``)."""
+keywords behind it. A distributed executor runs the same stage functions (see ``run/stages.py``).
+
+On the CPU the helpers are kept off the encoder's cores (issue 16). Measured before: the embed stage
+ran at 74% of the warm encoder-only rate on web-size JPEGs (2 cores, bf16 ViT-B-16 on AMX) with the
+encoder busy 98% of the stage, while decoding costs 1.4 ms and writing 1.3 ms per image against ~30
+ms of encoding. Profile: the pipeline spends only ~2-3% more CPU per image than the encoder alone
+(162 vs 158 ms of CPU per image, ``/proc`` thread times, one interleaved run), so the loss is when
+the helpers run, not what they do: torch's OpenMP team (one thread per core) stalls at its next
+barrier when a helper takes one of its cores, and a helper running Python holds the GIL that the
+encoder thread needs between operators (handed over after up to 5 ms). Hence, on the CPU only:
+
+* :class:`EncodeGate`: decode and write threads start new work only between batches, when decoding
+  a batch takes under ``GATE_SHARE`` of encoding it (web JPEGs ~2%); 12-MP JPEGs (~40-50%) keep
+  overlapping, since serialising them would add their whole decode time;
+* nothing is niced: a write thread at nice +10 took 6.5-8.5 s instead of 0.5-1.4 s for 48 files
+  on this shared machine (load ~10; other processes take its turns) with no gain that could be
+  measured, and niced decoders lose the same way where decoding is the bound;
+* the GIL switch interval is ``SWITCH_INTERVAL`` while embedding.
+
+On 2 cores a 12-MP JPEG costs 15-30 core-ms to decode against ~59 core-ms to encode, so its set is
+bounded by CPU time at ~67-77% of the encoder-only rate, whatever the scheduling. Figures and the
+commands that reproduce them: README, Performance. ``wait-decode`` / ``wait-write`` in a run's
+timings say how long the encoder thread waited for its inputs and for the writer.
+"""
 
 from __future__ import annotations
 
@@ -52,27 +75,11 @@ def bounded_map(
         yield pending.popleft()
 
 
-#: nice step of the write thread on the CPU (0: the encoder's priority). Its work is off the
-#: critical path (three batches may queue), so it takes what the encoder leaves. Decode threads keep
-#: the encoder's priority: on large photos decoding is as much the bound as encoding, and niced
-#: threads lose to every other process on a busy machine (measured: decode time x6 under load 12)
-WRITER_NICE = 10
 #: the gate closes while encoding when decoding a batch takes less than this share of encoding it
 GATE_SHARE = 0.15
 #: GIL switch interval while embedding on the CPU (CPython's default is 5 ms): a helper thread
 #: running Python hands the GIL back to the encoder within this time when it wants it
 SWITCH_INTERVAL = 0.0005
-
-
-def lower_thread_priority(step: int = WRITER_NICE) -> None:
-    """Lower the calling thread's CPU priority (Linux: threads have their own nice value; elsewhere
-    nothing). The write thread uses it on the CPU so that it takes the cores the encoder's threads
-    leave, instead of preempting one of them in the middle of a parallel region."""
-    if step <= 0 or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
 
 
 class EncodeGate:
@@ -153,13 +160,11 @@ class BatchWriter:
         events: RunEvents,
         depth: int = 3,
         gate: EncodeGate | None = None,
-        nice: int = 0,
     ) -> None:
         import queue
 
         self._queue: Any = queue.Queue(maxsize=max(1, depth))
         self._gate = gate
-        self._nice = nice
         self._tagger = tagger
         self._summary = summary
         self._events = events
@@ -195,7 +200,6 @@ class BatchWriter:
 
         store: Store | None = None
         try:
-            lower_thread_priority(self._nice)
             store = open_store(self._tagger.store.path)
             tagger = copy.copy(self._tagger)
             tagger.store = store
@@ -268,7 +272,7 @@ def embed(
 
     ensure_fingerprints(works)
     events.stage("embed", len(works))
-    writer = BatchWriter(tagger, summary, events, gate=gate, nice=WRITER_NICE if on_cpu else 0)
+    writer = BatchWriter(tagger, summary, events, gate=gate)
     batch: list[tuple[FileWork, np.ndarray]] = []
 
     def flush() -> None:
