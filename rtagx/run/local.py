@@ -14,10 +14,11 @@ encoder thread needs between operators (handed over after up to 5 ms). Hence, on
 * :class:`EncodeGate`: decode and write threads start new work only between batches, when decoding
   a batch takes under ``GATE_SHARE`` of encoding it (web JPEGs ~2%); 12-MP JPEGs (~40-50%) keep
   overlapping, since serialising them would add their whole decode time;
-* nothing is niced: a write thread at nice +10 took 6.5-8.5 s instead of 0.5-1.4 s for 48 files
-  on this shared machine (load ~10; other processes take its turns) with no gain that could be
-  measured, and niced decoders lose the same way where decoding is the bound;
 * the GIL switch interval is ``SWITCH_INTERVAL`` while embedding.
+
+Niceness was tried and dropped: a write thread at nice +10 took 6.5-8.5 s instead of 0.5-1.4 s for
+48 files on the shared build machine (load ~10: other processes take its turns), with no gain that
+could be measured; niced decoders lose the same way where decoding is the bound.
 
 On 2 cores a 12-MP JPEG costs 15-30 core-ms to decode against ~59 core-ms to encode, so its set is
 bounded by CPU time at ~67-77% of the encoder-only rate, whatever the scheduling. Figures and the
