@@ -5,9 +5,10 @@ keywords behind it. A distributed executor runs the same stage functions (see ``
 On the CPU the helpers are kept off the encoder's cores (issue 16). Measured before: the embed stage
 ran at 74% of the warm encoder-only rate on web-size JPEGs (2 cores, bf16 ViT-B-16 on AMX) with the
 encoder busy 98% of the stage, while decoding costs 1.4 ms and writing 1.3 ms per image against ~30
-ms of encoding. Profile: the pipeline spends only ~2-3% more CPU per image than the encoder alone
-(162 vs 158 ms of CPU per image, ``/proc`` thread times, one interleaved run), so the loss is when
-the helpers run, not what they do: torch's OpenMP team (one thread per core) stalls at its next
+ms of encoding. Profile (``bench/executor_ab.py``, 96 web JPEGs, old and new interleaved in one
+process): with the old executor 88% of decoding and 88% of writing ran inside encode calls, and the
+process burnt 230 ms of CPU per image against 198 ms for the encoder alone, although decoding and
+writing are ~3 ms of work per image; so the loss is when the helpers run, not what they do: torch's OpenMP team (one thread per core) stalls at its next
 barrier when a helper takes one of its cores, and a helper running Python holds the GIL that the
 encoder thread needs between operators (handed over after up to 5 ms). Hence, on the CPU only:
 
@@ -15,6 +16,9 @@ encoder thread needs between operators (handed over after up to 5 ms). Hence, on
   a batch takes under ``GATE_SHARE`` of encoding it (web JPEGs ~2%); 12-MP JPEGs (~40-50%) keep
   overlapping, since serialising them would add their whole decode time;
 * the GIL switch interval is ``SWITCH_INTERVAL`` while embedding.
+
+With the gate (same run): 41% of decoding and 64% of writing inside encode calls (the first batch
+and decodes already running when it closes), 160 ms of CPU per image against 219 ms alone.
 
 Niceness was tried and dropped: a write thread at nice +10 took 6.5-8.5 s instead of 0.5-1.4 s for
 48 files on the shared build machine (load ~10: other processes take its turns), with no gain that
