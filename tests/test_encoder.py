@@ -75,3 +75,25 @@ def test_devices_and_precisions() -> None:
     assert resolve_precision("auto", "cpu", cpu_bf16=False) == "fp32"
     assert resolve_precision("auto", "cpu", cpu_bf16=True) == "bf16"  # bf16 weights where the CPU has bf16 units
     assert resolve_precision("auto", "cuda") == "fp16"
+
+
+@pytest.mark.parametrize("text_only", [False, True])
+def test_prompts_encoded_over_their_own_length_match_the_full_context(tiny_clip, text_only: bool) -> None:
+    """The trimmed forward (text_trim) gives the vectors of the full 77-token forward: a causal tower
+    never lets a kept position see the padding that is cut off."""
+    import torch
+
+    from rtagx.model.text_trim import trimmed_text_forward
+
+    cfg, ckpt = tiny_clip
+    enc = load_encoder(resolve_model(str(cfg), str(ckpt)), device="cpu", precision="fp32", text_only=text_only)
+    texts = ["a photo of a dog.", "a blurry photo of a very small red bicycle in the snow.", "cat"]
+    tokens = enc.tokenizer(texts)
+    with torch.inference_mode():
+        full = enc.text_model(tokens)
+        trimmed = trimmed_text_forward(enc.text_model, tokens)
+    assert trimmed is not None
+    assert tokens.argmax(dim=-1).max() + 1 < tokens.shape[1]  # something was cut off
+    np.testing.assert_allclose(trimmed.numpy(), full.numpy(), rtol=1e-4, atol=1e-5)
+    vectors = enc.encode_texts(texts)
+    np.testing.assert_allclose(vectors, torch.nn.functional.normalize(full, dim=-1).numpy(), atol=1e-5)

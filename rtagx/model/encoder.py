@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rtagx.errors import ModelError, UsageError
+from rtagx.model.text_trim import trimmed_text_forward
 from rtagx.settings import CHOICES
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,9 @@ class Encoder:
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
             with torch.inference_mode(), self._autocast():
-                features = self.text_model(tokens)
+                features = trimmed_text_forward(self.text_model, tokens)  # same vectors, less work
+                if features is None:
+                    features = self.text_model(tokens)
             features = torch.nn.functional.normalize(features.float(), dim=-1)
             out.append(features.cpu().numpy())
         if not out:

@@ -1,11 +1,41 @@
 """The local executor of the embed stages: a thread pool decodes ahead (bounded window), the calling
 thread builds batches and runs the image tower, and a background thread stores vectors and writes
-keywords behind it. A distributed executor runs the same stage functions (see ``run/stages.py``)."""
+keywords behind it. A distributed executor runs the same stage functions (see ``run/stages.py``).
+
+On the CPU the helpers are kept off the encoder's cores (issue 16). Measured before: the embed stage
+ran at 74% of the warm encoder-only rate on web-size JPEGs (2 cores, bf16 ViT-B-16 on AMX) with the
+encoder busy 98% of the stage, while decoding costs 1.4 ms and writing 1.3 ms per image against ~30
+ms of encoding. Profile (``bench/executor_ab.py``, 96 web JPEGs, old and new interleaved in one
+process): with the old executor 88% of decoding and 88% of writing ran inside encode calls, and the
+process burnt 230 ms of CPU per image against 198 ms for the encoder alone, although decoding and
+writing are ~3 ms of work per image; so the loss is when the helpers run, not what they do: torch's OpenMP team (one thread per core) stalls at its next
+barrier when a helper takes one of its cores, and a helper running Python holds the GIL that the
+encoder thread needs between operators (handed over after up to 5 ms). Hence, on the CPU only:
+
+* :class:`EncodeGate`: decode and write threads start new work only between batches, when decoding
+  a batch takes under ``GATE_SHARE`` of encoding it (web JPEGs ~2%); 12-MP JPEGs (~40-50%) keep
+  overlapping, since serialising them would add their whole decode time;
+* the GIL switch interval is ``SWITCH_INTERVAL`` while embedding.
+
+With the gate (same run): 41% of decoding and 64% of writing inside encode calls (the first batch
+and decodes already running when it closes), 160 ms of CPU per image against 219 ms alone.
+
+Niceness was tried and dropped: a write thread at nice +10 took 6.5-8.5 s instead of 0.5-1.4 s for
+48 files on the shared build machine (load ~10: other processes take its turns), with no gain that
+could be measured; niced decoders lose the same way where decoding is the bound.
+
+On 2 cores a 12-MP JPEG costs 15-30 core-ms to decode against ~59 core-ms to encode, so its set is
+bounded by CPU time at ~67-77% of the encoder-only rate, whatever the scheduling. Figures and the
+commands that reproduce them: README, Performance. ``wait-decode`` / ``wait-write`` in a run's
+timings say how long the encoder thread waited for its inputs and for the writer.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +80,62 @@ def bounded_map(
         yield pending.popleft()
 
 
+#: the gate closes while encoding when decoding a batch takes less than this share of encoding it
+GATE_SHARE = 0.15
+#: GIL switch interval while embedding on the CPU (CPython's default is 5 ms): a helper thread
+#: running Python hands the GIL back to the encoder within this time when it wants it
+SWITCH_INTERVAL = 0.0005
+
+
+class EncodeGate:
+    """Keeps helper threads off the cores while the encoder runs, when that costs nothing.
+
+    On the CPU the image tower runs as a team of OpenMP threads, one per core: a decode or write
+    thread that takes a core from one of them stalls the whole team at the next barrier (the other
+    threads spin there), and a helper holding the GIL delays the encoder's next operator. When
+    decoding a batch takes a small share of encoding one (web-size JPEGs: about 1.4 ms against
+    30 ms per image), it is cheaper to decode and write *between* batches: the gate is closed while
+    a batch encodes, and helpers start new work only while it is open. When decoding is expensive
+    (12-MP JPEGs) it must overlap with encoding or it would add its whole time: the gate stays open.
+    The choice is made per batch from the measured decode and encode times (``share``)."""
+
+    def __init__(self, workers: int, batch_size: int, share: float = GATE_SHARE) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self.workers = max(1, workers)
+        self.batch_size = batch_size
+        self.share = share
+        self.decode_seconds = 0.0
+        self.decoded = 0
+        self.encode_seconds = 0.0
+        self.encoded = 0
+
+    def wait(self) -> None:
+        """Called by a helper before it starts a piece of work."""
+        self._open.wait()
+
+    def worth_closing(self) -> bool:
+        """Would decoding a batch between batches add less than ``share`` of an encode's time?"""
+        if self.share <= 0 or self.decoded < self.workers or not self.encoded:
+            return False
+        per_batch_decode = self.decode_seconds / self.decoded * self.batch_size / self.workers
+        per_batch_encode = self.encode_seconds / self.encoded * self.batch_size
+        return per_batch_decode < self.share * per_batch_encode
+
+    @contextlib.contextmanager
+    def encoding(self, images: int) -> Iterator[None]:
+        close = self.worth_closing()
+        if close:
+            self._open.clear()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.encode_seconds += time.perf_counter() - t
+            self.encoded += images
+            self._open.set()
+
+
 def default_workers(device: str = "cpu") -> int:
     """Decode threads. On the CPU the image tower needs the cores, and decoding is a small share of
     the work (draft-mode JPEG): one thread per core, at most 8. A GPU encodes hundreds of images per
@@ -72,11 +158,18 @@ class BatchWriter:
     cache while embedding. The metadata writers are not shared with any other thread.
     """
 
-    def __init__(self, tagger: Tagger, summary: RunSummary, events: RunEvents, depth: int = 3) -> None:
+    def __init__(
+        self,
+        tagger: Tagger,
+        summary: RunSummary,
+        events: RunEvents,
+        depth: int = 3,
+        gate: EncodeGate | None = None,
+    ) -> None:
         import queue
-        import threading
 
         self._queue: Any = queue.Queue(maxsize=max(1, depth))
+        self._gate = gate
         self._tagger = tagger
         self._summary = summary
         self._events = events
@@ -120,6 +213,8 @@ class BatchWriter:
                 item = self._queue.get()
                 if item[0] == "stop":
                     return
+                if self._gate is not None:
+                    self._gate.wait()
                 if self.error is not None:
                     continue
                 if item[0] == "skip":
@@ -167,35 +262,51 @@ def embed(
     batch_size = settings.batch_size or (16 if encoder.device == "cpu" else 128)
     workers = settings.workers or default_workers(encoder.device)
 
+    on_cpu = encoder.device == "cpu"
+    gate = EncodeGate(workers, batch_size, GATE_SHARE) if on_cpu else None
+
     def load(work: FileWork) -> np.ndarray:
-        if decoded is not None:
+        if decoded is not None:  # decoded already (several models share one decode of each file)
             return decoded(work)
+        if gate is not None:
+            gate.wait()
         t = time.perf_counter()
         try:
             return decode_file(work, spec, max_mp)
         finally:  # decode threads add under a lock: no second is lost
-            add_time(summary.timings, "decode", time.perf_counter() - t)
+            dt = time.perf_counter() - t
+            add_time(summary.timings, "decode", dt)
             summary.count_decoded()
+            if gate is not None:
+                gate.decode_seconds += dt  # a lost update under a race only blurs an average
+                gate.decoded += 1
 
     ensure_fingerprints(works)
     events.stage("embed", len(works))
-    writer = BatchWriter(tagger, summary, events)
+    writer = BatchWriter(tagger, summary, events, gate=gate)
     batch: list[tuple[FileWork, np.ndarray]] = []
 
     def flush() -> None:
         if not batch:
             return
-        with Timer(summary.timings, "encode"):
+        with Timer(summary.timings, "encode"), gate.encoding(len(batch)) if gate else contextlib.nullcontext():
             vectors = encode_batch(encoder, [a for _, a in batch], spec)
+        t = time.perf_counter()
         writer.put(("batch", [w for w, _ in batch], vectors))
+        add_time(summary.timings, "wait-write", time.perf_counter() - t)
         batch.clear()
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtagx-decode")
+    switch_interval = sys.getswitchinterval()
+    if on_cpu:
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL))
     timed_out = 0
     try:
         for work, future in bounded_map(pool, load, works, window=max(batch_size * 2, workers * 4)):
             try:
+                t = time.perf_counter()
                 array = future.result(timeout=settings.decode_timeout)
+                add_time(summary.timings, "wait-decode", time.perf_counter() - t)
             except FutureTimeout:
                 # A decoder that loops must not stop the run: skip the file; its thread is
                 # abandoned (Python cannot kill it) and the process exits without waiting for it.
@@ -225,5 +336,7 @@ def embed(
         with contextlib.suppress(BaseException):  # the first error is the one to report
             writer.close()  # keep every batch already encoded
         raise
+    finally:
+        sys.setswitchinterval(switch_interval)
     pool.shutdown(wait=not timed_out, cancel_futures=bool(timed_out))
     writer.close()
