@@ -16,6 +16,9 @@ import pytest
 # Never try the network from tests: the loading code must fail fast and clearly instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RTAGX_OFFLINE", "1")
+# The suite runs the image tower in eager torch (what it tests); the CPU backends have their own
+# tests (test_cpu_backends.py), which ask for them by option.
+os.environ.setdefault("RTAGX_CPU_BACKEND", "eager")
 
 REPO = Path(__file__).resolve().parent.parent
 #: Real camera photos carried in the repository (tests/data/camera-samples/README.md: source, licence).

@@ -130,6 +130,8 @@ def tag_with_store(
                     precision=settings.precision,
                     threads=settings.threads or None,
                     cpu_bf16=settings.cpu_bf16,
+                    cpu_backend=settings.cpu_backend,
+                    compile_dir=settings.cache_path().parent / "compiled",
                 )
             store.model_id(
                 identity.key, identity.as_dict(), dim=None, logit_scale=enc.logit_scale, logit_bias=enc.logit_bias
@@ -223,10 +225,22 @@ def tag_with_store(
     if to_embed:
         encoder = full_encoder()
         embed(tagger, encoder, to_embed, settings, summary, events, dry_run)
+        note_backend(summary, encoder)
     orphans = tag_followers(tagger, followers, dim or 0)
     if orphans:
         embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
     return tagger
+
+
+def note_backend(summary: RunSummary, encoder: Encoder) -> None:
+    """Record which CPU backend encoded (eager until a faster one was ready) and why it fell back."""
+    if encoder.device != "cpu" or not encoder.has_image_tower:
+        return
+    summary.encoder_backend = encoder.backend
+    if encoder.backend != encoder.cpu_backend:
+        summary.encoder_backend += f" ({encoder.cpu_backend} was not ready yet)"
+    if encoder.backend_note:
+        summary.encoder_backend += f" ({encoder.backend_note})"
 
 
 def extra_pass(

@@ -166,7 +166,7 @@ def shipped_vocabulary_path(name: str) -> Path | None:
             return Path(str(candidate))
     except (ModuleNotFoundError, ImportError, TypeError, OSError):
         pass
-    fallback = Path(__file__).resolve().parent.parent / "vocab" / filename
+    fallback = Path(__file__).resolve().parents[2] / "vocab" / filename  # rtagx/tags/vocab.py -> repo
     return fallback if fallback.is_file() else None
 
 
