@@ -218,7 +218,9 @@ def backends(resolved, example: torch.Tensor, args: argparse.Namespace) -> list[
     startup measured in fresh processes, first with an empty compiled-model folder, then cached."""
     import subprocess
 
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    flag = os.environ.get("RTAGX_CPU_BF16")  # RTAGX_CPU_BF16=0: as on a CPU without bf16
+    bf16 = cpu_has_native_bf16() if flag is None else flag.strip().lower() in ("1", "true", "yes", "on")
+    precision = "bf16" if bf16 else "fp32"
     wanted = [("openvino", precision), ("compile", precision)]
     if precision == "bf16":
         wanted.append(("openvino", "fp32"))

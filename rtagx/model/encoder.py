@@ -23,6 +23,7 @@ closer than bf16 itself is to fp32, so vectors from two backends mix as safely a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,6 +50,9 @@ DEFAULT_PRETRAINED = "dfn2b"
 DEVICES = CHOICES["device"]
 PRECISIONS = CHOICES["precision"]
 CPU_BACKENDS = CHOICES["cpu_backend"]
+#: Images a job must have for a CPU backend that is not on disk yet to be prepared (converted or
+#: compiled) during it; a tower kept by an earlier run is loaded for any job.
+BACKEND_MIN_IMAGES = 500
 #: A TORCHINDUCTOR_CACHE_DIR the user set before rtagx ran (read now: torch writes its default there
 #: on first use, after which the variable no longer says whether a person chose it).
 _USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -467,6 +471,7 @@ class Encoder:
         self._fast: Callable[[Any], Any] | None = None
         self._fast_batch: int | None = None  # compile: the one batch size the compiled graph takes
         self._preparing: threading.Thread | None = None
+        self._job_images: int | None = None  # images the run will encode (None: not told, prepare anyway)
 
     @property
     def has_image_tower(self) -> bool:
@@ -511,9 +516,40 @@ class Encoder:
             features = torch.nn.functional.normalize(features.float(), dim=-1)
             return features.cpu().numpy()
 
+    @property
+    def backend_started(self) -> bool:
+        """Whether the faster backend's preparation has begun (it may be finished, or have failed)."""
+        return self._preparing is not None
+
+    def plan(self, images: int) -> None:
+        """Tell the encoder how many images the run will encode: a backend that is not on disk yet
+        is prepared only for a job of at least ``BACKEND_MIN_IMAGES`` (a first conversion takes
+        15-40 s of both cores; a small run is done sooner in eager torch, and never waits for it)."""
+        self._job_images = images
+
+    def _worth_preparing(self) -> bool:
+        if self._job_images is None or self._job_images >= BACKEND_MIN_IMAGES:
+            return True
+        return self._prepared_before()
+
+    def _prepared_before(self) -> bool:
+        """A compiled tower from an earlier run is on disk: loading it takes about a second."""
+        if self.compile_dir is None:
+            return False
+        if self.cpu_backend == "openvino":
+            return (self.compile_dir / f"openvino-{self._key()}.blob").is_file()
+        return (self.compile_dir / f"inductor-{self._key()}.done").is_file()
+
+    def _key(self) -> str:
+        if self.cpu_backend == "openvino":
+            return _compiled_key(self.identity, self.precision, _openvino_version())
+        import torch
+
+        return _compiled_key(self.identity, self.precision, torch.__version__)
+
     def _fast_features(self, x: Any) -> Any:
         """The faster backend's features, or None while it is not ready (eager runs this batch)."""
-        if self._preparing is None and self._fast is None:
+        if self._preparing is None and self._fast is None and self._worth_preparing():
             self.start_backend(x)
         fast = self._fast
         if fast is None or (self._fast_batch is not None and x.shape[0] != self._fast_batch):
@@ -547,8 +583,8 @@ class Encoder:
         visual = self.model.visual
         threads = torch.get_num_threads()
         try:
+            key = self._key()
             if self.cpu_backend == "openvino":
-                key = _compiled_key(self.identity, self.precision, _openvino_version())
                 compiled = _openvino_tower(visual, example, self.precision, threads, key, self.compile_dir)
                 out_dtype = example.dtype
 
@@ -560,6 +596,9 @@ class Encoder:
             else:
                 module = _inductor_tower(visual, example, self.compile_dir)
                 self._fast_batch = int(example.shape[0])
+                if self.compile_dir is not None:  # inductor's caches now hold this tower
+                    with contextlib.suppress(OSError):
+                        (self.compile_dir / f"inductor-{key}.done").touch()
 
                 def fast(x: Any) -> Any:
                     return module(x)
@@ -574,7 +613,9 @@ class Encoder:
         log.info("CPU backend %s ready after %.1f s", self.backend, self.backend_seconds)
 
     def wait_backend(self, timeout: float | None = None) -> str:
-        """Wait for the background preparation; returns the backend now in use."""
+        """Wait for the background preparation; returns the backend now in use. A run calls it at
+        its end: a process must not exit while OpenVINO or inductor work in another thread (it
+        aborts), and the compiled tower is then on disk for the next run."""
         if self._preparing is not None:
             self._preparing.join(timeout)
         return self.backend

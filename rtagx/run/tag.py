@@ -12,7 +12,14 @@ from pathlib import Path
 
 from rtagx.cache.store import FileRecord, Store, is_untagged, path_key
 from rtagx.keywords import metadata
-from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
+from rtagx.model.encoder import (
+    BACKEND_MIN_IMAGES,
+    Encoder,
+    ModelIdentity,
+    ResolvedModel,
+    load_encoder,
+    resolve_model,
+)
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
@@ -224,11 +231,15 @@ def tag_with_store(
     # 5. embed the rest: decode in a thread pool, encode in batches, store each batch, then write.
     if to_embed:
         encoder = full_encoder()
+        encoder.plan(len(to_embed))
         embed(tagger, encoder, to_embed, settings, summary, events, dry_run)
         note_backend(summary, encoder)
     orphans = tag_followers(tagger, followers, dim or 0)
     if orphans:
-        embed(tagger, full_encoder(), orphans, settings, summary, events, dry_run)
+        encoder = full_encoder()
+        encoder.plan(len(orphans))
+        embed(tagger, encoder, orphans, settings, summary, events, dry_run)
+        note_backend(summary, encoder)
     return tagger
 
 
@@ -236,9 +247,15 @@ def note_backend(summary: RunSummary, encoder: Encoder) -> None:
     """Record which CPU backend encoded (eager until a faster one was ready) and why it fell back."""
     if encoder.device != "cpu" or not encoder.has_image_tower:
         return
-    summary.encoder_backend = encoder.backend
-    if encoder.backend != encoder.cpu_backend:
+    used = encoder.backend
+    encoder.wait_backend()  # a preparation still running finishes (and is kept on disk) before exit
+    summary.encoder_backend = used
+    if used != encoder.cpu_backend and encoder.backend_started:
         summary.encoder_backend += f" ({encoder.cpu_backend} was not ready yet)"
+    elif used != encoder.cpu_backend:
+        summary.encoder_backend += (
+            f" ({encoder.cpu_backend} is first prepared in a run of >= {BACKEND_MIN_IMAGES} new images)"
+        )
     if encoder.backend_note:
         summary.encoder_backend += f" ({encoder.backend_note})"
 
