@@ -16,9 +16,6 @@ import pytest
 # Never try the network from tests: the loading code must fail fast and clearly instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RTAGX_OFFLINE", "1")
-# The suite runs the image tower in eager torch (what it tests); the CPU backends have their own
-# tests (test_cpu_backends.py), which ask for them by option.
-os.environ.setdefault("RTAGX_CPU_BACKEND", "eager")
 
 REPO = Path(__file__).resolve().parent.parent
 #: Real camera photos carried in the repository (tests/data/camera-samples/README.md: source, licence).
@@ -76,3 +73,13 @@ def photo_dir(tmp_path, samples_dir) -> Path:
         shutil.copy2(samples_dir / "jpg" / name, dest / name)
         os.chmod(dest / name, 0o644)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _eager_cpu_backend(request, monkeypatch) -> None:
+    """The suite runs the image tower in eager torch, what it tests: ``--cpu-backend auto`` sees no
+    OpenVINO. test_cpu_backends.py tests the backends themselves (module marker ``cpu_backends``)."""
+    if request.node.get_closest_marker("cpu_backends") is None:
+        from rtagx.model import encoder
+
+        monkeypatch.setattr(encoder, "openvino_available", lambda: False)

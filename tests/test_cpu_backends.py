@@ -21,6 +21,8 @@ from rtagx.model import encoder as encoder_mod
 from rtagx.model.encoder import load_encoder, resolve_cpu_backend, resolve_model
 from rtagx.settings import load_settings
 
+pytestmark = pytest.mark.cpu_backends  # conftest leaves OpenVINO visible to these tests
+
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAS_COMPILER = shutil.which("g++") is not None or shutil.which("c++") is not None
 

@@ -12,14 +12,7 @@ from pathlib import Path
 
 from rtagx.cache.store import FileRecord, Store, is_untagged, path_key
 from rtagx.keywords import metadata
-from rtagx.model.encoder import (
-    BACKEND_MIN_IMAGES,
-    Encoder,
-    ModelIdentity,
-    ResolvedModel,
-    load_encoder,
-    resolve_model,
-)
+from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, load_encoder, resolve_model
 from rtagx.model.loaded import LoadedModels
 from rtagx.model.memo import remember_identity, remembered_identity
 from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, untagged_marks
@@ -252,10 +245,7 @@ def note_backend(summary: RunSummary, encoder: Encoder) -> None:
     summary.encoder_backend = used
     if used != encoder.cpu_backend and encoder.backend_started:
         summary.encoder_backend += f" ({encoder.cpu_backend} was not ready yet)"
-    elif used != encoder.cpu_backend:
-        summary.encoder_backend += (
-            f" ({encoder.cpu_backend} is first prepared in a run of >= {BACKEND_MIN_IMAGES} new images)"
-        )
+    # not started: a small job with no tower on disk yet (a run of >= BACKEND_MIN_IMAGES makes one)
     if encoder.backend_note:
         summary.encoder_backend += f" ({encoder.backend_note})"
 
