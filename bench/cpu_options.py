@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", action="store_true", help="also rtagx's CPU backends (openvino, compile)")
     ap.add_argument("--no-extras", action="store_true", help="skip bf16 autocast, channels-last and the batch table")
     ap.add_argument("--startup", help=argparse.SUPPRESS)  # internal: time one backend's preparation
-    ap.add_argument("--compile-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--compile-dir", type=Path, help="keep compiled backends here (default: a new folder)")
+    ap.add_argument("--speed-only", action="store_true", help="skip the fidelity columns")
+    ap.add_argument("--no-startup", action="store_true", help="skip timing the backends' startup")
+    ap.add_argument("--backend-list", default="openvino,compile", help="which backends --backends measures")
+    ap.add_argument("--no-fp32", action="store_true", help="leave out fp32 rows (fp32 stays the fidelity reference)")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     from throughput import make_model
@@ -108,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     coco = [t.keyword for t in load_vocabulary("coco").tags]
     texts = ref.encode_texts([f"a photo of a {c}." for c in coco])
-    ref_vecs = encode_all(ref.encode_images, arrays, spec, args.batch)
-    ref_scores = ref_vecs @ texts.T
-    threshold = float(np.percentile(ref_scores, 90))
+    if not args.speed_only:
+        ref_vecs = encode_all(ref.encode_images, arrays, spec, args.batch)
+        ref_scores = ref_vecs @ texts.T
+        threshold = float(np.percentile(ref_scores, 90))
 
     def autocast_bf16(batch: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -152,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch.compile bf16: first call (compile) {time.perf_counter() - t:.1f} s")
         options.append(("bf16 weights + torch.compile", cb.encode_images))
 
+    if args.no_fp32:  # eager bf16 is the base row
+        options = [o for o in options if not o[0].startswith(("fp32", "int8"))]
     # speed: round-robin over the options, best pass of each (a shared machine's load drifts; timing
     # the options one after another would credit whichever ran in a quiet minute)
     for _, fn in options:
@@ -168,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in options:
         r = len(speed_arrays) / best[name]
         base_rate = base_rate or r
+        if args.speed_only:
+            print(f"{name:52} {r:7.2f} {r / base_rate:7.2f}x", flush=True)
+            continue
         vecs = ref_vecs if fn is ref.encode_images else encode_all(fn, arrays, spec, args.batch)
         cos = (vecs * ref_vecs).sum(-1)
         flips = float(((vecs @ texts.T >= threshold) != (ref_scores >= threshold)).mean())
@@ -221,20 +231,24 @@ def backends(resolved, example: torch.Tensor, args: argparse.Namespace) -> list[
     flag = os.environ.get("RTAGX_CPU_BF16")  # RTAGX_CPU_BF16=0: as on a CPU without bf16
     bf16 = cpu_has_native_bf16() if flag is None else flag.strip().lower() in ("1", "true", "yes", "on")
     precision = "bf16" if bf16 else "fp32"
-    wanted = [("openvino", precision), ("compile", precision)]
-    if precision == "bf16":
+    names = args.backend_list.split(",")
+    wanted = [(b, precision) for b in names]
+    if precision == "bf16" and "openvino" in names and not args.no_fp32:
         wanted.append(("openvino", "fp32"))
     out: list[tuple[str, object]] = []
     for backend, prec in wanted:
-        folder = Path(tempfile.mkdtemp(prefix=f"rtagx-{backend}-", dir=args.workdir))
+        folder = args.compile_dir or Path(tempfile.mkdtemp(prefix=f"rtagx-{backend}-", dir=args.workdir))
         times = []
-        for _ in ("first", "cached"):
+        for _ in () if args.no_startup else ("first", "cached"):
             cmd = [sys.executable, __file__, "--model", args.model, "--workdir", str(args.workdir)]
             cmd += ["--startup", f"{backend}:{prec}", "--compile-dir", str(folder), "--batch", str(args.batch)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = [x for x in done.stdout.splitlines() if x.startswith("startup ")]
             times.append(line[-1].split()[-1] if line else "failed: " + done.stderr.strip()[-200:])
-        print(f"{backend} {prec}: preparation {times[0]} s on the first run, {times[1]} s when cached (in {folder})")
+        if times:
+            print(
+                f"{backend} {prec}: preparation {times[0]} s on the first run, {times[1]} s when cached (in {folder})"
+            )
         enc = load_encoder(resolved, device="cpu", precision=prec, cpu_backend=backend, compile_dir=folder)
         enc.start_backend(example.to(enc.input_dtype) if enc.input_dtype is not None else example)
         used = enc.wait_backend()

@@ -12,13 +12,17 @@ Model choice is split in two steps so that a run can fail before it touches any 
 CPU backends (``--cpu-backend``, :func:`resolve_cpu_backend`): the image tower runs in eager torch
 until a faster copy is ready, prepared in a background thread from the first batch on, so a run with
 few images never waits for it; a backend that is missing or fails falls back to eager with a note
-(``Encoder.backend_note``), never an error. Measured on 2 cores of an Intel Xeon with AMX, ViT-B-16
-(bench/cpu_options.py --backends): OpenVINO bf16 1.47-1.51x the eager bf16 rate, cosine to fp32 on the
-camera samples >= 0.99995 (eager bf16: the same); its compiled model is kept on disk (one convert,
-15-40 s, per machine and model; later runs import it in 0.3 s). torch.compile (inductor, freezing)
-measured 0.93-1.0x eager bf16 at 70 s of compile under load, so it is opt-in only. The cache keys
-vectors by model, not by backend: every backend's vectors lie within cosine 0.9999 of the fp32 ones,
-closer than bf16 itself is to fp32, so vectors from two backends mix as safely as two bf16 runs.
+(``Encoder.backend_note``), never an error. Measured on 2 cores of an Intel Xeon with AMX, random-weight
+ViT-B-16, interleaved with eager bf16 in one run (bench/cpu_options.py --backends; the machine was
+shared, load average 1-12): OpenVINO bf16 1.47-2.02x the eager bf16 rate; torch.compile (inductor,
+frozen weights) 0.93-1.06x at 130-160 s of compile per process, on-disk caches or not, so opt-in only.
+OpenVINO's compiled model is kept on disk: the first conversion (40-100 s there) is made only in a job
+of >= ``BACKEND_MIN_IMAGES`` images, later runs import it in 0.3-10 s.
+
+The cache keys vectors by model, not by backend. That is sound because every backend's vectors lie
+within cosine 0.9999 of the fp32 ones on the camera samples (min: eager bf16 0.999949, OpenVINO bf16
+0.999949, compile bf16 0.999976, OpenVINO fp32 1.000000), so two backends' vectors mix as safely as
+two bf16 runs' do.
 """
 
 from __future__ import annotations
@@ -353,7 +357,7 @@ def openvino_available() -> bool:
 def resolve_cpu_backend(backend: str, device: str, precision: str) -> tuple[str, str]:
     """(the backend the image tower will use, a note saying why when it is not what was asked).
 
-    ``auto`` is OpenVINO where it is installed and the model runs in bf16 on the CPU (measured 1.5x
+    ``auto`` is OpenVINO where it is installed and the model runs in bf16 on the CPU (measured 1.5-2x
     eager bf16 at the same fidelity); eager everywhere else: fp32 and int8 keep torch (OpenVINO fp32
     is not measured to be faster on CPUs without bf16), and GPUs ignore the setting. ``compile`` and
     ``openvino`` are taken as asked, except on GPUs and with int8 (a quantized tower is torch-only).
@@ -389,7 +393,7 @@ def _compiled_key(identity: ModelIdentity, precision: str, *parts: str) -> str:
 
 def _openvino_tower(visual: Any, example: Any, precision: str, threads: int, key: str, folder: Path | None) -> Any:
     """The image tower as an OpenVINO compiled model, from ``folder`` when an earlier run left it
-    there (import 0.3 s), else converted from torch (15-40 s on 2 cores) and saved for the next run."""
+    there (0.3-10 s), else converted from torch (40-100 s on 2 shared cores) and kept for the next run."""
     import copy
 
     import openvino as ov
@@ -523,8 +527,8 @@ class Encoder:
 
     def plan(self, images: int) -> None:
         """Tell the encoder how many images the run will encode: a backend that is not on disk yet
-        is prepared only for a job of at least ``BACKEND_MIN_IMAGES`` (a first conversion takes
-        15-40 s of both cores; a small run is done sooner in eager torch, and never waits for it)."""
+        is prepared only for a job of at least ``BACKEND_MIN_IMAGES`` (a first conversion takes a
+        minute or more of both cores; a small run is done sooner in eager torch, and never waits)."""
         self._job_images = images
 
     def _worth_preparing(self) -> bool:
