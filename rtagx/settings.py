@@ -60,6 +60,7 @@ class Settings:
     batch_size: int = 0  # 0 -> 16 on CPU, 128 on GPU
     workers: int = 0  # 0 -> from the CPU count
     threads: int = 0  # 0 -> torch's default
+    cpu_backend: str = "auto"  # the image tower's CPU backend: auto, eager, compile, openvino
     tags: str = "imagenet"
     templates: str = ""  # "" -> the vocabulary's own choice
     threshold: float | None = None  # None -> the model's default
@@ -119,6 +120,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("merge", "replace-own", "replace-all"),
     "sidecar_style": ("ext", "stem"),
     "engine": ("local", "ray"),
+    "cpu_backend": ("auto", "eager", "compile", "openvino"),
 }
 
 #: Config keys that are spelled like the command-line option rather than the field (``--ext``,

@@ -73,3 +73,13 @@ def photo_dir(tmp_path, samples_dir) -> Path:
         shutil.copy2(samples_dir / "jpg" / name, dest / name)
         os.chmod(dest / name, 0o644)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _eager_cpu_backend(request, monkeypatch) -> None:
+    """The suite runs the image tower in eager torch, what it tests: ``--cpu-backend auto`` sees no
+    OpenVINO. test_cpu_backends.py tests the backends themselves (module marker ``cpu_backends``)."""
+    if request.node.get_closest_marker("cpu_backends") is None:
+        from rtagx.model import encoder
+
+        monkeypatch.setattr(encoder, "openvino_available", lambda: False)

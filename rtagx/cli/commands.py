@@ -177,6 +177,12 @@ def _model_options(fn: Callable[..., Any], *, repeatable: bool) -> Callable[...,
                 help="Inference precision. auto: fp16 autocast on GPUs; on the CPU bf16 weights where the CPU has bf16 instructions (AVX512-BF16/AMX; 2-4x fp32, cosine >= 0.9999), else fp32. int8: opt-in dynamic int8 image tower on the CPU (faster than fp32, cosine >= 0.99, a few tags change). [default: auto]",
             ),
             click.option(
+                "--cpu-backend",
+                type=click.Choice(CHOICES["cpu_backend"]),
+                default=None,
+                help="What runs the image tower on the CPU. auto: OpenVINO bf16 where it is installed (rtagx[openvino]) and the CPU has bf16 instructions (1.5-2x eager bf16 on 2 cores, cosine to fp32 >= 0.9999), else eager torch. compile: torch.compile (needs a C++ compiler). A backend is prepared in the background while eager encodes the first batches; one that is missing or fails falls back to eager. [default: auto]",
+            ),
+            click.option(
                 "--batch-size",
                 type=click.IntRange(min=0),
                 default=None,

@@ -73,6 +73,8 @@ def summary_lines(summary: RunSummary, *, removal: bool = False) -> list[str]:
         stages = [f"{t} ({', '.join(per_model)})" if t.startswith("encode ") else t for t in stages]
     rate = f", {s.embedded / s.wall_seconds:.1f} images/s" if s.embedded and s.wall_seconds else ""
     second = f"time {s.wall_seconds:.1f}s{rate}" + (" (" + ", ".join(stages) + ")" if stages else "")
+    if s.encoder_backend and s.encoder_backend != "eager":
+        second += f"; image tower on {s.encoder_backend}"
     lines = [first, second]
     if s.interrupted:
         lines.append("interrupted: every finished batch is saved; run the same command again to continue")

@@ -69,6 +69,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     interrupted: bool = False
     dry_run: bool = False
+    encoder_backend: str = ""  # the CPU image tower's backend at the end, and why it fell back ("" off the CPU)
 
     def add(self, outcome: FileOutcome) -> None:
         if outcome.action == "skipped":
@@ -109,7 +110,7 @@ class RunSummary:
             if self.wall_seconds and self.embedded
             else 0.0,
             "encode_images_per_second": round(rate, 2),
-        }
+        } | ({"encoder_backend": self.encoder_backend} if self.encoder_backend else {})
 
 
 @dataclass

@@ -210,6 +210,8 @@ def plan_pass(
                     precision=settings.precision,
                     threads=settings.threads or None,
                     cpu_bf16=settings.cpu_bf16,
+                    cpu_backend=settings.cpu_backend,
+                    compile_dir=settings.cache_path().parent / "compiled",
                 )
             store.model_id(
                 identity.key, identity.as_dict(), dim=None, logit_scale=enc.logit_scale, logit_bias=enc.logit_bias
@@ -324,7 +326,24 @@ def embed_works(planned: ModelPass, works: list[FileWork]) -> None:
 
         embed_on_ray(t, planned.resolved(), works, t.settings, t.summary, t.events, t.dry_run)
     else:
-        embed(t, planned.full_encoder(), works, t.settings, t.summary, t.events, t.dry_run)
+        encoder = planned.full_encoder()
+        encoder.plan(len(works))
+        embed(t, encoder, works, t.settings, t.summary, t.events, t.dry_run)
+        note_backend(t.summary, encoder)
+
+
+def note_backend(summary: RunSummary, encoder: Encoder) -> None:
+    """Record which CPU backend encoded (eager until a faster one was ready) and why it fell back."""
+    if encoder.device != "cpu" or not encoder.has_image_tower:
+        return
+    used = encoder.backend
+    encoder.wait_backend()  # a preparation still running finishes (and is kept on disk) before exit
+    summary.encoder_backend = used
+    if used != encoder.cpu_backend and encoder.backend_started:
+        summary.encoder_backend += f" ({encoder.cpu_backend} was not ready yet)"
+    # not started: a small job with no tower on disk yet (a run of >= BACKEND_MIN_IMAGES makes one)
+    if encoder.backend_note:
+        summary.encoder_backend += f" ({encoder.backend_note})"
 
 
 def model_label(name: str) -> str:
@@ -457,6 +476,8 @@ def embed_together(
             embed_works(p, p.to_embed)
         return
     encoders = [p.full_encoder() for p in wanted]
+    for p, e in zip(wanted, encoders):
+        e.plan(len(p.to_embed))
     specs = [decode.PreprocessSpec.from_model(e.model) for e in encoders]
     own: list[dict[bytes, FileWork]] = [{path_key(w.file.path): w for w in p.to_embed} for p in wanted]
     paths: dict[bytes, Path] = {}
@@ -531,6 +552,8 @@ def embed_together(
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=not timed_out, cancel_futures=timed_out)
+    for p, e in zip(wanted, encoders):
+        note_backend(p.tagger.summary, e)
 
 
 def tag_followers(tagger: Tagger, pairs: list[tuple[FileWork, FileWork]], dim: int) -> list[FileWork]:
