@@ -14,7 +14,7 @@ until a faster copy is ready, prepared in a background thread from the first bat
 few images never waits for it; a backend that is missing or fails falls back to eager with a note
 (``Encoder.backend_note``), never an error. Measured on 2 cores of an Intel Xeon with AMX, random-weight
 ViT-B-16, interleaved with eager bf16 in one run (bench/cpu_options.py --backends; the machine was
-shared, load average 1-12): OpenVINO bf16 1.47-2.12x the eager bf16 rate (1.55x at load 1-2.7); torch.compile (inductor,
+shared, load average 1-12): OpenVINO bf16 1.47-2.12x the eager bf16 rate (1.55x at load 1-2.7; 1.21x on an idle machine); torch.compile (inductor,
 frozen weights) 0.93-1.06x at 130-160 s of compile per process, on-disk caches or not, so opt-in only.
 OpenVINO's compiled model is kept on disk: the first conversion (40-100 s there) is made only in a job
 of >= ``BACKEND_MIN_IMAGES`` images, later runs import it in 0.3-10 s.
@@ -358,7 +358,7 @@ def openvino_available() -> bool:
 def resolve_cpu_backend(backend: str, device: str, precision: str) -> tuple[str, str]:
     """(the backend the image tower will use, a note saying why when it is not what was asked).
 
-    ``auto`` is OpenVINO where it is installed and the model runs in bf16 on the CPU (measured 1.5-2x
+    ``auto`` is OpenVINO where it is installed and the model runs in bf16 on the CPU (measured 1.2-2x
     eager bf16 at the same fidelity); eager everywhere else: fp32 and int8 keep torch (OpenVINO fp32
     is not measured to be faster on CPUs without bf16), and GPUs ignore the setting. ``compile`` and
     ``openvino`` are taken as asked, except on GPUs and with int8 (a quantized tower is torch-only).
