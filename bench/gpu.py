@@ -213,28 +213,9 @@ def tag_run(files: list[Path], workdir: Path, label: str, model: str, pretrained
 
     from rtagx.run.events import RunEvents
     from rtagx.run.tag import run_tag
-    from rtagx.settings import load_settings
 
     folder = link_copy(files, workdir / f"run-{label}")
-    cache = workdir / f"cache-{label}.sqlite3"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(cache) + suffix).unlink(missing_ok=True)
-    tags = workdir / "bench-tags.txt"
-    tags.write_text(throughput.BENCH_TAGS)
-    settings = load_settings(
-        {
-            "cache": str(cache),
-            "model": model,
-            "pretrained": pretrained,
-            "device": device,
-            "write": "embed",
-            "threshold": -1.0,
-            "top_k": 5,
-            "tags": str(tags),
-            "offline": True,
-        },
-        environ={},
-    )
+    settings = throughput.cold_settings(workdir, label, model, pretrained, {"device": device})
     marks: dict[str, float] = {}
     sampler = GpuSampler()
 

@@ -58,21 +58,13 @@ def cpu_name() -> str:
 
 def timed_run(files: list[Path], workdir: Path, label: str, model: tuple[str, str], **extra) -> dict:
     """run_tag on a fresh copy with a cold cache: whole-run and embed-stage rates."""
-    from throughput import BENCH_TAGS, copy_folder
+    from throughput import cold_settings, copy_folder
 
     from rtagx.run.events import RunEvents
     from rtagx.run.tag import run_tag
-    from rtagx.settings import load_settings
 
     folder = copy_folder(files, workdir / f"run-{label}")
-    cache = workdir / f"cache-{label}.sqlite3"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(cache) + suffix).unlink(missing_ok=True)
-    tags = workdir / "bench-tags.txt"
-    tags.write_text(BENCH_TAGS)
-    options = {"cache": str(cache), "model": model[0], "pretrained": model[1], "write": "embed"}
-    options |= {"threshold": -1.0, "top_k": 5, "tags": str(tags), "offline": True, **extra}
-    settings = load_settings(options, environ={})
+    settings = cold_settings(workdir, label, model[0], model[1], extra)
     marks: dict[str, float] = {}
 
     def on_stage(name: str, total: int) -> None:

@@ -173,21 +173,17 @@ def naive_baseline(model_name: str, pretrained: str, files: list[Path]) -> tuple
     return len(files) / dt, dc / len(files)
 
 
-def rtagx_tag(
-    model_name: str, pretrained: str, files: list[Path], workdir: Path, label: str, extra: dict | None = None
-) -> dict:
-    """run_tag on a fresh copy with a cold cache; returns timings, wall and the embed-stage window."""
-    from rtagx.run.events import RunEvents
-    from rtagx.run.tag import run_tag
+def cold_settings(workdir: Path, label: str, model_name: str, pretrained: str, extra: dict | None = None):
+    """Settings of one bench run of ``run_tag`` (also used by bench/ray_scale.py and bench/gpu.py): a
+    cold cache of its own (``label``), the bench vocabulary, every file's top 5 tags written."""
     from rtagx.settings import load_settings
 
-    folder = copy_folder(files, workdir / f"run-{label}")
     cache = workdir / f"cache-{label}.sqlite3"
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(str(cache) + suffix).unlink(missing_ok=True)
     tags = workdir / "bench-tags.txt"
     tags.write_text(BENCH_TAGS)
-    settings = load_settings(
+    return load_settings(
         {
             "cache": str(cache),
             "model": model_name,
@@ -201,6 +197,17 @@ def rtagx_tag(
         },
         environ={},
     )
+
+
+def rtagx_tag(
+    model_name: str, pretrained: str, files: list[Path], workdir: Path, label: str, extra: dict | None = None
+) -> dict:
+    """run_tag on a fresh copy with a cold cache; returns timings, wall and the embed-stage window."""
+    from rtagx.run.events import RunEvents
+    from rtagx.run.tag import run_tag
+
+    folder = copy_folder(files, workdir / f"run-{label}")
+    settings = cold_settings(workdir, label, model_name, pretrained, extra)
     marks: dict[str, float] = {}
 
     def on_stage(name: str, total: int) -> None:

@@ -201,22 +201,30 @@ def plan_pass(
         tagger.collect = {}
     encoder_box: list[Encoder] = []
 
+    def load_model(text_only: bool) -> Encoder:
+        """Load the model (the text tower alone when this process embeds no image) and record its
+        logit scale and bias with the model."""
+        tower: dict[str, Any] = (
+            {"text_only": True}
+            if text_only
+            else {"cpu_backend": settings.cpu_backend, "compile_dir": settings.cache_path().parent / "compiled"}
+        )
+        with Timer(summary.timings, "load-model"):
+            enc = load(
+                resolved(),
+                device=settings.device,
+                precision=settings.precision,
+                threads=settings.threads or None,
+                cpu_bf16=settings.cpu_bf16,
+                **tower,
+            )
+        store.model_id(identity.key, identity.as_dict(), logit_scale=enc.logit_scale, logit_bias=enc.logit_bias)
+        encoder_box[:] = [enc]
+        return enc
+
     def full_encoder() -> Encoder:
         if not encoder_box or not encoder_box[0].has_image_tower:
-            with Timer(summary.timings, "load-model"):
-                enc = load(
-                    resolved(),
-                    device=settings.device,
-                    precision=settings.precision,
-                    threads=settings.threads or None,
-                    cpu_bf16=settings.cpu_bf16,
-                    cpu_backend=settings.cpu_backend,
-                    compile_dir=settings.cache_path().parent / "compiled",
-                )
-            store.model_id(
-                identity.key, identity.as_dict(), dim=None, logit_scale=enc.logit_scale, logit_bias=enc.logit_bias
-            )
-            encoder_box[:] = [enc]
+            return load_model(text_only=False)
         return encoder_box[0]
 
     # 0. remember the roots now: an interrupted first run is a root all the same (for `retag`,
@@ -273,25 +281,7 @@ def plan_pass(
     def text_encoder() -> Encoder:
         if to_embed and settings.engine == "local":
             return full_encoder()
-        if not encoder_box:
-            with Timer(summary.timings, "load-model"):
-                encoder_box.append(
-                    load(
-                        resolved(),
-                        device=settings.device,
-                        precision=settings.precision,
-                        text_only=True,
-                        threads=settings.threads or None,
-                        cpu_bf16=settings.cpu_bf16,
-                    )
-                )
-            store.model_id(
-                identity.key,
-                identity.as_dict(),
-                logit_scale=encoder_box[0].logit_scale,
-                logit_bias=encoder_box[0].logit_bias,
-            )
-        return encoder_box[0]
+        return encoder_box[0] if encoder_box else load_model(text_only=True)
 
     tagger.prepare_text(text_encoder)
     dim = tagger.vector_dim()
