@@ -23,7 +23,13 @@ Per image set, in one run:
   default batch size and precision, a freshly loaded model with its first batch counted, as in a run:
   the encoder-only rate; and a second, warm pass), score, write (keywords into JPEGs).
 
-Numbers are noisy on a shared machine: run it on an idle one, and read ``uptime`` beside it.
+Numbers are noisy on a shared machine: run it on an idle one, and read ``uptime`` beside it. The
+speed of a shared 2-core VM drifts by up to 2x from one minute to the next (the same encoder pass
+measured 16 and 31 images/s within ten minutes), so the ratios that matter are also taken per round
+against the same minutes: a warm encoder-only pass over 160 pre-decoded images right before and right
+after each ``rtagx tag`` run ("per round" rows), and the whole call against that round's naive loop.
+The "core-time share" row says what 2 cores can give at most when decoding and writing take CPU time
+from the encoder (12-MP JPEGs: ~33 core-ms to decode, ~60 core-ms to encode).
 """
 
 from __future__ import annotations
@@ -332,10 +338,18 @@ def bench_set(
                 cpu[key] = cpu_per_img
 
     precision = ""
+    adjacent = AdjacentEncoder(model_name, pretrained, files)
+    round_ratios: list[float] = []
+    whole_ratios: list[tuple[float, float]] = []  # whole call img/s, and / naive loop of the same round
     for r in range(rounds):
         base, base_cpu = naive_baseline(model_name, pretrained, files)
         keep("base", base, base_cpu)
+        before = adjacent.rate()
         run = rtagx_tag(model_name, pretrained, files, workdir, name)
+        after = adjacent.rate()
+        if run["steady"]:
+            round_ratios.append(run["steady"] / ((before + after) / 2))
+        whole_ratios.append((run["embedded"] / run["wall"], run["embedded"] / run["wall"] / base))
         t = run["timings"]
         keep("e2e", run["embedded"] / run["wall"])
         if run["embed_wall"] > 0:
@@ -350,7 +364,8 @@ def bench_set(
         print(
             f"   round {r + 1}: baseline {base:.2f} img/s; rtagx tag {run['embedded']} embedded, {run['written']} "
             f"written, {run['skipped']} skipped, {run['wall']:.1f} s, steady {run['steady']:.2f} img/s; "
-            f"encoder-only {stages['encode']:.2f}/{stages['encode (warm)']:.2f} img/s (cold/warm); load "
+            f"encoder-only {stages['encode']:.2f}/{stages['encode (warm)']:.2f} img/s (cold/warm), "
+            f"{before:.2f}/{after:.2f} just before/after the run; load "
             f"{os.getloadavg()[0]:.1f}; timings " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(t.items())),
             flush=True,
         )
@@ -393,10 +408,73 @@ def bench_set(
                 "steady state / warm encoder-only rate",
                 best["steady"] / best["encode (warm)"],
                 None,
-                "goal >= 85% on large",
+                "best of each",
+            )
+        )
+    rows.append(
+        (
+            name,
+            "rtagx tag, whole call / naive baseline of the same round (best)",
+            *max(whole_ratios, key=lambda x: x[1]),
+            "all rounds: " + ", ".join(f"{x:.2f}x" for _, x in whole_ratios),
+        )
+    )
+    if round_ratios:
+        rows.append(
+            (
+                name,
+                "steady state / warm encoder-only just before and after, per round",
+                max(round_ratios),
+                None,
+                "best round; all: " + ", ".join(f"{x:.0%}" for x in round_ratios) + " (goal >= 90%)",
+            )
+        )
+    if best.get("decode (1 thread)") and best.get("encode (warm)") and best.get("write"):
+        # On N cores decoding and writing take CPU time the encoder would otherwise have: if the
+        # encoder kept every core busy, the steady state could reach at most this share of its rate.
+        # (It does not quite: its threads wait at barriers, and a run beats this share by what the
+        # helpers do in those gaps.)
+        cores = os.cpu_count() or 1
+        dec, wri, enc = 1 / best["decode (1 thread)"], 1 / best["write"], cores / best["encode (warm)"]
+        rows.append(
+            (
+                name,
+                "core-time share: encode / (encode + decode + write)",
+                enc / (enc + dec + wri),
+                None,
+                f"per image {enc * 1000:.0f} core-ms encode ({cores} cores x wall), "
+                f"{dec * 1000:.1f} decode, {wri * 1000:.1f} write",
             )
         )
     return rows
+
+
+class AdjacentEncoder:
+    """A warm encoder-only pass over the set's first 160 images (pre-decoded), run right before and
+    right after each ``rtagx tag`` run: on a shared machine whose speed drifts from minute to minute,
+    the run is compared with the encoder in the same minutes, not with the best of another phase."""
+
+    def __init__(self, model_name: str, pretrained: str, files: list[Path], count: int = 160) -> None:
+        from rtagx.imaging import decode
+        from rtagx.model.encoder import load_encoder, resolve_model
+        from rtagx.settings import Settings
+
+        s = Settings()
+        self.encoder = load_encoder(
+            resolve_model(model_name, pretrained, offline=True), device=s.device, precision=s.precision
+        )
+        self.spec = decode.PreprocessSpec.from_model(self.encoder.model)
+        self.arrays = [decode.decode_for_model(p, self.spec) for p in files[:count]]
+        self.batch = s.batch_size or (16 if self.encoder.device == "cpu" else 128)
+        self.rate()  # warm: kernels built
+
+    def rate(self) -> float:
+        from rtagx.imaging import decode
+
+        t = time.perf_counter()
+        for i in range(0, len(self.arrays), self.batch):
+            self.encoder.encode_images(decode.to_model_batch(self.arrays[i : i + self.batch], self.spec))
+        return len(self.arrays) / (time.perf_counter() - t)
 
 
 def print_rows(rows: list[tuple]) -> None:
