@@ -213,8 +213,6 @@ class BatchWriter:
                 item = self._queue.get()
                 if item[0] == "stop":
                     return
-                if self._gate is not None:
-                    self._gate.wait()
                 if self.error is not None:
                     continue
                 if item[0] == "skip":
@@ -228,6 +226,10 @@ class BatchWriter:
                     store_batch(store, tagger.model_id, works_b, vectors)
                 summary.embedded += len(works_b)
                 events.progress("embed", len(works_b))
+                # Vectors are stored at once (a few ms; a run stopped later keeps them); scoring and
+                # writing keywords wait for the gate (between batches, when decoding is cheap).
+                if self._gate is not None:
+                    self._gate.wait()
                 tagger.handle(works_b, vectors, embedded=True)
         except BaseException as e:  # handed to the main thread on its next put/close
             self.error = e

@@ -72,19 +72,22 @@ def run_tag(
         import_ray()
 
     resolved_box: list[ResolvedModel] = []
+    preload: list[ModelPreload] = []
 
     def resolved() -> ResolvedModel:
         """The full resolution (imports open_clip, finds the weights): only when a model is needed."""
         if not resolved_box:
+            offline = True if settings.offline else None
             with Timer(summary.timings, "resolve-model"):
+                if not preload and models is None and not extra_models and not dry_run and settings.engine == "local":
+                    preload.extend(ModelPreload.start(settings, offline))
                 resolved_box.append(
-                    (models.resolve if models else resolve_model)(
-                        settings.model, settings.pretrained, offline=True if settings.offline else None
-                    )
+                    (models.resolve if models else resolve_model)(settings.model, settings.pretrained, offline=offline)
                 )
         return resolved_box[0]
 
-    if not settings.cache_path().exists():
+    cold = not settings.cache_path().exists()
+    if cold:
         resolved()  # a bad model option fails before the cache file is even created
     store = open_locked(settings, events)
     try:
@@ -93,6 +96,8 @@ def run_tag(
             identity = resolved().identity
             remember_identity(store, settings.model, settings.pretrained, identity)
         load = models.load if models else load_encoder
+        if preload:
+            load = preload[0].loader(load)
         if extra_models:
             run_several(
                 store,
@@ -116,8 +121,87 @@ def run_tag(
         summary.interrupted = True
     finally:
         store.close()
+        if preload:
+            preload[0].settle()
         summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def encoder_options(settings: Settings, text_only: bool) -> dict[str, Any]:
+    """The keyword arguments a run loads its model with (the text tower alone, or the whole model
+    with its CPU backend and the folder that keeps compiled towers)."""
+    options: dict[str, Any] = {
+        "device": settings.device,
+        "precision": settings.precision,
+        "threads": settings.threads or None,
+        "cpu_bf16": settings.cpu_bf16,
+    }
+    if text_only:
+        options["text_only"] = True
+    else:
+        options.update(cpu_backend=settings.cpu_backend, compile_dir=settings.cache_path().parent / "compiled")
+    return options
+
+
+class ModelPreload:
+    """A first run (no cache yet, or weights changed since the cache last saw them) hashes the whole
+    checkpoint to know the model's identity (~0.7 s for ViT-B-16's 600 MB) before it can ask the
+    cache anything, and then loads the same file (~1.2-1.5 s): both mostly on one core. The model is
+    loaded in a background thread from the located weights while the main thread hashes them, scans
+    and diffs; the run takes the loaded model when it needs it (or waits for the rest of the load).
+    Only for a CLIP model on the local engine: a run that ends up embedding nothing only loaded its
+    model early, and waits for that load before it returns (a process must not exit inside torch)."""
+
+    def __init__(self, located: ResolvedModel, options: dict[str, Any]) -> None:
+        self.located = located
+        self.options = options
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtagx-preload")
+        self.future: Future[Encoder] = self._pool.submit(load_encoder, located, **options)
+
+    @classmethod
+    def start(cls, settings: Settings, offline: bool | None) -> list[ModelPreload]:
+        """A preload of ``settings``' model, or none (not a CLIP model, or its weights not found:
+        the real resolution says why)."""
+        try:
+            located = resolve_model(settings.model, settings.pretrained, offline=offline, digest=_no_digest)
+        except Exception:
+            return []
+        if located.identity.kind != "clip":
+            return []
+        return [cls(located, encoder_options(settings, text_only=False))]
+
+    def loader(self, load: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        """``load`` that hands out the preloaded model for the same weights and options, with the
+        identity the real resolution found."""
+
+        def load_or_take(resolved: ResolvedModel, **options: Any) -> Encoder:
+            same = _built_from(resolved) == _built_from(self.located)
+            # the whole model serves a run that wanted only its text tower just as well
+            wanted = {k: v for k, v in options.items() if k != "text_only"}
+            fits = wanted == self.options or (options.get("text_only") and wanted.items() <= self.options.items())
+            if not same or not fits or self.future.cancelled():
+                return load(resolved, **options)
+            encoder = self.future.result()  # raises what the load raised (a damaged checkpoint)
+            encoder.resolved, encoder.identity = resolved, resolved.identity
+            return encoder
+
+        return load_or_take
+
+    def settle(self) -> None:
+        """Cancel the load if it has not started; else wait for it (its result is dropped if unused)."""
+        self.future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _built_from(resolved: ResolvedModel) -> tuple[Any, ...]:
+    """What a model is built from (everything but its identity)."""
+    r = resolved
+    return (r.open_clip_name, r.checkpoint_file, r.force_quick_gelu, r.preprocess_overrides, r.model_cfg)
+
+
+def _no_digest(path: Path) -> str:
+    """Locating a model without hashing its files (the identity it gives is not used)."""
+    return ""
 
 
 def tag_with_store(
@@ -204,20 +288,8 @@ def plan_pass(
     def load_model(text_only: bool) -> Encoder:
         """Load the model (the text tower alone when this process embeds no image) and record its
         logit scale and bias with the model."""
-        tower: dict[str, Any] = (
-            {"text_only": True}
-            if text_only
-            else {"cpu_backend": settings.cpu_backend, "compile_dir": settings.cache_path().parent / "compiled"}
-        )
         with Timer(summary.timings, "load-model"):
-            enc = load(
-                resolved(),
-                device=settings.device,
-                precision=settings.precision,
-                threads=settings.threads or None,
-                cpu_bf16=settings.cpu_bf16,
-                **tower,
-            )
+            enc = load(resolved(), **encoder_options(settings, text_only))
         store.model_id(identity.key, identity.as_dict(), logit_scale=enc.logit_scale, logit_bias=enc.logit_bias)
         encoder_box[:] = [enc]
         return enc
