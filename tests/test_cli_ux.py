@@ -136,9 +136,9 @@ def test_pipe_run_shows_no_progress_and_asks_nothing(tiny_clip, photo_dir, tmp_p
 
 
 def test_declining_the_question_writes_nothing(tiny_clip, photo_dir, tmp_path, monkeypatch) -> None:
-    from rtagx.cli import commands as cli_mod
+    from rtagx.cli import app as cli_app  # where the confirmation looks it up
 
-    monkeypatch.setattr(cli_mod, "_on_terminal", lambda: True)
+    monkeypatch.setattr(cli_app, "_on_terminal", lambda: True)
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
     env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
     result = CliRunner().invoke(cli, _args(tiny_clip, photo_dir), input="n\n", env=env)
@@ -153,11 +153,11 @@ def test_declining_the_question_writes_nothing(tiny_clip, photo_dir, tmp_path, m
 def test_retag_yes_does_what_tag_yes_does(tiny_clip, photo_dir, tmp_path, monkeypatch) -> None:
     """A folder tagged into sidecars that retag would now write into: the same question as tag's,
     and --yes skips it."""
-    from rtagx.cli import commands as cli_mod
+    from rtagx.cli import app as cli_app  # where the confirmation looks it up
 
     env = {"RTAGX_CACHE": str(tmp_path / "c.db")}
     CliRunner().invoke(cli, [*_args(tiny_clip, photo_dir), "--write", "sidecar"], env=env)
-    monkeypatch.setattr(cli_mod, "_on_terminal", lambda: True)
+    monkeypatch.setattr(cli_app, "_on_terminal", lambda: True)
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
     declined = CliRunner().invoke(cli, ["retag", "--write", "embed"], input="n\n", env=env)
     assert declined.exit_code == 0 and "Go on?" in declined.output and "nothing was written" in declined.output
@@ -256,11 +256,11 @@ def test_one_line_errors(args, code, words, tmp_path, monkeypatch) -> None:
 
 def test_readme_exit_code_table_is_the_codes_the_cli_uses() -> None:
     from rtagx import errors
-    from rtagx.cli import commands
+    from rtagx.cli import app
 
     table = re.findall(r"^\| (\d+) \|", _readme_section("Exit codes"), flags=re.M)
     raised = {c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.RtagxError)}
-    decided = {commands.EXIT_OK, commands.EXIT_SKIPPED, commands.EXIT_INTERRUPTED}
+    decided = {app.EXIT_OK, app.EXIT_SKIPPED, app.EXIT_INTERRUPTED}
     assert sorted(int(x) for x in table) == sorted(raised | decided)
 
 
