@@ -24,10 +24,14 @@ Niceness was tried and dropped: a write thread at nice +10 took 6.5-8.5 s instea
 48 files on the shared build machine (load ~10: other processes take its turns), with no gain that
 could be measured; niced decoders lose the same way where decoding is the bound.
 
-On 2 cores a 12-MP JPEG costs 15-30 core-ms to decode against ~59 core-ms to encode, so its set is
-bounded by CPU time at ~67-77% of the encoder-only rate, whatever the scheduling. Figures and the
-commands that reproduce them: README, Performance. ``wait-decode`` / ``wait-write`` in a run's
-timings say how long the encoder thread waited for its inputs and for the writer.
+Measured against the encoder alone in the same minutes (``bench/throughput.py``'s per-round rows;
+a shared VM's speed drifts up to 2x between phases of a run): web-size JPEGs reach 92-101% of the
+warm encoder-only rate in the steady state. On 2 cores a 12-MP JPEG costs ~33 core-ms to decode
+(libjpeg's entropy decoding of 3.6 MB, which DCT draft mode cannot skip) and ~12 to rewrite with its
+keywords, against ~60 core-ms to encode, so that set is bounded by CPU time at ~55-70% of the
+encoder-only rate whatever the scheduling (measured: 55-70%). Figures and the commands that
+reproduce them: README, Performance. ``wait-decode`` / ``wait-write`` in a run's timings say how
+long the encoder thread waited for its inputs and for the writer.
 """
 
 from __future__ import annotations
