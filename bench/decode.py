@@ -29,7 +29,6 @@ entropy decoding, which draft mode cannot skip, so the speed-up falls as bits pe
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -43,38 +42,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageCms, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
+from test_decode import OPENAI_MEAN as MEAN  # noqa: E402
+from test_decode import OPENAI_STD as STD  # noqa: E402
+from test_decode import reference_of_file as reference  # noqa: E402  (open_clip's own eval transform)
 
 from rtagx.imaging import decode  # noqa: E402
-
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def upright_srgb(path: Path) -> Image.Image:
-    im = ImageOps.exif_transpose(Image.open(path))
-    icc = im.info.get("icc_profile")
-    if icc and im.mode == "RGB":
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "srgb" not in (ImageCms.getProfileDescription(src) or "").lower():
-            im = ImageCms.profileToProfile(
-                im, src, ImageCms.createProfile("sRGB"), renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
-            )
-    return im.convert("RGB")
-
-
-def reference(path: Path, spec: decode.PreprocessSpec) -> torch.Tensor:
-    import open_clip
-
-    tf = open_clip.image_transform(
-        spec.size,
-        is_train=False,
-        mean=spec.mean,
-        std=spec.std,
-        interpolation=spec.interpolation,
-        resize_mode=spec.resize_mode,
-    )
-    return tf(upright_srgb(path))
 
 
 def fast(path: Path, spec: decode.PreprocessSpec) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageCms, features
+from test_decode import reference as open_clip_reference
 
 from rtagx.imaging import decode
 from rtagx.imaging.decode import DecodeError, PreprocessSpec, decode_for_model, to_model_batch
@@ -32,17 +33,8 @@ def scene(width: int = 320, height: int = 240, seed: int = 0) -> Image.Image:
 
 
 def reference(im: Image.Image, spec: PreprocessSpec = SPEC):
-    import open_clip
-
-    tf = open_clip.image_transform(
-        spec.size,
-        is_train=False,
-        mean=spec.mean,
-        std=spec.std,
-        interpolation=spec.interpolation,
-        resize_mode=spec.resize_mode,
-    )
-    return tf(im.convert("RGB"))
+    """open_clip's own eval transform (tests/test_decode.py) of ``im`` as RGB."""
+    return open_clip_reference(im.convert("RGB"), spec)
 
 
 def psnr_vs(path: Path, expected: Image.Image, spec: PreprocessSpec = SPEC) -> float:
