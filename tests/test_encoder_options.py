@@ -212,3 +212,18 @@ def test_writer_error_stops_the_run_with_that_error(tiny_clip, tmp_path: Path, m
     monkeypatch.setattr(Store, "put_vectors", broken)
     with pytest.raises(CacheError, match="disk full"):
         pipeline.run_tag([folder], settings)
+
+
+def test_cpu_encoder_keeps_its_activation_memory() -> None:
+    """On Linux with glibc the malloc thresholds are set (the tower reuses its activation memory
+    instead of faulting in fresh pages every call: ~1.4x eager bf16 on 2 cores, README)."""
+    import platform
+    import sys
+
+    from rtagx.model.encoder import keep_activation_memory
+
+    applied = keep_activation_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    else:
+        assert applied in (True, False)

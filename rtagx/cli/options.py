@@ -115,7 +115,7 @@ def _model_options(fn: Callable[..., Any], *, repeatable: bool) -> Callable[...,
                 "--cpu-backend",
                 type=click.Choice(CHOICES["cpu_backend"]),
                 default=None,
-                help="What runs the image tower on the CPU. auto: OpenVINO bf16 where it is installed (rtagx[openvino]) and the CPU has bf16 instructions (1.1-1.9x eager bf16 on 2 quiet cores as the machine's speed drifts, up to 2x under load, cosine to fp32 >= 0.9999), else eager torch. compile: torch.compile (needs a C++ compiler). A backend is prepared in the background while eager encodes the first batches; one that is missing or fails falls back to eager. [default: auto]",
+                help="What runs the image tower on the CPU. auto: OpenVINO bf16 where it is installed (rtagx[openvino]) and the CPU has bf16 instructions (1.1-1.3x eager bf16 on 2 quiet cores, more under load, cosine to fp32 >= 0.9999), else eager torch. compile: torch.compile (needs a C++ compiler). A backend is prepared in the background while eager encodes the first batches; one that is missing or fails falls back to eager. [default: auto]",
             ),
             click.option(
                 "--batch-size",
