@@ -57,19 +57,14 @@ _BASES: dict[tuple[int, int, int], np.ndarray] = {}
 def _make_one(args: tuple[str, int, int, int]) -> None:
     """One JPEG: rolled / mirrored variants of a few generated bases (distinct bytes, no dedupe)."""
     from test_decode import camera_like
+    from throughput import variant
 
     path, w, h, i = args
     nb = 4 if w * h > 4e6 else 64
     key = (w, h, i % nb)
     if key not in _BASES:
         _BASES[key] = np.asarray(camera_like(w, h, seed=i % nb, detail=0.85))
-    a = _BASES[key]
-    k = i // nb
-    if k:
-        a = np.roll(a, shift=(k * 97) % h, axis=0)
-        if k % 2:
-            a = a[:, ::-1]
-    Image.fromarray(np.ascontiguousarray(a)).save(path, quality=90)
+    Image.fromarray(variant(_BASES[key], i // nb)).save(path, quality=90)
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:

@@ -136,15 +136,27 @@ def make_images(folder: Path, count: int, size: tuple[int, int], quality: int = 
         b = i % bases
         while len(base_imgs) <= b:
             base_imgs.append(np.asarray(_camera_photo(w, h, seed=len(base_imgs))))
-        a = base_imgs[b]
-        k = i // bases
-        if k:
-            a = np.roll(a, shift=(k * 97) % h, axis=0)
-            if k % 2:
-                a = a[:, ::-1]
-        Image.fromarray(np.ascontiguousarray(a)).save(path, quality=quality)
+        Image.fromarray(variant(base_imgs[b], i // bases)).save(path, quality=quality)
     print(f"(generated {count} images {w}x{h} in {folder} in {time.perf_counter() - t:.0f} s)", file=sys.stderr)
     return sorted(folder.glob("*.jpg"))[:count]
+
+
+def variant(base: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th distinct variant of a generated photo (rolled, every other one mirrored): other
+    bytes, so the cache deduplicates none of them (also used by bench/gpu.py)."""
+    if not k:
+        return base
+    a = np.roll(base, shift=(k * 97) % base.shape[0], axis=0)
+    return np.ascontiguousarray(a[:, ::-1] if k % 2 else a)
+
+
+def encode_in_batches(encoder, arrays: list[np.ndarray], spec, batch: int) -> list[np.ndarray]:
+    """The encoder alone over decoded arrays, batch by batch, as a run feeds it."""
+    from rtagx.imaging import decode
+
+    return [
+        encoder.encode_images(decode.to_model_batch(arrays[i : i + batch], spec)) for i in range(0, len(arrays), batch)
+    ]
 
 
 def copy_folder(files: list[Path], dest: Path) -> Path:
@@ -288,9 +300,7 @@ def stage_rates(model_name: str, pretrained: str, files: list[Path], workdir: Pa
     # cold: a freshly loaded model, first batch included (oneDNN builds its kernels then), like a run
     for key in ("encode", "encode (warm)"):
         t = time.perf_counter()
-        vecs = []
-        for i in range(0, len(arrays), batch):
-            vecs.append(enc.encode_images(decode.to_model_batch(arrays[i : i + batch], spec)))
+        vecs = encode_in_batches(enc, arrays, spec, batch)
         out[key] = len(arrays) / (time.perf_counter() - t)
     out["_precision"] = enc.precision  # type: ignore[assignment]
     vectors = np.concatenate(vecs)
@@ -469,11 +479,8 @@ class AdjacentEncoder:
         self.rate()  # warm: kernels built
 
     def rate(self) -> float:
-        from rtagx.imaging import decode
-
         t = time.perf_counter()
-        for i in range(0, len(self.arrays), self.batch):
-            self.encoder.encode_images(decode.to_model_batch(self.arrays[i : i + self.batch], self.spec))
+        encode_in_batches(self.encoder, self.arrays, self.spec, self.batch)
         return len(self.arrays) / (time.perf_counter() - t)
 
 
