@@ -86,8 +86,7 @@ def run_tag(
                 )
         return resolved_box[0]
 
-    cold = not settings.cache_path().exists()
-    if cold:
+    if not settings.cache_path().exists():
         resolved()  # a bad model option fails before the cache file is even created
     store = open_locked(settings, events)
     try:
