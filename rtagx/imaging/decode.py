@@ -26,9 +26,10 @@ doing far less work:
   lock-guarded caches), so :func:`decode_for_model` is safe to call from a thread pool.
 
 Colour: ICC profiles are **respected**. An image whose embedded profile is not sRGB (Adobe RGB,
-Display P3, ProPhoto, Apple Generic RGB, grey gamma, CMYK press profiles) is converted to sRGB with a
-perceptual-intent littleCMS transform, applied to the small, already-resized image (cheap; transforms
-are cached per profile). Tools that save with a profile have converted the pixels into that space, so
+Display P3, ProPhoto, Apple Generic RGB, grey gamma, CMYK press profiles; "sRGB" is judged by what
+the profile does to a probe of colours, not by its name, which linear-light profiles share) is
+converted to sRGB with a perceptual-intent littleCMS transform, applied to the small, already-resized
+image (cheap; transforms are cached per profile). Tools that save with a profile have converted the pixels into that space, so
 ignoring it shifts colours: the orientation samples 2..8 carry Apple's Generic RGB profile and only
 match sample 1 (untagged, sRGB) once it is honoured. ``respect_icc=False`` feeds the stored values as
 they are, like open_clip's plain ``convert("RGB")``; CMYK is converted through its profile either
@@ -36,8 +37,8 @@ way (Pillow's naive CMYK formula is far from what any viewer shows), and without
 HEIF ``nclx`` colour descriptions (no ICC) are treated as sRGB.
 Transparency (an alpha channel, a palette entry or a PNG tRNS colour key) is composited over a neutral
 grey (``ALPHA_BACKGROUND``), not dropped (dropping it exposes whatever colour the transparent pixels
-happen to hold). 16-bit and float images are scaled to 8 bits, palette and 1-bit images are expanded
-before resampling.
+happen to hold). 16-bit and float images are scaled to 8 bits (a 16-bit "min is white" TIFF inverted
+first, which Pillow leaves to the caller), palette and 1-bit images are expanded before resampling.
 
 Errors are :class:`rtagx.errors.DecodeError` with one of these reasons: ``missing``,
 ``broken-symlink``, ``permission-denied``, ``not-a-file``, ``empty``, ``not-an-image``,
@@ -357,6 +358,35 @@ _icc_lock = threading.Lock()
 _icc_cache: OrderedDict[tuple[bytes, str], Any] = OrderedDict()
 _ICC_CACHE_SIZE = 32
 
+#: An embedded RGB profile counts as sRGB (pixels used as stored) when a relative-colorimetric
+#: transform through it to sRGB moves no probe colour by more than this many levels. Real sRGB
+#: profiles (HP's IEC61966-2.1, littleCMS's built-in) move at most 1; a gamma-2.2 curve on sRGB
+#: primaries moves 9, a linear-light one 73.
+SRGB_TOLERANCE = 2
+
+
+def _srgb_probe() -> Image.Image:
+    """An RGB grid (18 levels per channel) plus the full grey ramp: what :func:`_renders_as_srgb` converts."""
+    levels = np.linspace(0, 255, 18).round().astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    return Image.fromarray(np.ascontiguousarray(np.concatenate([grid, ramp])[None]), "RGB")
+
+
+def _renders_as_srgb(profile: ImageCms.ImageCmsProfile, srgb: ImageCms.ImageCmsProfile) -> bool:
+    """Whether an RGB profile is sRGB, judged by what it does to colours, never by its name.
+
+    A description says little: "sRGB linear", "sRGB-elle-V4-g10" or "Linear Rec709 (sRGB)" name
+    linear-light profiles (16-bit and float exports from darktable, RawTherapee, Affinity) whose
+    pixels shown as sRGB are far too dark. Costs one small transform per new profile (cached).
+    """
+    probe = _srgb_probe()
+    transform = ImageCms.buildTransform(
+        profile, srgb, "RGB", "RGB", renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC
+    )
+    converted = np.asarray(ImageCms.applyTransform(probe, transform), dtype=np.int16)
+    return int(np.abs(converted - np.asarray(probe, dtype=np.int16)).max()) <= SRGB_TOLERANCE
+
 
 def _icc_transform(icc: bytes, mode: str) -> Any:
     """A cached littleCMS transform from the embedded profile to sRGB, or None when not needed."""
@@ -369,11 +399,9 @@ def _icc_transform(icc: bytes, mode: str) -> Any:
     transform = None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        description = (ImageCms.getProfileDescription(profile) or "").strip().lower()
-        is_srgb = "srgb" in description or "iec61966-2" in description.replace(" ", "").replace(".", "")
-        if not (is_srgb and mode == "RGB"):
-            if _SRGB_PROFILE is None:
-                _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        if _SRGB_PROFILE is None:
+            _SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        if not (mode == "RGB" and _renders_as_srgb(profile, _SRGB_PROFILE)):
             transform = ImageCms.buildTransform(
                 profile, _SRGB_PROFILE, mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
             )
@@ -679,7 +707,24 @@ def _load(
         content = (float(full_size[0]), float(full_size[1]))
     if own_orientation and orientation != 1 and _loader_applied_orientation(im, orientation, fmt):
         orientation = 1
-    return _Source(im, full_size, content, orientation, icc, reduced)
+    pixels = _undo_min_is_white(im) if fmt == "TIFF" else im
+    return _Source(pixels, full_size, content, orientation, icc, reduced)
+
+
+def _undo_min_is_white(im: Image.Image) -> Image.Image:
+    """A 16-bit grey TIFF stored "min is white" (PhotometricInterpretation 0), turned into "min is black".
+
+    Pillow inverts 1- and 8-bit ones while unpacking (raw modes "1;I", "L;I") but hands 16-bit ones
+    over as stored: a photographic negative of what every TIFF viewer shows (document and film
+    scanners write them). Other images are returned as they are.
+    """
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or tags.get(262) != 0 or not im.mode.startswith("I;16"):
+        return im
+    bits = tags.get(258, (16,))
+    top = (1 << min(int(bits[0] if isinstance(bits, tuple) else bits), 16)) - 1
+    stored = np.asarray(im).astype(np.int32)
+    return Image.fromarray((top - np.clip(stored, 0, top)).astype(np.uint16))  # mode I;16
 
 
 def _loader_applied_orientation(im: Image.Image, orientation: int, fmt: str) -> bool:
@@ -850,8 +895,9 @@ def _jpeg_stream_problem(data: bytes) -> tuple[str, str] | None:
             pos += 1  # fill bytes
         if pos + 1 >= n:
             return ("truncated", "JPEG ends before its end-of-image marker")
-        if data[pos] != 0xFF:
-            return ("corrupt", f"JPEG marker expected at byte {pos}, found {data[pos]:#04x}")
+        if data[pos] != 0xFF:  # bytes between segments: libjpeg skips them with a warning, as here
+            pos = _next_marker(data, pos)
+            continue
         marker = data[pos + 1]
         if marker == 0xD9:
             return None if scans else ("corrupt", "JPEG has no image scan")
@@ -903,6 +949,23 @@ def _jpeg_stream_problem(data: bytes) -> tuple[str, str] | None:
                 f"{expected} (lost or extra image data)",
             )
         pos = end
+
+
+def _next_marker(data: bytes, pos: int) -> int:
+    """Where the next marker starts after extraneous bytes, as libjpeg's ``next_marker`` finds it.
+
+    libjpeg warns ("Corrupt JPEG data: N extraneous bytes before marker") and decodes the whole
+    picture, so viewers show such a file; the marker walk skips the same bytes instead of calling
+    the file corrupt. Returns ``len(data)`` when no marker follows (the walk then reports truncation).
+    """
+    n = len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= n:
+            return n
+        if data[pos + 1] not in (0x00, 0xFF):
+            return pos
+        pos += 1 if data[pos + 1] == 0xFF else 2
 
 
 def _marker_index(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
