@@ -641,6 +641,20 @@ def _add_persons(diff: _Diff, person: Sequence[str]) -> _Diff:
     return _Diff(diff.new + extra, owned, diff.added + extra, diff.removed)
 
 
+def _in_synced_fields(box: _Container) -> tuple[set[str], set[str]]:
+    """What the fields kept in step hold now, case-folded: flat keywords (XPKeywords, LastKeywordIPTC,
+    and the last level of each hierarchical entry) and hierarchical entries spelled with ``|``."""
+    flat = {k.casefold() for k in box.xp_keywords or []}
+    hier: set[str] = set()
+    for ns, name, sep in _SYNCED_FIELDS:
+        for entry in box.doc.get_array(ns, name) or []:
+            parts = entry.split(sep) if sep else [entry]
+            flat.add(parts[-1].strip().casefold())
+            if sep:
+                hier.add(HIERARCHY_SEPARATOR.join(parts).casefold())
+    return flat, hier
+
+
 def _plan(
     box: _Container,
     chosen: list[str],
@@ -666,6 +680,17 @@ def _plan(
     else:
         cur_h = hier_field
     hier = _add_persons(_apply(cur_h, owned_h, chosen_hier, mode), person_hier)
+    # A keyword rtagx adds that a field kept in step already held (Windows' XPKeywords, digiKam's
+    # TagsList, ...) was typed by a person there: it is theirs, so removing rtagx's own keywords
+    # later (retag, untag) never takes it out of that field or of dc:subject.
+    synced_flat, synced_hier = _in_synced_fields(box)
+    flat.owned = [k for k in flat.owned if k not in flat.added or k.casefold() not in synced_flat]
+    hier.owned = [
+        h
+        for h in hier.owned
+        if h not in hier.added
+        or not (h.casefold() in synced_hier or (HIERARCHY_SEPARATOR not in h and h.casefold() in synced_flat))
+    ]
     has_hierarchy = any(HIERARCHY_SEPARATOR in h for h in hier.new)
     created = doc.get_array(NS_RTAGX, "Created") or []
     if hier_field is None and has_hierarchy and not person:  # a person's hierarchy: their field

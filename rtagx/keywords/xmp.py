@@ -127,16 +127,28 @@ class XmpDoc:
                     out.append(c)
         return out
 
+    def _attr_props(self, ns: str, name: str) -> list[tuple[minidom.Element, minidom.Attr]]:
+        """The property written as an attribute of rdf:Description (RDF shorthand for one simple
+        value; exiftool reads it as the property's value, so a person's keyword can sit there)."""
+        out = []
+        for desc in self.descriptions():
+            for a in _attributes(desc):
+                if a.localName == name and a.namespaceURI in _names(ns):
+                    out.append((desc, a))
+        return out
+
     def get_array(self, ns: str, name: str) -> list[str] | None:
-        """Items of an array property (Bag/Seq/Alt), or None when the property is absent."""
+        """Items of an array property (Bag/Seq/Alt), or None when the property is absent. A single
+        value written as an attribute, plain text or an ``rdf:value`` resource counts as one item."""
         props = self._props(ns, name)
-        if not props:
+        attrs = self._attr_props(ns, name)
+        if not props and not attrs:
             return None
-        out: list[str] = []
+        out: list[str] = [a.value.strip() for _, a in attrs if a.value.strip()]
         for prop in props:
             container = _first_child(prop, NS_RDF, ("Bag", "Seq", "Alt"))
             if container is None:
-                text = _text(prop).strip()
+                text = (_li_value(prop) or "").strip()
                 if text:
                     out.append(text)
                 continue
@@ -150,15 +162,20 @@ class XmpDoc:
     def array_kind(self, ns: str, name: str) -> str | None:
         props = self._props(ns, name)
         if not props:
-            return None
+            return "text" if self._attr_props(ns, name) else None
         container = _first_child(props[0], NS_RDF, ("Bag", "Seq", "Alt"))
         return container.localName if container is not None else "text"
 
     # ---------------------------------------------------------------- editing
 
     def set_array(self, ns: str, name: str, values: list[str], kind: str = "Bag") -> None:
-        """Replace (or create, or with no values remove) an array property, in place."""
+        """Replace (or create, or with no values remove) an array property, in place. An attribute
+        form of the property goes: its value is among ``values`` (read by :meth:`get_array`), and
+        the property must not be written twice."""
         props = self._props(ns, name)
+        attrs = self._attr_props(ns, name)
+        for holder, attr in attrs:
+            holder.removeAttributeNode(attr)
         if not values:
             for p in props:
                 _remove_with_indent(p)
@@ -171,14 +188,16 @@ class XmpDoc:
             desc = _parent(first)
             ns_uri = first.namespaceURI or ns
             new = self._build_array(desc, ns_uri, first.tagName, values, kind, _indent_of(first), keep)
-            _copy_attributes(first, new)  # qualifiers and namespace declarations rtagx does not own
+            # Qualifiers and namespace declarations rtagx does not own; not the RDF attributes that
+            # described the old single-value form (rdf:parseType="Resource" around a Bag is no RDF).
+            _copy_attributes(first, new, skip_ns=NS_RDF)
             old_container = _first_child(first, NS_RDF, ("Bag", "Seq", "Alt"))
             new_container = _first_child(new, NS_RDF, (kind,))
             if old_container is not None and new_container is not None and old_container.localName == kind:
                 _copy_attributes(old_container, new_container)
             desc.replaceChild(new, first)
             return
-        desc = self._description_for(ns)
+        desc = attrs[0][0] if attrs else self._description_for(ns)
         prefix = self._prefix_for(desc, ns)
         indent = _child_indent(desc)
         new = self._build_array(desc, ns, f"{prefix}:{name}", values, kind, indent)
@@ -396,11 +415,20 @@ def _text(el: minidom.Node) -> str:
 
 
 def _li_value(li: minidom.Element) -> str | None:
+    """The text of an item (or a simple property): plain text, or the ``rdf:value`` of a qualified
+    value, written as an attribute, a child, or inside a nested rdf:Description. None: a struct."""
     if li.hasAttributeNS(NS_RDF, "value"):
         return li.getAttributeNS(NS_RDF, "value")
     value_el = _first_child(li, NS_RDF, ("value",))
     if value_el is not None:
         return _text(value_el)
+    nested = _first_child(li, NS_RDF, ("Description",))
+    if nested is not None and len(_elements(li)) == 1:
+        if nested.hasAttributeNS(NS_RDF, "value"):
+            return nested.getAttributeNS(NS_RDF, "value")
+        value_el = _first_child(nested, NS_RDF, ("value",))
+        if value_el is not None:
+            return _text(value_el)
     if any(c.nodeType == Node.ELEMENT_NODE for c in li.childNodes):
         return None  # a struct, not a text item
     return _text(li)
@@ -419,9 +447,9 @@ def _attributes(el: minidom.Element) -> list[minidom.Attr]:
     return [cast(minidom.Attr, el.attributes.item(i)) for i in range(el.attributes.length)]
 
 
-def _copy_attributes(source: minidom.Element, target: minidom.Element) -> None:
+def _copy_attributes(source: minidom.Element, target: minidom.Element, skip_ns: str | None = None) -> None:
     for a in _attributes(source):
-        if not target.hasAttribute(a.name):
+        if not target.hasAttribute(a.name) and (skip_ns is None or a.namespaceURI != skip_ns):
             target.setAttributeNS(a.namespaceURI, a.name, a.value)
 
 

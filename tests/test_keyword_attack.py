@@ -1,0 +1,127 @@
+"""Keyword writing attacked with files other tools write today, exiftool as the judge.
+
+Each case here was a defect found by authoring such a file: a person's keyword that rtagx did not
+see (and so overwrote), or one it took away with its own keyword of the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rtagx.keywords import jpeg_segments as jpeg
+from rtagx.keywords.metadata import read_keywords, remove_own_keywords, write_keywords
+
+EXIFTOOL = shutil.which("exiftool")
+pytestmark = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is the oracle of this suite")
+
+KEYWORD_TAGS = ("-XMP-dc:Subject", "-IPTC:Keywords", "-XPKeywords", "-XMP-digiKam:TagsList")
+
+
+def read(path: Path, *tags: str) -> dict[str, list[str]]:
+    """Tags as exiftool reads them, every value a list."""
+    out = subprocess.run([EXIFTOOL, "-j", "-G1", "-a", *tags, str(path)], capture_output=True, check=True).stdout
+    (data,) = json.loads(out)
+    return {k: [str(x) for x in v] if isinstance(v, list) else [str(v)] for k, v in data.items() if k != "SourceFile"}
+
+
+def warnings(path: Path) -> set[str]:
+    out = subprocess.run(
+        [EXIFTOOL, "-validate", "-warning", "-a", "-s", str(path)], capture_output=True, check=False
+    ).stdout.decode("utf-8", "replace")
+    return {line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Warning")}
+
+
+def exiftool_set(path: Path, *args: str) -> None:
+    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", *args, str(path)], check=True)
+
+
+@pytest.fixture
+def jpg(tmp_path, samples_dir) -> Path:
+    dest = tmp_path / "photo.jpg"
+    shutil.copyfile(samples_dir / "jpg" / "Canon_40D.jpg", dest)
+    os.chmod(dest, 0o644)
+    return dest
+
+
+# ------------------------------------------------------------------ single-valued dc:subject forms
+
+_RDF = 'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+_DC = 'xmlns:dc="http://purl.org/dc/elements/1.1/"'
+SINGLE_VALUE_FORMS = {
+    # The property as an attribute of rdf:Description (RDF shorthand some writers use for one value).
+    "attribute": f'<rdf:Description rdf:about="" {_DC} dc:subject="cat"/>',
+    # A resource with rdf:value (how a qualified simple value is written).
+    "rdf-value": f'<rdf:Description rdf:about="" {_DC}><dc:subject rdf:parseType="Resource">'
+    "<rdf:value>cat</rdf:value></dc:subject></rdf:Description>",
+    # The same as an explicit nested rdf:Description.
+    "nested-description": f'<rdf:Description rdf:about="" {_DC}><dc:subject>'
+    "<rdf:Description><rdf:value>cat</rdf:value></rdf:Description></dc:subject></rdf:Description>",
+}
+
+
+@pytest.mark.parametrize("form", sorted(SINGLE_VALUE_FORMS))
+def test_a_single_valued_subject_is_read_kept_and_written_as_a_bag(jpg, form):
+    packet = (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF}>{SINGLE_VALUE_FORMS[form]}</rdf:RDF></x:xmpmeta>'
+        '<?xpacket end="r"?>'
+    ).encode()
+    jpg.write_bytes(jpeg.splice(jpeg.parse(jpg.read_bytes()), xmp_packet=packet).to_bytes())
+    assert read(jpg, "-XMP-dc:Subject") == {"XMP-dc:Subject": ["cat"]}  # exiftool sees the person's keyword
+    before = warnings(jpg)
+    assert read_keywords(jpg).keywords == ["cat"]
+
+    write_keywords(jpg, ["dog"])
+    assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {
+        "XMP-dc:Subject": ["cat", "dog"],
+        "IPTC:Keywords": ["cat", "dog"],
+    }
+    assert warnings(jpg) <= before
+    xml = (jpeg.parse(jpg.read_bytes()).xmp_packet() or b"").decode()
+    assert xml.count("<dc:subject") == 1 and 'dc:subject="' not in xml and "parseType" not in xml
+
+    remove_own_keywords(jpg)
+    assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {"XMP-dc:Subject": ["cat"]}
+
+
+# ------------------------------------------------------------------ fields kept in step
+
+
+@pytest.mark.parametrize(
+    ("args", "tag", "kept"),
+    [
+        (["-XPKeywords=dog;sunset"], "IFD0:XPKeywords", ["dog;sunset"]),
+        (
+            ["-XMP-digiKam:TagsList=dog", "-XMP-digiKam:TagsList=Places/Paris"],
+            "XMP-digiKam:TagsList",
+            ["dog", "Places/Paris"],
+        ),
+        (["-XMP-dc:Subject=Paris", "-XMP-digiKam:TagsList=dog"], "XMP-digiKam:TagsList", ["dog"]),
+        (["-XMP-digiKam:TagsList=animal/dog"], "XMP-digiKam:TagsList", ["animal/dog"]),
+    ],
+    ids=["xpkeywords", "digikam", "digikam-with-subject", "digikam-hierarchy"],
+)
+def test_a_persons_keyword_in_a_field_kept_in_step_is_never_rtagxs(jpg, args, tag, kept):
+    """Windows Explorer's XPKeywords or digiKam's TagsList holding "dog" before rtagx chose "dog":
+    the keyword is the person's, so a retag that drops it and untag leave it everywhere."""
+    exiftool_set(jpg, *args)
+    write_keywords(jpg, ["dog", "cat"], hierarchical=["animal|dog"])
+    assert "dog" in read(jpg, "-XMP-dc:Subject")["XMP-dc:Subject"]
+    assert read_keywords(jpg).owned == ["cat"]
+
+    write_keywords(jpg, [])  # a later run at a higher threshold chooses nothing
+    after = read(jpg, *KEYWORD_TAGS)
+    assert after[tag] == kept
+    assert "dog" in after["XMP-dc:Subject"] and "cat" not in after["XMP-dc:Subject"]
+
+    write_keywords(jpg, ["dog", "cat"], hierarchical=["animal|dog"])
+    remove_own_keywords(jpg)
+    after = read(jpg, *KEYWORD_TAGS)
+    assert after[tag] == kept
+    assert "dog" in after["XMP-dc:Subject"] and "cat" not in after["XMP-dc:Subject"]
