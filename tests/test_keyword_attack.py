@@ -6,8 +6,11 @@ see (and so overwrote), or one it took away with its own keyword of the same tex
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -125,3 +128,54 @@ def test_a_persons_keyword_in_a_field_kept_in_step_is_never_rtagxs(jpg, args, ta
     after = read(jpg, *KEYWORD_TAGS)
     assert after[tag] == kept
     assert "dog" in after["XMP-dc:Subject"] and "cat" not in after["XMP-dc:Subject"]
+
+
+# ------------------------------------------------------------------ extended XMP (phone portraits)
+
+
+def _with_extended_xmp(path: Path, payload: str, *, as_attribute: bool) -> None:
+    """A phone portrait's layout: a small main packet naming an extended packet (by the MD5 of its
+    bytes) that holds a large GImage:Data, written the way Adobe's XMP core does by default, as an
+    attribute of rdf:Description, or as an element whose namespace is declared on rdf:RDF."""
+    gimage = 'xmlns:GImage="http://ns.google.com/photos/1.0/image/"'
+    if as_attribute:
+        body = f'<rdf:RDF {_RDF}><rdf:Description rdf:about="" {gimage} GImage:Data="{payload}"/></rdf:RDF>'
+    else:
+        body = f'<rdf:RDF {_RDF} {gimage}><rdf:Description rdf:about=""><GImage:Data>{payload}</GImage:Data></rdf:Description></rdf:RDF>'
+    extended = f'<x:xmpmeta xmlns:x="adobe:ns:meta/">{body}</x:xmpmeta>'.encode()
+    guid = hashlib.md5(extended).hexdigest().upper()
+    main = (
+        f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF}>'
+        f'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" {_DC} {gimage}'
+        f' xmpNote:HasExtendedXMP="{guid}" GImage:Mime="image/jpeg">'
+        "<dc:subject><rdf:Bag><rdf:li>cat</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"
+        '<?xpacket end="w"?>'
+    ).encode()
+    parts = jpeg.parse(path.read_bytes())
+    segments = jpeg.xmp_extension_segments(extended, guid)
+    path.write_bytes(jpeg.splice(parts, xmp_packet=main, xmp_extension=segments).to_bytes())
+
+
+def image_data(path: Path) -> bytes:
+    return subprocess.run([EXIFTOOL, "-b", "-XMP-GImage:ImageData", str(path)], capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("as_attribute", [True, False], ids=["attribute", "element-ns-on-rdf"])
+def test_extended_xmp_of_a_phone_portrait_survives_and_the_photo_gets_keywords(jpg, as_attribute):
+    data = random.Random(7).randbytes(150_000)
+    _with_extended_xmp(jpg, base64.b64encode(data).decode(), as_attribute=as_attribute)
+    assert image_data(jpg) == data  # exiftool reads the extended packet (and decodes the base64)
+    before = warnings(jpg)
+
+    r = write_keywords(jpg, ["dog"])
+    assert r.changed
+    assert image_data(jpg) == data
+    assert read(jpg, "-XMP-dc:Subject", "-XMP-GImage:ImageMimeType") == {
+        "XMP-dc:Subject": ["cat", "dog"],
+        "XMP-GImage:ImageMimeType": ["image/jpeg"],
+    }
+    assert warnings(jpg) <= before
+
+    remove_own_keywords(jpg)
+    assert image_data(jpg) == data
+    assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {"XMP-dc:Subject": ["cat"]}

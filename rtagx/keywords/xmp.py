@@ -17,6 +17,7 @@ from xml.parsers.expat import ExpatError
 NS_X = "adobe:ns:meta/"
 NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 NS_XMLNS = "http://www.w3.org/2000/xmlns/"
+NS_XML = "http://www.w3.org/XML/1998/namespace"
 NS_DC = "http://purl.org/dc/elements/1.1/"
 NS_LR = "http://ns.adobe.com/lightroom/1.0/"
 NS_DIGIKAM = "http://www.digikam.org/ns/1.0/"
@@ -317,10 +318,10 @@ class XmpDoc:
         description, with the namespace declarations it needs."""
         target = self._description_for(NS_RDF)
         for desc in other.descriptions():
-            for a in _xmlns_attrs(desc):
-                prefix = a.name.split(":", 1)[1]
+            for name, uri in _xmlns_in_scope(desc):  # declared on rdf:RDF or x:xmpmeta too
+                prefix = name.split(":", 1)[1]
                 if _lookup_ns(target, prefix) is None:
-                    target.setAttributeNS(NS_XMLNS, a.name, a.value)
+                    target.setAttributeNS(NS_XMLNS, name, uri)
             for a in _attributes(desc):
                 if a.name.startswith("xmlns") or a.namespaceURI == NS_RDF:
                     continue
@@ -342,18 +343,27 @@ class XmpDoc:
         main = XmpDoc(cast(minidom.Document, self.doc.cloneNode(True)), self.header, self.trailer, self.prolog)
         ext = XmpDoc.new()
         ext_desc = ext.descriptions()[0]
-        movable = sorted(
-            (c for d in main.descriptions() for c in d.childNodes if c.nodeType == Node.ELEMENT_NODE),
-            key=lambda el: len(el.toxml()),
-            reverse=True,
-        )
+        # Properties are elements or, as Adobe's XMP core writes simple values by default (a phone
+        # portrait's GImage:Data), attributes of rdf:Description: both can move.
+        movable: list[minidom.Element | minidom.Attr] = []
+        for d in main.descriptions():
+            movable += _elements(d)
+            movable += [
+                a for a in _property_attrs(d) if (a.namespaceURI, a.localName) != (NS_XMPNOTE, "HasExtendedXMP")
+            ]
+        movable.sort(key=_xml_size, reverse=True)
         guid = "0" * 32
-        for el in movable:
-            for a in _xmlns_attrs(_parent(el)):
-                if not ext_desc.hasAttribute(a.name):
-                    ext_desc.setAttributeNS(NS_XMLNS, a.name, a.value)
-            _remove_with_indent(el)
-            _append_with_indent(ext_desc, ext.doc.importNode(el, True), "\n   ")
+        for item in movable:
+            holder = cast(minidom.Element, item.ownerElement) if isinstance(item, minidom.Attr) else _parent(item)
+            for name, uri in _xmlns_in_scope(holder):
+                if not ext_desc.hasAttribute(name):
+                    ext_desc.setAttributeNS(NS_XMLNS, name, uri)
+            if isinstance(item, minidom.Attr):
+                holder.removeAttributeNode(item)
+                ext_desc.setAttributeNS(item.namespaceURI, item.name, item.value)
+            else:
+                _remove_with_indent(item)
+                _append_with_indent(ext_desc, ext.doc.importNode(item, True), "\n   ")
             main.drop_extended_guid()
             main._set_guid(guid)
             if len(main.packet(padding=0)) <= limit:
@@ -455,6 +465,29 @@ def _copy_attributes(source: minidom.Element, target: minidom.Element, skip_ns: 
 
 def _xmlns_attrs(el: minidom.Element) -> list[minidom.Attr]:
     return [a for a in _attributes(el) if a.name.startswith("xmlns:")]
+
+
+def _property_attrs(desc: minidom.Element) -> list[minidom.Attr]:
+    """Attributes of an rdf:Description that are properties (not namespace declarations, rdf:about
+    or xml:lang)."""
+    return [
+        a for a in _attributes(desc) if not a.name.startswith("xmlns") and a.namespaceURI not in (None, NS_RDF, NS_XML)
+    ]
+
+
+def _xml_size(item: minidom.Element | minidom.Attr) -> int:
+    if isinstance(item, minidom.Attr):
+        return len(item.name) + len(item.value) + 4
+    return len(item.toxml())
+
+
+def _xmlns_in_scope(el: minidom.Element) -> list[tuple[str, str]]:
+    """Namespace declarations in scope at ``el`` (``xmlns:p`` name, URI), the innermost of each."""
+    seen: dict[str, str] = {}
+    for node in _ancestors(el):
+        for a in _xmlns_attrs(node):
+            seen.setdefault(a.name, a.value)
+    return list(seen.items())
 
 
 def _ancestors(el: minidom.Node) -> list[minidom.Element]:
