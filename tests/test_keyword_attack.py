@@ -179,3 +179,25 @@ def test_extended_xmp_of_a_phone_portrait_survives_and_the_photo_gets_keywords(j
     remove_own_keywords(jpg)
     assert image_data(jpg) == data
     assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {"XMP-dc:Subject": ["cat"]}
+
+
+# ------------------------------------------------------------------ the same keyword added again
+
+
+def test_a_keyword_added_again_by_another_program_after_rtagx_wrote_it_stays(jpg):
+    """rtagx wrote "dog"; then a person ran ``exiftool -keywords+=dog`` (which appends a second
+    copy). rtagx owns one copy: dropping its "dog" (retag, untag) leaves the person's copy."""
+    write_keywords(jpg, ["dog", "cat"])
+    exiftool_set(jpg, "-XMP-dc:Subject+=dog", "-IPTC:Keywords+=dog")
+    assert read(jpg, "-XMP-dc:Subject")["XMP-dc:Subject"] == ["dog", "cat", "dog"]
+
+    r = write_keywords(jpg, ["cat"])
+    assert r.removed == []  # "dog" is still in the file, as the person's
+    assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {
+        "XMP-dc:Subject": ["cat", "dog"],
+        "IPTC:Keywords": ["cat", "dog"],
+    }
+    assert read_keywords(jpg).owned == ["cat"]
+
+    remove_own_keywords(jpg)
+    assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {"XMP-dc:Subject": ["dog"], "IPTC:Keywords": ["dog"]}

@@ -171,16 +171,24 @@ class _Diff:
 def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -> _Diff:
     """The ownership rule: only rtagx's keywords are removed (replace-own); a keyword that was
     already present and not rtagx's never becomes rtagx's. Keywords compare case-insensitively, as
-    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``."""
+    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``. rtagx writes one copy of a
+    keyword, so replace-own takes one copy away: a second copy of the same text that another
+    program appended since (``exiftool -keywords+=dog``) is a person's and stays."""
     owned_now = [k for k in _unique(owned) if k in current]
     chosen_folded = {k.casefold() for k in chosen}
     if mode == "merge":
-        removed: list[str] = []
+        dropped: list[str] = []
     elif mode == "replace-own":
-        removed = [k for k in owned_now if k.casefold() not in chosen_folded]
+        dropped = [k for k in owned_now if k.casefold() not in chosen_folded]
     else:
-        removed = _unique([k for k in current if k.casefold() not in chosen_folded])
-    kept = [k for k in current if k not in removed]
+        dropped = _unique([k for k in current if k.casefold() not in chosen_folded])
+    kept = list(current)
+    for k in dropped:
+        if mode == "replace-own":
+            kept.remove(k)
+        else:
+            kept = [x for x in kept if x != k]
+    removed = [k for k in dropped if k not in kept]  # gone from the file, not just from rtagx's record
     kept_folded = {k.casefold() for k in kept}
     added = []
     for k in chosen:
@@ -188,7 +196,7 @@ def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -
             added.append(k)
             kept_folded.add(k.casefold())
     new = kept + added
-    new_owned = _unique([k for k in new if k in owned_now or k in added])
+    new_owned = _unique([k for k in new if (k in owned_now and k not in dropped) or k in added])
     return _Diff(new, new_owned, added, removed)
 
 
