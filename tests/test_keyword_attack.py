@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.metadata import read_keywords, remove_own_keywords, write_keywords
@@ -201,3 +202,39 @@ def test_a_keyword_added_again_by_another_program_after_rtagx_wrote_it_stays(jpg
 
     remove_own_keywords(jpg)
     assert read(jpg, "-XMP-dc:Subject", "-IPTC:Keywords") == {"XMP-dc:Subject": ["dog"], "IPTC:Keywords": ["dog"]}
+
+
+# ------------------------------------------------------------------ sidecars of photos never written into
+
+
+def test_a_new_sidecar_starts_with_the_keywords_inside_a_heic(tmp_path, samples_dir):
+    """An iPhone HEIC exported with keywords (or tagged by exiftool): tools that read the sidecar
+    instead must still see them, as for a JPEG written as a sidecar."""
+    pytest.importorskip("pillow_heif")
+    photo = tmp_path / "IMG_1.HEIC"
+    shutil.copyfile(samples_dir / "heic" / "samplefilehub.heif", photo)
+    os.chmod(photo, 0o644)
+    exiftool_set(photo, "-XMP-dc:Subject=holiday", "-XMP-lr:HierarchicalSubject=Trips|holiday")
+    before = photo.read_bytes()
+
+    r = write_keywords(photo, ["dog"], hierarchical=["animal|dog"])
+    assert r.written_to == tmp_path / "IMG_1.HEIC.xmp" and photo.read_bytes() == before
+    assert read(r.written_to, "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject") == {
+        "XMP-dc:Subject": ["holiday", "dog"],
+        "XMP-lr:HierarchicalSubject": ["Trips|holiday", "animal|dog"],
+    }
+    remove_own_keywords(photo)
+    assert read(r.written_to, "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject") == {
+        "XMP-dc:Subject": ["holiday"],
+        "XMP-lr:HierarchicalSubject": ["Trips|holiday"],
+    }
+
+
+def test_a_new_sidecar_starts_with_the_keywords_inside_a_raw_file(tmp_path):
+    """A raw file with its own XMP (a DNG written by Lightroom): exiv2 reads it for the sidecar."""
+    photo = tmp_path / "IMG_2.dng"  # a TIFF structure, as a DNG is
+    Image.new("RGB", (32, 24), "gray").save(photo, format="TIFF")
+    exiftool_set(photo, "-XMP-dc:Subject=studio")
+    r = write_keywords(photo, ["dog"])
+    assert r.written_to == tmp_path / "IMG_2.dng.xmp"
+    assert read(r.written_to, "-XMP-dc:Subject") == {"XMP-dc:Subject": ["studio", "dog"]}

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtagx.errors import DecodeError, MetadataError, UsageError
-from rtagx.imaging.formats import EMBED_EXTENSIONS, RAW_EXTENSIONS, identify
+from rtagx.imaging import heif
+from rtagx.imaging.formats import AVIF_EXTENSIONS, EMBED_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS, identify
 from rtagx.keywords import iptc, sidecar, tiff_ifd, xmp
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
@@ -600,21 +601,48 @@ def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
 
 def _carry_embedded_keywords(box: _SidecarContainer) -> None:
     """A new sidecar starts with the photo's embedded keywords (a person's, never rtagx's to remove):
-    tools that prefer the sidecar must not hide them."""
-    if box.photo.suffix.lower() not in EMBED_EXTENSIONS:
-        return
-    try:
-        embedded = _open_embedded(box.photo)
-    except MetadataError:
-        return
-    owned = set(embedded.doc.get_array(NS_RTAGX, "Keywords") or [])
-    owned_h = set(embedded.doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
-    current = [k for k in embedded.current_keywords() if k not in owned]
-    hier = [k for k in embedded.doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
+    tools that prefer the sidecar must not hide them. That holds for the photos rtagx never writes
+    into too (a HEIC's or a raw file's own XMP), read where a reader is at hand."""
+    if box.photo.suffix.lower() in EMBED_EXTENSIONS:
+        try:
+            embedded = _open_embedded(box.photo)
+        except MetadataError:
+            return
+        doc, keywords_ = embedded.doc, embedded.current_keywords()
+    else:
+        found = _foreign_xmp(box.photo)
+        if found is None:
+            return
+        doc, keywords_ = found, found.get_array(NS_DC, "subject") or []
+    owned = set(doc.get_array(NS_RTAGX, "Keywords") or [])
+    owned_h = set(doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
+    current = [k for k in keywords_ if k not in owned]
+    hier = [k for k in doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
     if current:
         box.doc.set_array(NS_DC, "subject", current, "Bag")
     if hier:
         box.doc.set_array(NS_LR, "hierarchicalSubject", hier, "Bag")
+
+
+def _foreign_xmp(photo: Path) -> XmpDoc | None:
+    """The XMP packet inside a photo rtagx only gives a sidecar: HEIF/AVIF through pillow-heif (the
+    ``heif`` extra), raw files through exiv2. None when there is none or it cannot be read: the
+    sidecar then starts empty, as before."""
+    ext = photo.suffix.lower()
+    packet: bytes | None = None
+    try:
+        if ext in HEIF_EXTENSIONS | AVIF_EXTENSIONS:
+            with open(photo, "rb") as f:
+                packet = heif.open_heif(f).info.get("xmp")
+        elif ext in RAW_EXTENSIONS:
+            raw, _ = _exiv2_read(photo, want_iptc=False)
+            packet = raw.encode("utf-8") if raw else None
+    except (OSError, DecodeError, MetadataError):
+        return None
+    try:
+        return _parse_embedded_xmp(packet, photo) if packet else None
+    except MetadataError:
+        return None
 
 
 # ------------------------------------------------------------------ planning
