@@ -238,3 +238,39 @@ def test_a_new_sidecar_starts_with_the_keywords_inside_a_raw_file(tmp_path):
     r = write_keywords(photo, ["dog"])
     assert r.written_to == tmp_path / "IMG_2.dng.xmp"
     assert read(r.written_to, "-XMP-dc:Subject") == {"XMP-dc:Subject": ["studio", "dog"]}
+
+
+# ------------------------------------------------------------------ untag of a WebP
+
+
+def everything(path: Path) -> dict[str, list[str]]:
+    """Every tag exiftool reads, but those of the file system."""
+    return {k: v for k, v in read(path, "-a").items() if not k.startswith(("System:", "File:", "ExifTool:"))}
+
+
+@pytest.mark.parametrize("kind", ["lossy", "lossless-exif", "animated"])
+def test_untag_gives_a_webp_back_as_exiftool_read_it(tmp_path, kind):
+    """exiv2 leaves an empty XMP chunk (and the extended layout it made for it) when the packet holds
+    nothing: untag must give the file back without them."""
+    rng = random.Random(3)
+    frames = [Image.frombytes("RGB", (48, 32), rng.randbytes(48 * 32 * 3)) for _ in range(2)]
+    photo = tmp_path / "a.webp"
+    exif = Image.Exif()
+    exif[0x010F] = "TestMake"
+    if kind == "lossy":
+        frames[0].save(photo, quality=80)
+    elif kind == "lossless-exif":
+        frames[0].save(photo, lossless=True, exif=exif.tobytes())
+    else:
+        frames[0].save(photo, save_all=True, append_images=frames[1:], duration=100)
+    before = everything(photo)
+    with Image.open(photo) as im:
+        pixels = [im.copy().tobytes() for _ in [im.seek(0)]]
+
+    write_keywords(photo, ["dog"])
+    assert read(photo, "-XMP-dc:Subject") == {"XMP-dc:Subject": ["dog"]}
+    remove_own_keywords(photo)
+    assert everything(photo) == before
+    with Image.open(photo) as im:
+        assert [im.copy().tobytes() for _ in [im.seek(0)]] == pixels
+        assert getattr(im, "n_frames", 1) == (2 if kind == "animated" else 1)

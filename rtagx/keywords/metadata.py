@@ -40,7 +40,7 @@ from pathlib import Path
 from rtagx.errors import DecodeError, MetadataError, UsageError
 from rtagx.imaging import heif
 from rtagx.imaging.formats import AVIF_EXTENSIONS, EMBED_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS, identify
-from rtagx.keywords import iptc, sidecar, tiff_ifd, xmp
+from rtagx.keywords import iptc, sidecar, tiff_ifd, webp_riff, xmp
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
 from rtagx.keywords.atomic import clean_stale_temps as clean_stale_temps  # the scanner's entry point
@@ -419,6 +419,10 @@ class _Exiv2Container(_Container):
                     img.close()
             if self.tiff is not None and self.tiff.irb is not None:
                 _fix_tiff_irb(Path(tmp), keep_iptc=self.tiff.irb_has_iptc)
+            if self.fmt == "webp" and plan.xmp_changed and plan.doc.is_empty():
+                stripped = webp_riff.without_xmp(Path(tmp).read_bytes())  # exiv2 keeps an empty chunk
+                if stripped is not None:
+                    Path(tmp).write_bytes(stripped)
 
         atomic_write(self.path, fill, preserve_mtime=preserve_mtime, expect=self.state)
 
