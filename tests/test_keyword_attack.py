@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,25 @@ def test_untag_gives_a_webp_back_as_exiftool_read_it(tmp_path, kind):
     with Image.open(photo) as im:
         assert [im.copy().tobytes() for _ in [im.seek(0)]] == pixels
         assert getattr(im, "n_frames", 1) == (2 if kind == "animated" else 1)
+
+
+# ------------------------------------------------------------------ RDF in the default namespace
+
+
+def test_rdf_as_the_default_namespace_gets_a_bound_prefix(jpg):
+    """``<RDF xmlns="...rdf-syntax-ns#">`` is valid RDF/XML (the XMP SDK reads it): the Bag rtagx
+    adds must not use an undeclared ``rdf:`` prefix, which would make the whole packet unreadable."""
+    packet = (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<RDF xmlns="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        ' xmp:Rating="3"/></RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+    jpg.write_bytes(jpeg.splice(jpeg.parse(jpg.read_bytes()), xmp_packet=packet).to_bytes())
+    write_keywords(jpg, ["dog"])
+    root = ET.fromstring(jpeg.parse(jpg.read_bytes()).xmp_packet() or b"")  # well-formed, namespaces bound
+    rdf = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+    (desc,) = root.iter(f"{rdf}Description")
+    assert desc.get("{http://ns.adobe.com/xap/1.0/}Rating") == "3"
+    items = [li.text for li in desc.iter(f"{rdf}li")]
+    assert "dog" in items
+    assert read_keywords(jpg).keywords == ["dog"]

@@ -246,7 +246,17 @@ class XmpDoc:
         return prop
 
     def _rdf_prefix(self, el: minidom.Element) -> str:
-        return _lookup_prefix(el, NS_RDF) or "rdf"
+        """A prefix bound to the RDF namespace at ``el``; declared on ``el`` when the packet has
+        none (RDF written as the default namespace): an unbound prefix makes the packet unreadable."""
+        found = _lookup_prefix(el, NS_RDF)
+        if found:
+            return found
+        prefix, k = "rdf", 1
+        while _lookup_ns(el, prefix) is not None:
+            k += 1
+            prefix = f"rdf{k}"
+        el.setAttributeNS(NS_XMLNS, f"xmlns:{prefix}", NS_RDF)
+        return prefix
 
     def _description_for(self, ns: str) -> minidom.Element:
         descs = self.descriptions()
