@@ -297,3 +297,44 @@ def test_rdf_as_the_default_namespace_gets_a_bound_prefix(jpg):
     items = [li.text for li in desc.iter(f"{rdf}li")]
     assert "dog" in items
     assert read_keywords(jpg).keywords == ["dog"]
+
+
+def _properties(packet: bytes) -> dict[str, str]:
+    """``{namespace}local`` -> text of every simple property of a packet, read by ElementTree."""
+    rdf = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+    out: dict[str, str] = {}
+    for desc in ET.fromstring(packet).iter(f"{rdf}Description"):
+        out.update({k: v for k, v in desc.attrib.items() if not k.startswith(rdf)})
+        out.update({c.tag: c.text or "" for c in desc if len(c) == 0})
+    return out
+
+
+def test_extended_xmp_using_a_prefix_the_main_packet_binds_elsewhere_keeps_its_namespaces(jpg):
+    """Main and extended packet both say ``ns1`` for different namespaces: after the write every
+    property is still in its own namespace."""
+    a, b = "http://example.com/a/", "http://example.com/b/"
+    extended = (
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF}><rdf:Description rdf:about="" xmlns:ns1="{b}"'
+        f' ns1:attr="from-b">'
+        f"<ns1:big>{'x' * 70_000}</ns1:big><ns1:small>b</ns1:small></rdf:Description></rdf:RDF></x:xmpmeta>"
+    ).encode()
+    guid = hashlib.md5(extended).hexdigest().upper()
+    main = (
+        f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF}>'
+        f'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/" xmlns:ns1="{a}"'
+        f' xmpNote:HasExtendedXMP="{guid}"><ns1:small>a</ns1:small></rdf:Description></rdf:RDF></x:xmpmeta>'
+        '<?xpacket end="w"?>'
+    ).encode()
+    parts = jpeg.parse(jpg.read_bytes())
+    jpg.write_bytes(
+        jpeg.splice(parts, xmp_packet=main, xmp_extension=jpeg.xmp_extension_segments(extended, guid)).to_bytes()
+    )
+    write_keywords(jpg, ["dog"])
+    parts = jpeg.parse(jpg.read_bytes())
+    packet = parts.xmp_packet() or b""
+    props = _properties(packet)
+    guid = props["{http://ns.adobe.com/xmp/note/}HasExtendedXMP"]
+    props.update(_properties(parts.xmp_extension(guid) or b""))
+    assert props[f"{{{a}}}small"] == "a" and props[f"{{{b}}}small"] == "b"
+    assert props[f"{{{b}}}attr"] == "from-b" and props[f"{{{b}}}big"] == "x" * 70_000
+    assert f"{{{a}}}big" not in props and f"{{{a}}}attr" not in props

@@ -325,22 +325,29 @@ class XmpDoc:
 
     def merge(self, other: XmpDoc) -> None:
         """Bring every property of ``other`` (an extended packet) into this packet's first
-        description, with the namespace declarations it needs."""
+        description, with the namespace declarations it needs. A prefix the two packets bind to
+        different namespaces is declared again on what comes in (or, for an attribute, another
+        prefix is used): minidom writes prefixes as they are, so the property would otherwise land in
+        this packet's namespace of that name."""
         target = self._description_for(NS_RDF)
         for desc in other.descriptions():
+            clashes: list[tuple[str, str]] = []
             for name, uri in _xmlns_in_scope(desc):  # declared on rdf:RDF or x:xmpmeta too
-                prefix = name.split(":", 1)[1]
-                if _lookup_ns(target, prefix) is None:
+                bound = _lookup_ns(target, name.split(":", 1)[1])
+                if bound is None:
                     target.setAttributeNS(NS_XMLNS, name, uri)
-            for a in _attributes(desc):
-                if a.name.startswith("xmlns") or a.namespaceURI == NS_RDF:
-                    continue
+                elif bound != uri:
+                    clashes.append((name, uri))
+            for a in _property_attrs(desc):
                 if not target.hasAttributeNS(a.namespaceURI, a.localName):
-                    target.setAttributeNS(a.namespaceURI, a.name, a.value)
+                    prefix = self._prefix_for(target, a.namespaceURI or "")
+                    target.setAttributeNS(a.namespaceURI, f"{prefix}:{a.localName}", a.value)
             indent = _child_indent(target)
-            for c in list(desc.childNodes):
-                if c.nodeType == Node.ELEMENT_NODE:
-                    _append_with_indent(target, self.doc.importNode(c, True), indent)
+            for c in _elements(desc):
+                imported = self.doc.importNode(c, True)
+                for name, uri in clashes:
+                    imported.setAttributeNS(NS_XMLNS, name, uri)
+                _append_with_indent(target, imported, indent)
 
     def split_extended(self, limit: int, padding: int = DEFAULT_PADDING) -> tuple[bytes, bytes | None]:
         """This packet as a main packet of at most ``limit`` bytes plus, when it does not fit, an
