@@ -338,3 +338,30 @@ def test_extended_xmp_using_a_prefix_the_main_packet_binds_elsewhere_keeps_its_n
     assert props[f"{{{a}}}small"] == "a" and props[f"{{{b}}}small"] == "b"
     assert props[f"{{{b}}}attr"] == "from-b" and props[f"{{{b}}}big"] == "x" * 70_000
     assert f"{{{a}}}big" not in props and f"{{{a}}}attr" not in props
+
+
+# ------------------------------------------------------------------ raw + HEIF pairs and stem sidecars
+
+
+@pytest.mark.parametrize("style", ["stem", "ext"])
+def test_a_heif_beside_a_raw_of_the_same_name_never_writes_into_the_raws_stem_sidecar(tmp_path, samples_dir, style):
+    """A camera shooting RAW+HEIF writes IMG_1.CR3 and IMG_1.HIF; Lightroom's sidecar IMG_1.xmp is the
+    raw file's. The HEIF gets its own sidecar: the two photos' keywords never overwrite each other."""
+    raw = tmp_path / "IMG_1.CR2"
+    raw.write_bytes(b"II*\x00not really a raw file")
+    heic = tmp_path / "IMG_1.HEIC"
+    shutil.copyfile(samples_dir / "heic" / "samplefilehub.heif", heic)
+    lightroom = tmp_path / "IMG_1.xmp"
+    lightroom.write_text(
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF}><rdf:Description rdf:about="" {_DC}>'
+        "<dc:subject><rdf:Bag><rdf:li>holiday</rdf:li></rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>\n"
+    )
+    for _ in range(2):
+        r_raw = write_keywords(raw, ["dog", "grass"], sidecar_style=style)
+        r_heic = write_keywords(heic, ["dog", "sky"], sidecar_style=style)
+        assert r_raw.written_to in (None, lightroom)
+        assert r_heic.written_to in (None, tmp_path / "IMG_1.HEIC.xmp")
+    assert not r_raw.changed and not r_heic.changed  # the second run finds everything in place
+    assert read(lightroom, "-XMP-dc:Subject") == {"XMP-dc:Subject": ["holiday", "dog", "grass"]}
+    assert read(tmp_path / "IMG_1.HEIC.xmp", "-XMP-dc:Subject") == {"XMP-dc:Subject": ["dog", "sky"]}
+    assert read_keywords(heic, sidecar_style=style).keywords == ["dog", "sky"]
