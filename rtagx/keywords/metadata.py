@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtagx.errors import DecodeError, MetadataError, UsageError
-from rtagx.imaging.formats import EMBED_EXTENSIONS, RAW_EXTENSIONS, identify
-from rtagx.keywords import iptc, sidecar, tiff_ifd, xmp
+from rtagx.imaging import heif
+from rtagx.imaging.formats import AVIF_EXTENSIONS, EMBED_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS, identify
+from rtagx.keywords import iptc, sidecar, tiff_ifd, webp_riff, xmp
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
 from rtagx.keywords.atomic import clean_stale_temps as clean_stale_temps  # the scanner's entry point
@@ -171,16 +172,24 @@ class _Diff:
 def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -> _Diff:
     """The ownership rule: only rtagx's keywords are removed (replace-own); a keyword that was
     already present and not rtagx's never becomes rtagx's. Keywords compare case-insensitively, as
-    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``."""
+    Lightroom does: a person's ``Dog`` stands for rtagx's ``dog``. rtagx writes one copy of a
+    keyword, so replace-own takes one copy away: a second copy of the same text that another
+    program appended since (``exiftool -keywords+=dog``) is a person's and stays."""
     owned_now = [k for k in _unique(owned) if k in current]
     chosen_folded = {k.casefold() for k in chosen}
     if mode == "merge":
-        removed: list[str] = []
+        dropped: list[str] = []
     elif mode == "replace-own":
-        removed = [k for k in owned_now if k.casefold() not in chosen_folded]
+        dropped = [k for k in owned_now if k.casefold() not in chosen_folded]
     else:
-        removed = _unique([k for k in current if k.casefold() not in chosen_folded])
-    kept = [k for k in current if k not in removed]
+        dropped = _unique([k for k in current if k.casefold() not in chosen_folded])
+    kept = list(current)
+    for k in dropped:
+        if mode == "replace-own":
+            kept.remove(k)
+        else:
+            kept = [x for x in kept if x != k]
+    removed = [k for k in dropped if k not in kept]  # gone from the file, not just from rtagx's record
     kept_folded = {k.casefold() for k in kept}
     added = []
     for k in chosen:
@@ -188,7 +197,7 @@ def _apply(current: list[str], owned: list[str], chosen: list[str], mode: str) -
             added.append(k)
             kept_folded.add(k.casefold())
     new = kept + added
-    new_owned = _unique([k for k in new if k in owned_now or k in added])
+    new_owned = _unique([k for k in new if (k in owned_now and k not in dropped) or k in added])
     return _Diff(new, new_owned, added, removed)
 
 
@@ -410,6 +419,10 @@ class _Exiv2Container(_Container):
                     img.close()
             if self.tiff is not None and self.tiff.irb is not None:
                 _fix_tiff_irb(Path(tmp), keep_iptc=self.tiff.irb_has_iptc)
+            if self.fmt == "webp" and plan.xmp_changed and plan.doc.is_empty():
+                stripped = webp_riff.without_xmp(Path(tmp).read_bytes())  # exiv2 keeps an empty chunk
+                if stripped is not None:
+                    Path(tmp).write_bytes(stripped)
 
         atomic_write(self.path, fill, preserve_mtime=preserve_mtime, expect=self.state)
 
@@ -592,21 +605,48 @@ def _open_sidecar(path: Path, style: str) -> _SidecarContainer:
 
 def _carry_embedded_keywords(box: _SidecarContainer) -> None:
     """A new sidecar starts with the photo's embedded keywords (a person's, never rtagx's to remove):
-    tools that prefer the sidecar must not hide them."""
-    if box.photo.suffix.lower() not in EMBED_EXTENSIONS:
-        return
-    try:
-        embedded = _open_embedded(box.photo)
-    except MetadataError:
-        return
-    owned = set(embedded.doc.get_array(NS_RTAGX, "Keywords") or [])
-    owned_h = set(embedded.doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
-    current = [k for k in embedded.current_keywords() if k not in owned]
-    hier = [k for k in embedded.doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
+    tools that prefer the sidecar must not hide them. That holds for the photos rtagx never writes
+    into too (a HEIC's or a raw file's own XMP), read where a reader is at hand."""
+    if box.photo.suffix.lower() in EMBED_EXTENSIONS:
+        try:
+            embedded = _open_embedded(box.photo)
+        except MetadataError:
+            return
+        doc, keywords_ = embedded.doc, embedded.current_keywords()
+    else:
+        found = _foreign_xmp(box.photo)
+        if found is None:
+            return
+        doc, keywords_ = found, found.get_array(NS_DC, "subject") or []
+    owned = set(doc.get_array(NS_RTAGX, "Keywords") or [])
+    owned_h = set(doc.get_array(NS_RTAGX, "HierarchicalKeywords") or [])
+    current = [k for k in keywords_ if k not in owned]
+    hier = [k for k in doc.get_array(NS_LR, "hierarchicalSubject") or [] if k not in owned_h]
     if current:
         box.doc.set_array(NS_DC, "subject", current, "Bag")
     if hier:
         box.doc.set_array(NS_LR, "hierarchicalSubject", hier, "Bag")
+
+
+def _foreign_xmp(photo: Path) -> XmpDoc | None:
+    """The XMP packet inside a photo rtagx only gives a sidecar: HEIF/AVIF through pillow-heif (the
+    ``heif`` extra), raw files through exiv2. None when there is none or it cannot be read: the
+    sidecar then starts empty, as before."""
+    ext = photo.suffix.lower()
+    packet: bytes | None = None
+    try:
+        if ext in HEIF_EXTENSIONS | AVIF_EXTENSIONS:
+            with open(photo, "rb") as f:
+                packet = heif.open_heif(f).info.get("xmp")
+        elif ext in RAW_EXTENSIONS:
+            raw, _ = _exiv2_read(photo, want_iptc=False)
+            packet = raw.encode("utf-8") if raw else None
+    except (OSError, DecodeError, MetadataError):
+        return None
+    try:
+        return _parse_embedded_xmp(packet, photo) if packet else None
+    except MetadataError:
+        return None
 
 
 # ------------------------------------------------------------------ planning
@@ -641,6 +681,20 @@ def _add_persons(diff: _Diff, person: Sequence[str]) -> _Diff:
     return _Diff(diff.new + extra, owned, diff.added + extra, diff.removed)
 
 
+def _in_synced_fields(box: _Container) -> tuple[set[str], set[str]]:
+    """What the fields kept in step hold now, case-folded: flat keywords (XPKeywords, LastKeywordIPTC,
+    and the last level of each hierarchical entry) and hierarchical entries spelled with ``|``."""
+    flat = {k.casefold() for k in box.xp_keywords or []}
+    hier: set[str] = set()
+    for ns, name, sep in _SYNCED_FIELDS:
+        for entry in box.doc.get_array(ns, name) or []:
+            parts = entry.split(sep) if sep else [entry]
+            flat.add(parts[-1].strip().casefold())
+            if sep:
+                hier.add(HIERARCHY_SEPARATOR.join(parts).casefold())
+    return flat, hier
+
+
 def _plan(
     box: _Container,
     chosen: list[str],
@@ -666,6 +720,17 @@ def _plan(
     else:
         cur_h = hier_field
     hier = _add_persons(_apply(cur_h, owned_h, chosen_hier, mode), person_hier)
+    # A keyword rtagx adds that a field kept in step already held (Windows' XPKeywords, digiKam's
+    # TagsList, ...) was typed by a person there: it is theirs, so removing rtagx's own keywords
+    # later (retag, untag) never takes it out of that field or of dc:subject.
+    synced_flat, synced_hier = _in_synced_fields(box)
+    flat.owned = [k for k in flat.owned if k not in flat.added or k.casefold() not in synced_flat]
+    hier.owned = [
+        h
+        for h in hier.owned
+        if h not in hier.added
+        or not (h.casefold() in synced_hier or (HIERARCHY_SEPARATOR not in h and h.casefold() in synced_flat))
+    ]
     has_hierarchy = any(HIERARCHY_SEPARATOR in h for h in hier.new)
     created = doc.get_array(NS_RTAGX, "Created") or []
     if hier_field is None and has_hierarchy and not person:  # a person's hierarchy: their field

@@ -17,6 +17,7 @@ from xml.parsers.expat import ExpatError
 NS_X = "adobe:ns:meta/"
 NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 NS_XMLNS = "http://www.w3.org/2000/xmlns/"
+NS_XML = "http://www.w3.org/XML/1998/namespace"
 NS_DC = "http://purl.org/dc/elements/1.1/"
 NS_LR = "http://ns.adobe.com/lightroom/1.0/"
 NS_DIGIKAM = "http://www.digikam.org/ns/1.0/"
@@ -127,16 +128,28 @@ class XmpDoc:
                     out.append(c)
         return out
 
+    def _attr_props(self, ns: str, name: str) -> list[tuple[minidom.Element, minidom.Attr]]:
+        """The property written as an attribute of rdf:Description (RDF shorthand for one simple
+        value; exiftool reads it as the property's value, so a person's keyword can sit there)."""
+        out = []
+        for desc in self.descriptions():
+            for a in _attributes(desc):
+                if a.localName == name and a.namespaceURI in _names(ns):
+                    out.append((desc, a))
+        return out
+
     def get_array(self, ns: str, name: str) -> list[str] | None:
-        """Items of an array property (Bag/Seq/Alt), or None when the property is absent."""
+        """Items of an array property (Bag/Seq/Alt), or None when the property is absent. A single
+        value written as an attribute, plain text or an ``rdf:value`` resource counts as one item."""
         props = self._props(ns, name)
-        if not props:
+        attrs = self._attr_props(ns, name)
+        if not props and not attrs:
             return None
-        out: list[str] = []
+        out: list[str] = [a.value.strip() for _, a in attrs if a.value.strip()]
         for prop in props:
             container = _first_child(prop, NS_RDF, ("Bag", "Seq", "Alt"))
             if container is None:
-                text = _text(prop).strip()
+                text = (_li_value(prop) or "").strip()
                 if text:
                     out.append(text)
                 continue
@@ -150,15 +163,20 @@ class XmpDoc:
     def array_kind(self, ns: str, name: str) -> str | None:
         props = self._props(ns, name)
         if not props:
-            return None
+            return "text" if self._attr_props(ns, name) else None
         container = _first_child(props[0], NS_RDF, ("Bag", "Seq", "Alt"))
         return container.localName if container is not None else "text"
 
     # ---------------------------------------------------------------- editing
 
     def set_array(self, ns: str, name: str, values: list[str], kind: str = "Bag") -> None:
-        """Replace (or create, or with no values remove) an array property, in place."""
+        """Replace (or create, or with no values remove) an array property, in place. An attribute
+        form of the property goes: its value is among ``values`` (read by :meth:`get_array`), and
+        the property must not be written twice."""
         props = self._props(ns, name)
+        attrs = self._attr_props(ns, name)
+        for holder, attr in attrs:
+            holder.removeAttributeNode(attr)
         if not values:
             for p in props:
                 _remove_with_indent(p)
@@ -171,14 +189,16 @@ class XmpDoc:
             desc = _parent(first)
             ns_uri = first.namespaceURI or ns
             new = self._build_array(desc, ns_uri, first.tagName, values, kind, _indent_of(first), keep)
-            _copy_attributes(first, new)  # qualifiers and namespace declarations rtagx does not own
+            # Qualifiers and namespace declarations rtagx does not own; not the RDF attributes that
+            # described the old single-value form (rdf:parseType="Resource" around a Bag is no RDF).
+            _copy_attributes(first, new, skip_ns=NS_RDF)
             old_container = _first_child(first, NS_RDF, ("Bag", "Seq", "Alt"))
             new_container = _first_child(new, NS_RDF, (kind,))
             if old_container is not None and new_container is not None and old_container.localName == kind:
                 _copy_attributes(old_container, new_container)
             desc.replaceChild(new, first)
             return
-        desc = self._description_for(ns)
+        desc = attrs[0][0] if attrs else self._description_for(ns)
         prefix = self._prefix_for(desc, ns)
         indent = _child_indent(desc)
         new = self._build_array(desc, ns, f"{prefix}:{name}", values, kind, indent)
@@ -226,7 +246,17 @@ class XmpDoc:
         return prop
 
     def _rdf_prefix(self, el: minidom.Element) -> str:
-        return _lookup_prefix(el, NS_RDF) or "rdf"
+        """A prefix bound to the RDF namespace at ``el``; declared on ``el`` when the packet has
+        none (RDF written as the default namespace): an unbound prefix makes the packet unreadable."""
+        found = _lookup_prefix(el, NS_RDF)
+        if found:
+            return found
+        prefix, k = "rdf", 1
+        while _lookup_ns(el, prefix) is not None:
+            k += 1
+            prefix = f"rdf{k}"
+        el.setAttributeNS(NS_XMLNS, f"xmlns:{prefix}", NS_RDF)
+        return prefix
 
     def _description_for(self, ns: str) -> minidom.Element:
         descs = self.descriptions()
@@ -295,22 +325,29 @@ class XmpDoc:
 
     def merge(self, other: XmpDoc) -> None:
         """Bring every property of ``other`` (an extended packet) into this packet's first
-        description, with the namespace declarations it needs."""
+        description, with the namespace declarations it needs. A prefix the two packets bind to
+        different namespaces is declared again on what comes in (or, for an attribute, another
+        prefix is used): minidom writes prefixes as they are, so the property would otherwise land in
+        this packet's namespace of that name."""
         target = self._description_for(NS_RDF)
         for desc in other.descriptions():
-            for a in _xmlns_attrs(desc):
-                prefix = a.name.split(":", 1)[1]
-                if _lookup_ns(target, prefix) is None:
-                    target.setAttributeNS(NS_XMLNS, a.name, a.value)
-            for a in _attributes(desc):
-                if a.name.startswith("xmlns") or a.namespaceURI == NS_RDF:
-                    continue
+            clashes: list[tuple[str, str]] = []
+            for name, uri in _xmlns_in_scope(desc):  # declared on rdf:RDF or x:xmpmeta too
+                bound = _lookup_ns(target, name.split(":", 1)[1])
+                if bound is None:
+                    target.setAttributeNS(NS_XMLNS, name, uri)
+                elif bound != uri:
+                    clashes.append((name, uri))
+            for a in _property_attrs(desc):
                 if not target.hasAttributeNS(a.namespaceURI, a.localName):
-                    target.setAttributeNS(a.namespaceURI, a.name, a.value)
+                    prefix = self._prefix_for(target, a.namespaceURI or "")
+                    target.setAttributeNS(a.namespaceURI, f"{prefix}:{a.localName}", a.value)
             indent = _child_indent(target)
-            for c in list(desc.childNodes):
-                if c.nodeType == Node.ELEMENT_NODE:
-                    _append_with_indent(target, self.doc.importNode(c, True), indent)
+            for c in _elements(desc):
+                imported = self.doc.importNode(c, True)
+                for name, uri in clashes:
+                    imported.setAttributeNS(NS_XMLNS, name, uri)
+                _append_with_indent(target, imported, indent)
 
     def split_extended(self, limit: int, padding: int = DEFAULT_PADDING) -> tuple[bytes, bytes | None]:
         """This packet as a main packet of at most ``limit`` bytes plus, when it does not fit, an
@@ -323,18 +360,27 @@ class XmpDoc:
         main = XmpDoc(cast(minidom.Document, self.doc.cloneNode(True)), self.header, self.trailer, self.prolog)
         ext = XmpDoc.new()
         ext_desc = ext.descriptions()[0]
-        movable = sorted(
-            (c for d in main.descriptions() for c in d.childNodes if c.nodeType == Node.ELEMENT_NODE),
-            key=lambda el: len(el.toxml()),
-            reverse=True,
-        )
+        # Properties are elements or, as Adobe's XMP core writes simple values by default (a phone
+        # portrait's GImage:Data), attributes of rdf:Description: both can move.
+        movable: list[minidom.Element | minidom.Attr] = []
+        for d in main.descriptions():
+            movable += _elements(d)
+            movable += [
+                a for a in _property_attrs(d) if (a.namespaceURI, a.localName) != (NS_XMPNOTE, "HasExtendedXMP")
+            ]
+        movable.sort(key=_xml_size, reverse=True)
         guid = "0" * 32
-        for el in movable:
-            for a in _xmlns_attrs(_parent(el)):
-                if not ext_desc.hasAttribute(a.name):
-                    ext_desc.setAttributeNS(NS_XMLNS, a.name, a.value)
-            _remove_with_indent(el)
-            _append_with_indent(ext_desc, ext.doc.importNode(el, True), "\n   ")
+        for item in movable:
+            holder = cast(minidom.Element, item.ownerElement) if isinstance(item, minidom.Attr) else _parent(item)
+            for name, uri in _xmlns_in_scope(holder):
+                if not ext_desc.hasAttribute(name):
+                    ext_desc.setAttributeNS(NS_XMLNS, name, uri)
+            if isinstance(item, minidom.Attr):
+                holder.removeAttributeNode(item)
+                ext_desc.setAttributeNS(item.namespaceURI, item.name, item.value)
+            else:
+                _remove_with_indent(item)
+                _append_with_indent(ext_desc, ext.doc.importNode(item, True), "\n   ")
             main.drop_extended_guid()
             main._set_guid(guid)
             if len(main.packet(padding=0)) <= limit:
@@ -396,11 +442,20 @@ def _text(el: minidom.Node) -> str:
 
 
 def _li_value(li: minidom.Element) -> str | None:
+    """The text of an item (or a simple property): plain text, or the ``rdf:value`` of a qualified
+    value, written as an attribute, a child, or inside a nested rdf:Description. None: a struct."""
     if li.hasAttributeNS(NS_RDF, "value"):
         return li.getAttributeNS(NS_RDF, "value")
     value_el = _first_child(li, NS_RDF, ("value",))
     if value_el is not None:
         return _text(value_el)
+    nested = _first_child(li, NS_RDF, ("Description",))
+    if nested is not None and len(_elements(li)) == 1:
+        if nested.hasAttributeNS(NS_RDF, "value"):
+            return nested.getAttributeNS(NS_RDF, "value")
+        value_el = _first_child(nested, NS_RDF, ("value",))
+        if value_el is not None:
+            return _text(value_el)
     if any(c.nodeType == Node.ELEMENT_NODE for c in li.childNodes):
         return None  # a struct, not a text item
     return _text(li)
@@ -419,14 +474,37 @@ def _attributes(el: minidom.Element) -> list[minidom.Attr]:
     return [cast(minidom.Attr, el.attributes.item(i)) for i in range(el.attributes.length)]
 
 
-def _copy_attributes(source: minidom.Element, target: minidom.Element) -> None:
+def _copy_attributes(source: minidom.Element, target: minidom.Element, skip_ns: str | None = None) -> None:
     for a in _attributes(source):
-        if not target.hasAttribute(a.name):
+        if not target.hasAttribute(a.name) and (skip_ns is None or a.namespaceURI != skip_ns):
             target.setAttributeNS(a.namespaceURI, a.name, a.value)
 
 
 def _xmlns_attrs(el: minidom.Element) -> list[minidom.Attr]:
     return [a for a in _attributes(el) if a.name.startswith("xmlns:")]
+
+
+def _property_attrs(desc: minidom.Element) -> list[minidom.Attr]:
+    """Attributes of an rdf:Description that are properties (not namespace declarations, rdf:about
+    or xml:lang)."""
+    return [
+        a for a in _attributes(desc) if not a.name.startswith("xmlns") and a.namespaceURI not in (None, NS_RDF, NS_XML)
+    ]
+
+
+def _xml_size(item: minidom.Element | minidom.Attr) -> int:
+    if isinstance(item, minidom.Attr):
+        return len(item.name) + len(item.value) + 4
+    return len(item.toxml())
+
+
+def _xmlns_in_scope(el: minidom.Element) -> list[tuple[str, str]]:
+    """Namespace declarations in scope at ``el`` (``xmlns:p`` name, URI), the innermost of each."""
+    seen: dict[str, str] = {}
+    for node in _ancestors(el):
+        for a in _xmlns_attrs(node):
+            seen.setdefault(a.name, a.value)
+    return list(seen.items())
 
 
 def _ancestors(el: minidom.Node) -> list[minidom.Element]:
