@@ -34,7 +34,9 @@ ignoring it shifts colours: the orientation samples 2..8 carry Apple's Generic R
 match sample 1 (untagged, sRGB) once it is honoured. ``respect_icc=False`` feeds the stored values as
 they are, like open_clip's plain ``convert("RGB")``; CMYK is converted through its profile either
 way (Pillow's naive CMYK formula is far from what any viewer shows), and without one by that formula.
-HEIF ``nclx`` colour descriptions (no ICC) are treated as sRGB.
+Colour described without a profile (a HEIF/AVIF ``nclx`` box, PNG ``gAMA``/``cHRM`` without
+``iCCP``/``sRGB``) is converted the same way, at the same point, by :mod:`rtagx.imaging.colour`;
+a description that means sRGB costs a dict lookup.
 Transparency (an alpha channel, a palette entry or a PNG tRNS colour key) is composited over a neutral
 grey (``ALPHA_BACKGROUND``), not dropped (dropping it exposes whatever colour the transparent pixels
 happen to hold). 16-bit and float images are scaled to 8 bits (a 16-bit "min is white" TIFF inverted
@@ -66,7 +68,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
 from rtagx.errors import DecodeError
-from rtagx.imaging import heif, jxl, raw
+from rtagx.imaging import colour, heif, jxl, raw
 from rtagx.imaging.formats import (
     HEIF_EXTENSIONS,
     RAW_EXTENSIONS,
@@ -414,8 +416,14 @@ def _icc_transform(icc: bytes, mode: str) -> Any:
     return transform
 
 
-def _finish_rgb(im: Image.Image, icc: bytes | None, respect_icc: bool = True) -> Image.Image:
-    """L/LA/RGB/RGBA/CMYK at the final size -> RGB, alpha composited over grey, ICC as documented."""
+def _finish_rgb(
+    im: Image.Image, icc: bytes | None, respect_icc: bool = True, described: colour.Encoding | None = None
+) -> Image.Image:
+    """L/LA/RGB/RGBA/CMYK at the final size -> RGB, alpha composited over grey, ICC as documented.
+
+    ``described``: a colour description that is not an ICC profile (HEIF/AVIF nclx, PNG gAMA/cHRM),
+    converted to sRGB like a profile (only when there is no profile, and only with ``respect_icc``).
+    """
     if im.mode in ("RGBA", "LA"):
         base_mode = im.mode[:-1]
         background = Image.new(base_mode, im.size, ALPHA_BACKGROUND if base_mode == "RGB" else ALPHA_BACKGROUND[0])
@@ -428,6 +436,8 @@ def _finish_rgb(im: Image.Image, icc: bytes | None, respect_icc: bool = True) ->
                 return ImageCms.applyTransform(im, transform)  # type: ignore[return-value]
             except Exception:
                 pass
+    elif described is not None and respect_icc and im.mode in ("RGB", "L"):
+        im = colour.to_srgb(im, described)
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
@@ -446,6 +456,7 @@ class _Source:
     orientation: int  # EXIF orientation still to apply
     icc: bytes | None
     reduced: bool = False  # already reduced by the decoder: no reducing_gap on top
+    described: colour.Encoding | None = None  # a non-ICC colour description that is not sRGB
 
 
 def decode_for_model(
@@ -496,7 +507,7 @@ def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, resp
     im = _to_resample_mode(src.image)
     if src.orientation in ORIENT_TRANSPOSE:
         im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
-    return _finish_rgb(im, src.icc, respect_icc)
+    return _finish_rgb(im, src.icc, respect_icc, src.described)
 
 
 def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.ndarray:
@@ -520,7 +531,7 @@ def _render(src: _Source, spec: PreprocessSpec, respect_icc: bool = True) -> np.
         raise DecodeError("corrupt", f"cannot resample {im.size} with box {box}: {e}") from None
     if src.orientation in ORIENT_TRANSPOSE:
         im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
-    im = _finish_rgb(im, src.icc, respect_icc)
+    im = _finish_rgb(im, src.icc, respect_icc, src.described)
     if im.size != (s, s):
         canvas = Image.new("RGB", (s, s), (spec.fill_color,) * 3)
         canvas.paste(im, layout.offset)
@@ -545,7 +556,7 @@ def _render_padded(src: _Source, spec: PreprocessSpec, respect_icc: bool = True)
         im = base
     if src.orientation in ORIENT_TRANSPOSE:
         im = im.transpose(ORIENT_TRANSPOSE[src.orientation])
-    im = _finish_rgb(im, src.icc, respect_icc)
+    im = _finish_rgb(im, src.icc, respect_icc, src.described)
     fw, fh = src.full_size
     cw, ch = src.content
     if swaps_axes(src.orientation):
@@ -708,7 +719,22 @@ def _load(
     if own_orientation and orientation != 1 and _loader_applied_orientation(im, orientation, fmt):
         orientation = 1
     pixels = _undo_min_is_white(im) if fmt == "TIFF" else im
-    return _Source(pixels, full_size, content, orientation, icc, reduced)
+    described = None if icc else _colour_description(im, fmt, f)
+    return _Source(pixels, full_size, content, orientation, icc, reduced, described)
+
+
+def _colour_description(im: Image.Image, fmt: str, f: IO[bytes]) -> colour.Encoding | None:
+    """What an image without an ICC profile says its colours are, when that is not sRGB (else None)."""
+    if fmt == "HEIF":
+        return colour.from_nclx(im.info.get("nclx_profile"))
+    if fmt == "PNG":
+        return colour.from_png(im.info)
+    if fmt == "AVIF":
+        try:
+            return colour.from_nclx(colour.avif_nclx(f))
+        except OSError:
+            return None
+    return None
 
 
 def _undo_min_is_white(im: Image.Image) -> Image.Image:
