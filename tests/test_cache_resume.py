@@ -447,9 +447,11 @@ COMMIT;
 
 
 def test_cache_of_the_previous_schema_migrates_keeping_vectors(tiny_clip, vocab_file: Path, tmp_path: Path) -> None:
-    """test_store.py covers version 1 -> current through the API; this is versions 2 -> 3 -> 4 -> 5 -> 6
-    under a real run: no file is embedded again, no model is loaded, and the rows learn ctime and inode."""
-    assert SCHEMA_VERSION == 6  # 5: untag marks inside a root; 6: the review decisions table (rtagx review)
+    """test_store.py covers version 1 -> current through the API; this is versions 2 -> ... -> 7 under a
+    real run: no file is embedded again (their vectors, decoder revision 1, are checked from the JPEG
+    headers), no model is loaded, and the rows learn ctime and inode."""
+    # 5: untag marks inside a root; 6: the review decisions table (rtagx review); 7: decoder revisions
+    assert SCHEMA_VERSION == 7
     lib = tmp_path / "lib"
     _make_jpegs(lib, 4)
     cache = tmp_path / "c.sqlite3"

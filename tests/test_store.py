@@ -19,6 +19,7 @@ from rtagx.cache.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     open_store,
+    pack_vector,
     path_key,
 )
 from rtagx.errors import CacheError, LockBusyError
@@ -45,7 +46,7 @@ def test_migrates_forward_from_version_1_keeping_data(tmp_path: Path) -> None:
             cid = c.execute("INSERT INTO contents DEFAULT VALUES").lastrowid
             c.execute("INSERT INTO fingerprints VALUES ('fp-a', ?)", (cid,))
             c.execute("INSERT INTO files VALUES (?, 10, 5, 'fp-a', ?, 0)", (path_key(tmp_path / "a.jpg"), cid))
-        store.put_vectors(mid, [cid], _vec(1)[None, :])
+            c.execute("INSERT INTO vectors VALUES (?, ?, ?)", (mid, cid, pack_vector(_vec(1))))
         assert not store.conn.execute("SELECT name FROM sqlite_master WHERE name = 'written'").fetchone()
     with open_store(db) as store:
         assert store.schema_version() == SCHEMA_VERSION
@@ -55,6 +56,7 @@ def test_migrates_forward_from_version_1_keeping_data(tmp_path: Path) -> None:
         rec = store.file(tmp_path / "a.jpg")
         assert rec is not None and (rec.size, rec.mtime_ns, rec.content_id) == (10, 5, cid)
         assert (rec.ctime_ns, rec.inode) == (0, 0)  # unknown until a run sees the file
+        assert store.vector_decoders(mid, [cid]) == {cid: 1}  # checked against the decoder by the next run
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

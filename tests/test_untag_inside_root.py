@@ -221,6 +221,8 @@ def test_a_cache_of_schema_4_migrates(tiny_clip, library, tmp_path) -> None:
     _tag([lib], tiny_clip, cache, vocab)
     conn = sqlite3.connect(cache)  # what rtagx of schema 4 left: everything but the untagged table
     conn.execute("DROP TABLE untagged")
+    conn.execute("ALTER TABLE vectors DROP COLUMN decoder")  # schema 7's
+    conn.execute("ALTER TABLE failures DROP COLUMN decoder")
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
@@ -229,7 +231,7 @@ def test_a_cache_of_schema_4_migrates(tiny_clip, library, tmp_path) -> None:
 
     _untag([sub], cache)
     with open_store(cache, readonly=True) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         assert store.untagged_marks() == {path_key(sub): True}
     _, summary, _ = _retag([], cache)
     assert summary["left_untagged"] == 2 and _subjects(sub / "c.jpg") == []

@@ -50,7 +50,7 @@ import numpy as np
 from rtagx.cache.fingerprint import fingerprint_file
 from rtagx.errors import CacheError, LockBusyError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -175,6 +175,14 @@ CREATE TABLE IF NOT EXISTS reviews (
 ) WITHOUT ROWID;
 """
 
+# Version 7: each vector and each remembered failure records the decoder revision that made it
+# (``rtagx.imaging.decode.DECODER_REVISION``; rows from before are revision 1), so that a decoding fix
+# reaches files already cached: their vectors are checked once and embedded again where it matters.
+_SCHEMA_V7 = """
+ALTER TABLE vectors ADD COLUMN decoder INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE failures ADD COLUMN decoder INTEGER NOT NULL DEFAULT 1;
+"""
+
 # Forward migrations: MIGRATIONS[n] brings a version-n database to version n+1.
 MIGRATIONS: dict[int, str] = {
     0: _SCHEMA_V1,
@@ -183,6 +191,7 @@ MIGRATIONS: dict[int, str] = {
     3: _SCHEMA_V4,
     4: _SCHEMA_V5,
     5: _SCHEMA_V6,
+    6: _SCHEMA_V7,
 }
 
 
@@ -258,6 +267,16 @@ class FileRecord(NamedTuple):  # a tuple: a no-op run over 100k files builds 100
     content_id: int
     ctime_ns: int = 0  # 0: not known yet (a row from a version-3 cache)
     inode: int = 0
+
+
+class Failure(NamedTuple):
+    """A file that failed for good, as remembered: skipped again until it changes or the decoder does."""
+
+    size: int
+    mtime_ns: int
+    reason: str
+    detail: str
+    decoder: int = 1
 
 
 class FileRow(NamedTuple):
@@ -498,6 +517,30 @@ class Store:
             found.update(r[0] for r in self.conn.execute(q, (model_id, *chunk)))
         return found
 
+    def vector_decoders(self, model_id: int, content_ids: Iterable[int]) -> dict[int, int]:
+        """The decoder revision of each of these contents' vectors that this model has."""
+        ids = list(set(content_ids))
+        found: dict[int, int] = {}
+        span = self._dense(ids)
+        if span is not None:
+            q = "SELECT content_id, decoder FROM vectors WHERE model_id = ? AND content_id BETWEEN ? AND ?"
+            wanted = set(ids)
+            found.update((cid, rev) for cid, rev in self.conn.execute(q, (model_id, *span)) if cid in wanted)
+            return found
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            q = f"SELECT content_id, decoder FROM vectors WHERE model_id = ? AND content_id IN ({','.join('?' * len(chunk))})"
+            found.update(self.conn.execute(q, (model_id, *chunk)))
+        return found
+
+    def mark_decoder(self, model_id: int, content_ids: Sequence[int], decoder: int) -> None:
+        """Record that these vectors stand for the current decoder too (their files decode as before)."""
+        with self.transaction() as c:
+            c.executemany(
+                "UPDATE vectors SET decoder = ? WHERE model_id = ? AND content_id = ?",
+                [(decoder, model_id, cid) for cid in content_ids],
+            )
+
     def _content_id(self, c: sqlite3.Connection, fingerprint: str) -> int:
         r = c.execute("SELECT content_id FROM fingerprints WHERE fingerprint = ?", (fingerprint,)).fetchone()
         if r:
@@ -548,12 +591,13 @@ class Store:
             )
 
     # -- vectors ---------------------------------------------------------------------------------
-    def put_vectors(self, model_id: int, content_ids: Sequence[int], vectors: np.ndarray) -> None:
-        """Store one batch of image vectors in one transaction."""
+    def put_vectors(self, model_id: int, content_ids: Sequence[int], vectors: np.ndarray, *, decoder: int = 1) -> None:
+        """Store one batch of image vectors in one transaction. ``decoder``: the decoder revision that
+        made them (1, the oldest, when unknown: a later run checks such files once)."""
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO vectors (model_id, content_id, vector) VALUES (?, ?, ?)",
-                [(model_id, cid, pack_vector(v)) for cid, v in zip(content_ids, vectors)],
+                "INSERT OR REPLACE INTO vectors (model_id, content_id, vector, decoder) VALUES (?, ?, ?, ?)",
+                [(model_id, cid, pack_vector(v), decoder) for cid, v in zip(content_ids, vectors)],
             )
 
     def vectors(self, model_id: int, content_ids: Sequence[int], dim: int) -> np.ndarray:
@@ -650,24 +694,27 @@ class Store:
             c.executemany("DELETE FROM written WHERE path = ?", [(k,) for k in keys])
 
     # -- permanent failures ----------------------------------------------------------------------
-    def put_failures(self, rows: Sequence[tuple[Path, int, int, str, str]]) -> None:
-        """Remember (path, size, mtime_ns, reason, detail) of files that failed for good."""
+    def put_failures(self, rows: Sequence[tuple[Path, int, int, str, str]], *, decoder: int = 1) -> None:
+        """Remember (path, size, mtime_ns, reason, detail) of files that failed for good, with the
+        decoder revision that failed them."""
         now = time.time()
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, detail, at) VALUES (?,?,?,?,?,?)",
-                [(path_key(p), s, m, r, d, now) for p, s, m, r, d in rows],
+                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason, detail, at, decoder) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(path_key(p), s, m, r, d, now, decoder) for p, s, m, r, d in rows],
             )
 
-    def failures_under(self, root: Path) -> dict[bytes, tuple[int, int, str, str]]:
-        """Remembered failures below ``root`` (or of ``root`` itself): (size, mtime_ns, reason, detail)."""
+    def failures_under(self, root: Path) -> dict[bytes, Failure]:
+        """Remembered failures below ``root`` (or of ``root`` itself)."""
         key = path_key(root)
         prefix = key.rstrip(b"/") + b"/"
         rows = self.conn.execute(
-            "SELECT path, size, mtime_ns, reason, detail FROM failures WHERE path = ? OR (path >= ? AND path < ?)",
+            "SELECT path, size, mtime_ns, reason, detail, decoder FROM failures "
+            "WHERE path = ? OR (path >= ? AND path < ?)",
             (key, prefix, prefix[:-1] + b"0"),
         )
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return {r[0]: Failure(*r[1:]) for r in rows}
 
     def forget_failures(self, keys: Sequence[bytes]) -> None:
         with self.transaction() as c:

@@ -498,6 +498,57 @@ def decode_for_models(
     return [_render_padded(src, s, respect_icc=False) if s.pad_first else _render(src, s, respect_icc) for s in specs]
 
 
+# --------------------------------------------------------------------------------------------------
+# Decoder revisions: a decoding fix reaches the photos the cache already holds
+# --------------------------------------------------------------------------------------------------
+
+#: What :func:`decode_for_model` gives a file changes when a decoding defect is fixed. The cache
+#: records the revision each vector was embedded with; ``rtagx tag`` embeds a file again when
+#: :func:`decoded_differently` says the current revision gives it other pixels, and keeps (and marks
+#: current) the others, so each cached file's header is read once after an upgrade.
+#:
+#: 1. rtagx up to 2026-12-01.
+#: 2. linear-light ICC profiles named "sRGB" are converted (taken for sRGB before: far too dark);
+#:    colour described without a profile is converted (HEIF/AVIF ``nclx``, PNG ``gAMA``/``cHRM``:
+#:    washed out or too dark before); 16-bit "min is white" TIFFs are inverted (negatives before);
+#:    JPEGs with stray bytes between header segments decode (they failed as corrupt: failures
+#:    remembered by an older revision are tried again).
+DECODER_REVISION = 2
+
+
+def _named_srgb(icc: bytes) -> bool:
+    """Revision 1's test of a profile: its description names sRGB (what revision 2 stopped trusting)."""
+    try:
+        description = (ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))) or "").lower()
+    except Exception:
+        return False
+    return "srgb" in description or "iec61966-2" in description.replace(" ", "").replace(".", "")
+
+
+def decoded_differently(path: Path, since: int) -> bool:
+    """Whether the current decoder gives ``path`` other pixels than revision ``since`` did. Reads
+    the header only (about a millisecond; RAW and JPEG XL files, untouched since revision 1, are not
+    opened). A file that cannot be opened now counts as changed: embedding it again reports why."""
+    if since >= DECODER_REVISION:
+        return False
+    try:
+        with _open_file(path) as f:
+            fmt = identify(_read_head(f), path.suffix.lower())
+            if fmt is None or fmt in ("RAW", "JXL"):
+                return fmt is None
+            im = heif.open_heif(f) if fmt == "HEIF" else _pil_open(f, fmt)
+            if fmt == "TIFF":
+                _seek_full_resolution_page(im)
+            icc = im.info.get("icc_profile") or None
+            if icc:  # revision 2 converts a profile named sRGB that does not render as sRGB
+                return _named_srgb(icc) and _icc_transform(icc, "RGB") is not None
+            return _colour_description(im, fmt, f) is not None or (fmt == "TIFF" and _min_is_white_16(im))
+    except DecodeError:
+        return True
+    except Exception:  # a header Pillow cannot parse: the decode will say what is wrong
+        return True
+
+
 def open_rgb(path: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, respect_icc: bool = True) -> Image.Image:
     """The whole image at full resolution: upright, sRGB, alpha over grey. Slow; the reference path.
 
@@ -737,6 +788,12 @@ def _colour_description(im: Image.Image, fmt: str, f: IO[bytes]) -> colour.Encod
     return None
 
 
+def _min_is_white_16(im: Image.Image) -> bool:
+    """A 16-bit grey TIFF stored "min is white" (PhotometricInterpretation 0); read from the header."""
+    tags = getattr(im, "tag_v2", None)
+    return tags is not None and tags.get(262) == 0 and im.mode.startswith("I;16")
+
+
 def _undo_min_is_white(im: Image.Image) -> Image.Image:
     """A 16-bit grey TIFF stored "min is white" (PhotometricInterpretation 0), turned into "min is black".
 
@@ -744,9 +801,9 @@ def _undo_min_is_white(im: Image.Image) -> Image.Image:
     over as stored: a photographic negative of what every TIFF viewer shows (document and film
     scanners write them). Other images are returned as they are.
     """
-    tags = getattr(im, "tag_v2", None)
-    if tags is None or tags.get(262) != 0 or not im.mode.startswith("I;16"):
+    if not _min_is_white_16(im):
         return im
+    tags = im.tag_v2  # type: ignore[attr-defined]
     bits = tags.get(258, (16,))
     top = (1 << min(int(bits[0] if isinstance(bits, tuple) else bits), 16)) - 1
     stored = np.asarray(im).astype(np.int32)

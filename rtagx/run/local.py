@@ -223,7 +223,9 @@ class BatchWriter:
                     report_skip(item[1], item[2], item[3], summary, events)
                     if len(item) > 4 and item[2] in PERMANENT_FAILURES:  # not retried until the file changes
                         f = item[4]
-                        store.put_failures([(f.path, f.size, f.mtime_ns, item[2], item[3])])
+                        store.put_failures(
+                            [(f.path, f.size, f.mtime_ns, item[2], item[3])], decoder=decode.DECODER_REVISION
+                        )
                     continue
                 _, works_b, vectors = item
                 with Timer(summary.timings, "store"):

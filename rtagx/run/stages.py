@@ -10,6 +10,7 @@ the local one (``run/local.py``: threads and bounded queues) or a distributed en
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rtagx.cache.fingerprint import fingerprint_file
-from rtagx.cache.store import FileRecord, FileRow, Store, path_key
+from rtagx.cache.store import Failure, FileRecord, FileRow, Store, path_key
 from rtagx.imaging import decode
 from rtagx.model.encoder import Encoder
 from rtagx.run.scan import ScannedFile
@@ -102,7 +103,7 @@ def diff_with_cache(
     scanned: list[ScannedFile],
     known: dict[bytes, FileRecord],
     *,
-    failures: dict[bytes, tuple[int, int, str, str]] | None = None,
+    failures: dict[bytes, Failure] | None = None,
     rehash: bool = False,
     dry_run: bool = False,
 ) -> Diff:
@@ -111,7 +112,9 @@ def diff_with_cache(
     A file is known without reading it when its identity (size, mtime, ctime, inode) is as recorded.
     Otherwise (or with ``rehash``) its image data is hashed: the content it had before (only its
     metadata changed), or the content of another file (a copy, a rename), keeps its vector. A file
-    that failed for good with the same size and mtime is skipped again with its remembered reason."""
+    that failed for good with the same size and mtime is skipped again with its remembered reason,
+    unless the decoder changed since. A vector from an older decoder revision stands when the file
+    decodes as it did then (:func:`current_vectors`); otherwise the file is embedded again."""
     diff = Diff()
     failures = failures or {}
     maybe_cached: list[FileWork] = []
@@ -122,8 +125,11 @@ def diff_with_cache(
         key = path_key(item.path)
         failed = failures.get(key)
         if failed is not None:
-            if not rehash and failed[:2] == (item.size, item.mtime_ns):
-                diff.skipped.append(Skip(item.path, failed[2], f"{failed[3]} (remembered until the file changes)"))
+            same = (failed.size, failed.mtime_ns) == (item.size, item.mtime_ns)
+            if not rehash and same and failed.decoder >= decode.DECODER_REVISION:
+                diff.skipped.append(
+                    Skip(item.path, failed.reason, f"{failed.detail} (remembered until the file changes)")
+                )
                 continue
             stale_failures.append(key)
         rec = known.get(key)
@@ -133,7 +139,7 @@ def diff_with_cache(
                 backfill.append((key, item.ctime_ns, item.inode))
         else:
             new.append((FileWork(item), rec))
-    have = store.contents_with_vectors(model_id, [w.content_id for w in maybe_cached if w.content_id])
+    have = current_vectors(store, model_id, maybe_cached, dry_run=dry_run)
     diff.to_embed = [w for w in maybe_cached if w.content_id not in have]
     diff.cached = [w for w in maybe_cached if w.content_id in have]
     fresh_rows: list[FileRow] = []
@@ -147,7 +153,7 @@ def diff_with_cache(
             cid: int | None = rec.content_id  # the same image data: only metadata (or nothing) changed
         else:
             cid = store.content_for_fingerprint(fingerprint)
-        if cid is not None and cid in store.contents_with_vectors(model_id, [cid]):
+        if cid is not None and cid in current_vectors(store, model_id, [FileWork(w.file, cid)], dry_run=dry_run):
             w.content_id = cid
             w.reused = rec is None or rec.content_id != cid
             fresh_rows.append(file_row(w.file, fingerprint))
@@ -164,6 +170,24 @@ def diff_with_cache(
         if stale_failures:
             store.forget_failures(stale_failures)
     return diff
+
+
+def current_vectors(store: Store, model_id: int, works: Sequence[FileWork], *, dry_run: bool = False) -> set[int]:
+    """The contents among ``works`` whose vector from this model still stands: made by the current
+    decoder revision, or by an older one for a file that the current decoder gives the same pixels
+    (checked from its header once; the vector is then marked current unless ``dry_run``)."""
+    revisions = store.vector_decoders(model_id, [w.content_id for w in works if w.content_id is not None])
+    current = {cid for cid, rev in revisions.items() if rev >= decode.DECODER_REVISION}
+    checked: dict[int, bool] = {}
+    for w in works:
+        cid = w.content_id
+        if cid is None or cid not in revisions or cid in current or cid in checked:
+            continue
+        checked[cid] = not decode.decoded_differently(w.file.path, revisions[cid])
+    kept = [cid for cid, same in checked.items() if same]
+    if kept and not dry_run:
+        store.mark_decoder(model_id, kept, decode.DECODER_REVISION)
+    return current | set(kept)
 
 
 def decode_file(work: FileWork, spec: decode.PreprocessSpec, max_megapixels: float) -> np.ndarray:
@@ -191,7 +215,7 @@ def store_batch(store: Store, model_id: int, works: list[FileWork], vectors: np.
     ids = store.put_files([file_row(w.file, w.fingerprint or "") for w in works])  # new fingerprints: new contents
     for w, cid in zip(works, ids):
         w.content_id = cid
-    store.put_vectors(model_id, ids, vectors)
+    store.put_vectors(model_id, ids, vectors, decoder=decode.DECODER_REVISION)
     return ids
 
 
@@ -221,6 +245,7 @@ def pair_raw_siblings(
     """
     raw_exts = decode.RAW_EXTENSIONS
     leaders: dict[tuple[str, str], FileWork] = {}
+    embedded_again = {id(w) for w in diff.to_embed if w.content_id is not None}  # a newer decoder
     for w in diff.cached + diff.to_embed:
         if w.file.path.suffix.lower() not in raw_exts:
             leaders.setdefault(_sibling_key(w.file.path), w)
@@ -241,7 +266,7 @@ def pair_raw_siblings(
         leader = leaders.get(_sibling_key(w.file.path))
         if leader is None:
             alone.append(w)
-        elif leader.content_id is not None and leader.content_id == w.content_id:
+        elif leader.content_id is not None and leader.content_id == w.content_id and id(leader) not in embedded_again:
             cached.append(w)  # follows its sibling already
         else:
             pairs.append((w, leader))

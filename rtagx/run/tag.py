@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.cache.store import FileRecord, Store, is_untagged, path_key
+from rtagx.cache.store import Failure, FileRecord, Store, is_untagged, path_key
 from rtagx.errors import FileSkip
 from rtagx.imaging import decode
 from rtagx.keywords import metadata
@@ -312,7 +312,7 @@ def plan_pass(
     with Timer(summary.timings, "scan"):
         events.stage("scan", 0)
         known: dict[bytes, FileRecord] = {}
-        failures: dict[bytes, tuple[int, int, str, str]] = {}
+        failures: dict[bytes, Failure] = {}
         # a run that writes no keyword (explain, eval, --write none) has nothing to keep out of them
         untagged = (
             untagged_marks(store, roots, clear=clear_untagged, dry_run=dry_run) if settings.write != "none" else {}
