@@ -560,3 +560,64 @@ def test_the_review_command_serves_on_loopback_with_a_token(tagged):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+def test_a_renamed_photo_is_reviewed_under_its_new_name_only(tagged):
+    """The cache keeps a renamed photo's old path until `cache prune`: review neither lists that
+    path nor lets it break a decision on the photo (its retag got the vanished path too: 409)."""
+    photos = tagged["photos"]
+    old, new = photos / "Canon_40D.jpg", photos / "sub" / "renamed.jpg"
+    os.rename(old, new)
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    srv = start(tagged)
+    try:
+        status, _ = request(srv, "GET", f"/thumb?{q(path=old, token=srv.token)}")
+        assert status == 404  # not listed: gone from disk
+        tag = keywords(new)[0]
+        status, out = request(
+            srv,
+            "POST",
+            "/api/decide",
+            body={"paths": [str(new)], "tag": tag, "decision": -1},
+            headers={"X-Rtagx-Token": srv.token, "Origin": srv.origin},
+        )
+        assert status == 200, out
+        assert json.loads(out)["files"][str(new)]["removed"] == [tag]
+        assert tag not in keywords(new)
+    finally:
+        srv.stop()
+
+
+def test_a_photo_deleted_after_the_listing_is_reported_not_written(tagged, server):
+    """Deleted between the page and the click: the decision on a vanished file is a skip per file
+    (never a retag of every root, never "written")."""
+    photos = tagged["photos"]
+    nikon = photos / "Nikon_D70.jpg"
+    tag = keywords(nikon)[0]
+    nikon.unlink()
+    headers = {"X-Rtagx-Token": server.token, "Origin": server.origin}
+    for endpoint, body in (
+        ("/api/decide", {"paths": [str(nikon)], "tag": tag, "decision": 1}),
+        ("/api/add", {"paths": [str(nikon)], "tag": tag}),
+    ):
+        status, out = request(server, "POST", endpoint, body=body, headers=headers)
+        assert status == 200, (endpoint, out)
+        files = json.loads(out)["files"]
+        assert list(files) == [str(nikon)], (endpoint, files)
+        assert files[str(nikon)]["action"] == "skipped" and files[str(nikon)]["written"] is False, (endpoint, files)
+
+
+def test_a_decision_is_minus_one_zero_or_one_exactly(server, tagged):
+    """0.5 is not "forget" and Infinity is not a server error: anything but -1, 0, 1 is a 400."""
+    canon = str(tagged["photos"] / "Canon_40D.jpg")
+    before = keywords(Path(canon))
+    headers = {"X-Rtagx-Token": server.token, "Origin": server.origin, "Content-Type": "application/json"}
+    for raw in ("0.5", "-0.9", "true", '"1"', "Infinity", "1e400", "null", "[1]"):
+        body = f'{{"paths": [{json.dumps(canon)}], "tag": {json.dumps(before[0])}, "decision": {raw}}}'
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/api/decide", body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 400, (raw, resp.status, resp.read())
+        conn.close()
+    assert keywords(Path(canon)) == before

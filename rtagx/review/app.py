@@ -99,6 +99,13 @@ def _page_number(request: Request) -> int:
         return 0
 
 
+def _decision(value: object) -> int:
+    """-1, 0 or 1 exactly: ``int()`` would make 0.5 "forget", ``true`` "accept" and Infinity a 500."""
+    if type(value) is not int or value not in (-1, 0, 1):
+        raise UsageError(f"decision must be 1, -1 or 0, not {value!r}")
+    return value
+
+
 def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) -> ASGIApp:
     pages = Pages(token)
     script = resources.files("rtagx.review").joinpath("static/review.js").read_bytes()
@@ -164,7 +171,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
                 raise UsageError("paths must be a non-empty list of strings")
             photos = [library.photo_for(p) for p in paths]
-            decision = int(body.get("decision", 0))
+            decision = _decision(body.get("decision", 0))
             tag_name = str(body["tag"])
         except OutsideRoots as e:
             return JSONResponse({"error": str(e)}, status_code=404)
@@ -184,7 +191,8 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
                 "added": o.added,
                 "removed": o.removed,
                 "reason": o.reason,
-                "written": any(t.casefold() == tag_name.casefold() for t, _ in o.tags),
+                # a skipped file holds what it held; its tags are only what would have been written
+                "written": o.action != "skipped" and any(t.casefold() == tag_name.casefold() for t, _ in o.tags),
             }
         written = sum(o.action == "written" for o in outcomes)
         return JSONResponse({"files": files, "summary": f"{len(outcomes)} files, {written} rewritten"})

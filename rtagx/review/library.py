@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -241,13 +242,21 @@ class ReviewLibrary:
         return photo
 
     def _inside_fast(self, key: bytes, real_dirs: dict[str, bool]) -> bool:
-        """:meth:`inside_roots` for many files: each folder resolved once, then one lstat per file."""
+        """:meth:`inside_roots` for many files: each folder resolved once, then one lstat per file.
+        A file gone from disk is out too: the cache keeps a renamed or deleted file's old path until
+        ``cache prune``, and a page must not offer a photo no decision can be written to."""
         name = os.fsdecode(key)
         folder = os.path.dirname(name)
         ok = real_dirs.get(folder)
         if ok is None:
             ok = real_dirs[folder] = self.inside_roots(Path(folder))
-        return ok and (not os.path.islink(name) or self.inside_roots(Path(name)))
+        if not ok:
+            return False
+        try:
+            link = stat.S_ISLNK(os.lstat(key).st_mode)
+        except OSError:
+            return False
+        return not link or self.inside_roots(Path(name))
 
     def inside_roots(self, path: Path) -> bool:
         real = Path(os.path.realpath(path))
@@ -439,7 +448,16 @@ class ReviewLibrary:
                 lock.release()
             # every reviewed copy of the same content gets the decision too (it is kept by content)
             contents = {p.content_id for p in photos}
-            return self._retag([p.path for p in self.photos if p.content_id in contents], dry_run=False)
+            copies = [p.path for p in self.photos if p.content_id in contents]
+            # a copy deleted since the listing is a skip of its own: retag refuses a missing path
+            # (for every path of the call), and with no path at all it would cover every root
+            here = [c for c in copies if os.path.lexists(c)]
+            gone = [
+                FileOutcome(c, "skipped", [], reason="missing", detail="deleted since the page was listed")
+                for c in copies
+                if c not in here
+            ]
+            return (self._retag(here, dry_run=False) if here else []) + gone
 
     def add_by_hand(self, photos: Sequence[Photo], tag: str) -> list[FileOutcome]:
         """A person adds ``tag`` to ``photos``: it is the person's keyword, never rtagx's. It is
