@@ -621,3 +621,33 @@ def test_a_decision_is_minus_one_zero_or_one_exactly(server, tagged):
         assert resp.status == 400, (raw, resp.status, resp.read())
         conn.close()
     assert keywords(Path(canon)) == before
+
+
+def test_review_of_every_tagged_folder_starts_when_one_is_gone(tagged, tmp_path):
+    """`rtagx review` with no PATHS reviews what `tag` processed; a tagged folder since deleted (or
+    on a drive not mounted now) is named on one line and left out, not a refusal to start."""
+    import re
+    import signal
+    import sys
+    import urllib.request
+
+    gone = tmp_path / "card"
+    gone.mkdir()
+    shutil.copy2(tagged["photos"] / "Nikon_D70.jpg", gone / "x.jpg")
+    code, out = rtagx("tag", str(gone), *tagged["args"], "--yes", "-q")
+    assert code == 0, out
+    shutil.rmtree(gone)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "rtagx", "review", "--cache", str(tagged["cache"]), "--no-browser"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]
+        assert str(gone) in lines[0] and "not on disk" in lines[0], lines
+        match = re.search(r"(http://127\.0\.0\.1:(\d+)/\?token=([\w-]+))", lines[1])
+        assert match, lines
+        with urllib.request.urlopen(match.group(1), timeout=60) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
