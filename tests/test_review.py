@@ -651,3 +651,49 @@ def test_review_of_every_tagged_folder_starts_when_one_is_gone(tagged, tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+def test_photos_whose_names_are_not_utf8_are_reviewed_like_any_other(tagged):
+    """A name the file system allows but that is not UTF-8 (an old Latin-1 archive) is shown with
+    U+FFFD, as `tag --json` prints it, and that shown name opens, thumbnails and decides the photo;
+    it broke the tag grid, the folder page and search with a 500."""
+    import re
+
+    photos = tagged["photos"]
+    folder = os.fsencode(photos) + b"/caf\xe9"
+    os.mkdir(folder)
+    shutil.copy2(photos / "Nikon_D70.jpg", folder + b"/\xe9t\xe9.jpg")
+    shutil.copy2(photos / "Pentax_K10D.jpg", os.fsencode(photos) + b"/plage\xe0.jpg")
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    srv = start(tagged)
+    try:
+        t = srv.token
+        shown = {str(photos / "caf\ufffd" / "\ufffdt\ufffd.jpg"), str(photos / "plage\ufffd.jpg")}
+        links: set[str] = set()
+        for target in (
+            f"/tag?{q(name='dog', token=t)}",
+            f"/folder?{q(path=photos, token=t)}",
+            f"/search?{q(q='dog', token=t)}",
+        ):
+            status, body = request(srv, "GET", target)
+            assert status == 200, (target, body[:300])
+            links |= {m.replace("&amp;", "&") for m in re.findall(r'(?:href|src)="([^"]*path=[^"]*)"', body.decode())}
+        for name in shown:
+            assert any(urllib.parse.quote_plus(name) in link for link in links), name
+        for link in links:
+            status, body = request(srv, "GET", link)
+            assert status == 200, (link, body[:200])
+        tag = keywords(Path(os.fsdecode(os.fsencode(photos) + b"/plage\xe0.jpg")))[0]
+        web = str(photos / "plage\ufffd.jpg")
+        status, out = request(
+            srv,
+            "POST",
+            "/api/decide",
+            body={"paths": [web], "tag": tag, "decision": -1},
+            headers={"X-Rtagx-Token": t, "Origin": srv.origin},
+        )
+        assert status == 200, out
+        assert json.loads(out)["files"][web]["removed"] == [tag]
+    finally:
+        srv.stop()

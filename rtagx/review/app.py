@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rtagx.analysis.search import text_path
 from rtagx.errors import RtagxError, UsageError
 from rtagx.review.library import OutsideRoots, ReviewLibrary
 from rtagx.review.pages import Pages
@@ -186,7 +187,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             return JSONResponse({"error": str(e)}, status_code=409)
         files = {}
         for o in outcomes:
-            files[str(o.path)] = {
+            files[text_path(o.path)] = {  # keyed by the name the page shows and sent
                 "action": o.action,
                 "added": o.added,
                 "removed": o.removed,
@@ -212,7 +213,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         return JSONResponse(
             {
                 "summary": f"{written} files rewritten",
-                "files": [{"path": str(o.path), "action": o.action} for o in outcomes],
+                "files": [{"path": text_path(o.path), "action": o.action} for o in outcomes],
             }
         )
 

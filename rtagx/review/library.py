@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rtagx.analysis.evaluate import Explanation, explain_scores
+from rtagx.analysis.search import text_path
 from rtagx.cache.store import FileRecord, WriterLock, open_store, path_key
 from rtagx.cache.thumbs import prune_thumbnails, thumbnail_bytes
 from rtagx.cache.thumbs import thumbs_dir as default_thumbs
@@ -183,6 +184,7 @@ class ReviewLibrary:
                     Photo(os.fsdecode(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)
                 ]
                 self._by_path = {p.name: p for p in self._photos}
+                self._web_folders = self._web_names(self._by_path)
                 self._sorted_paths = sorted((p.name, p.row) for p in self._photos)
                 self._path_strs = [s for s, _ in self._sorted_paths]
                 self._listed.set()
@@ -200,6 +202,25 @@ class ReviewLibrary:
         finally:
             self._loaded.set()
         self._count_tags()
+
+    def _web_names(self, by_path: dict[str, Photo]) -> dict[str, str]:
+        """Make every photo reachable by the name the pages show. A name that is not UTF-8 is shown
+        (and sent back) as :func:`text_path` makes it, with U+FFFD: add that name for the photo, and
+        return the same for the folders above it. A shown name that another file has for real, or
+        that two names share, names nothing (never the wrong file)."""
+        folders: dict[str, str | None] = {}
+        shown: dict[str, Photo | None] = {}
+        for name, photo in by_path.items():
+            if name.isascii() or (web := text_path(name)) == name:
+                continue
+            shown[web] = None if web in shown else photo
+            folder = os.path.dirname(name)
+            while (web_folder := text_path(folder)) != folder:
+                if folders.setdefault(web_folder, folder) != folder:
+                    folders[web_folder] = None
+                folder = os.path.dirname(folder)
+        by_path.update({web: p for web, p in shown.items() if p is not None and web not in by_path})
+        return {web: real for web, real in folders.items() if real is not None}
 
     def _wait(self, event: threading.Event) -> None:
         event.wait()
@@ -266,6 +287,8 @@ class ReviewLibrary:
         if not raw or "\x00" in raw or ".." in Path(raw).parts or not os.path.isabs(raw):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         folder = Path(os.path.normpath(raw))
+        self._wait(self._listed)
+        folder = Path(self._web_folders.get(str(folder), folder))
         if not any(folder == r or r in folder.parents for r in self.roots) or not self.inside_roots(folder):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         return folder
