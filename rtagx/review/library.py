@@ -287,8 +287,9 @@ class ReviewLibrary:
         if not raw or "\x00" in raw or ".." in Path(raw).parts or not os.path.isabs(raw):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         folder = Path(os.path.normpath(raw))
-        self._wait(self._listed)
-        folder = Path(self._web_folders.get(str(folder), folder))
+        if not os.path.lexists(folder):  # a name shown with U+FFFD: the folder it stands for
+            self._wait(self._listed)
+            folder = Path(self._web_folders.get(str(folder), folder))
         if not any(folder == r or r in folder.parents for r in self.roots) or not self.inside_roots(folder):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         return folder
