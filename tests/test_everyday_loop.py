@@ -244,6 +244,30 @@ def test_content_changed_with_size_and_mtime_restored_is_embedded_again(tiny_cli
     assert summary["embedded"] == 1 and files[0]["embedded"] is True
 
 
+def test_readers_of_the_cache_see_a_change_with_size_and_mtime_restored(tiny_clip, vocab_file, tmp_path) -> None:
+    """`show`, `search --like` and `eval` read a file's vector without a run: the same identity rule
+    as `tag` (size, mtime, ctime, inode), not size and mtime alone, else they score the old picture."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    a, b = lib / "a.bmp", lib / "b.bmp"
+    _noise(1).save(a)
+    _noise(2).save(b)
+    cache = tmp_path / "c.db"
+    _tag([lib], tiny_clip, cache, "--tags", str(vocab_file), "--write", "none")
+    st = a.stat()
+    shutil.copyfile(b, a)  # another program overwrites a in place with b's picture (same size) ...
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and restores the mtime (touch -r)
+    assert (a.stat().st_size, a.stat().st_mtime_ns, a.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def shown(path: Path) -> dict:
+        return json.loads(_run(["show", str(path), "--cache", str(cache), "--json", "--top", "6"])[2])
+
+    assert shown(a).get("scores") == shown(b)["scores"]
+    _, _, out = _run(["search", "--like", str(a), str(lib), "--cache", str(cache), "--json", "--top", "1"])
+    best = json.loads(out.splitlines()[0])
+    assert best["path"] == str(b) and best["score"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_rehash_checks_the_content_of_files_that_look_unchanged(tiny_clip, vocab_file, tmp_path) -> None:
     lib = tmp_path / "lib"
     lib.mkdir()

@@ -560,3 +560,140 @@ def test_the_review_command_serves_on_loopback_with_a_token(tagged):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+def test_a_renamed_photo_is_reviewed_under_its_new_name_only(tagged):
+    """The cache keeps a renamed photo's old path until `cache prune`: review neither lists that
+    path nor lets it break a decision on the photo (its retag got the vanished path too: 409)."""
+    photos = tagged["photos"]
+    old, new = photos / "Canon_40D.jpg", photos / "sub" / "renamed.jpg"
+    os.rename(old, new)
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    srv = start(tagged)
+    try:
+        status, _ = request(srv, "GET", f"/thumb?{q(path=old, token=srv.token)}")
+        assert status == 404  # not listed: gone from disk
+        tag = keywords(new)[0]
+        status, out = request(
+            srv,
+            "POST",
+            "/api/decide",
+            body={"paths": [str(new)], "tag": tag, "decision": -1},
+            headers={"X-Rtagx-Token": srv.token, "Origin": srv.origin},
+        )
+        assert status == 200, out
+        assert json.loads(out)["files"][str(new)]["removed"] == [tag]
+        assert tag not in keywords(new)
+    finally:
+        srv.stop()
+
+
+def test_a_photo_deleted_after_the_listing_is_reported_not_written(tagged, server):
+    """Deleted between the page and the click: the decision on a vanished file is a skip per file
+    (never a retag of every root, never "written")."""
+    photos = tagged["photos"]
+    nikon = photos / "Nikon_D70.jpg"
+    tag = keywords(nikon)[0]
+    nikon.unlink()
+    headers = {"X-Rtagx-Token": server.token, "Origin": server.origin}
+    for endpoint, body in (
+        ("/api/decide", {"paths": [str(nikon)], "tag": tag, "decision": 1}),
+        ("/api/add", {"paths": [str(nikon)], "tag": tag}),
+    ):
+        status, out = request(server, "POST", endpoint, body=body, headers=headers)
+        assert status == 200, (endpoint, out)
+        files = json.loads(out)["files"]
+        assert list(files) == [str(nikon)], (endpoint, files)
+        assert files[str(nikon)]["action"] == "skipped" and files[str(nikon)]["written"] is False, (endpoint, files)
+
+
+def test_a_decision_is_minus_one_zero_or_one_exactly(server, tagged):
+    """0.5 is not "forget" and Infinity is not a server error: anything but -1, 0, 1 is a 400."""
+    canon = str(tagged["photos"] / "Canon_40D.jpg")
+    before = keywords(Path(canon))
+    headers = {"X-Rtagx-Token": server.token, "Origin": server.origin, "Content-Type": "application/json"}
+    for raw in ("0.5", "-0.9", "true", '"1"', "Infinity", "1e400", "null", "[1]"):
+        body = f'{{"paths": [{json.dumps(canon)}], "tag": {json.dumps(before[0])}, "decision": {raw}}}'
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn.request("POST", "/api/decide", body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 400, (raw, resp.status, resp.read())
+        conn.close()
+    assert keywords(Path(canon)) == before
+
+
+def test_review_of_every_tagged_folder_starts_when_one_is_gone(tagged, tmp_path):
+    """`rtagx review` with no PATHS reviews what `tag` processed; a tagged folder since deleted (or
+    on a drive not mounted now) is named on one line and left out, not a refusal to start."""
+    import re
+    import signal
+    import sys
+    import urllib.request
+
+    gone = tmp_path / "card"
+    gone.mkdir()
+    shutil.copy2(tagged["photos"] / "Nikon_D70.jpg", gone / "x.jpg")
+    code, out = rtagx("tag", str(gone), *tagged["args"], "--yes", "-q")
+    assert code == 0, out
+    shutil.rmtree(gone)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "rtagx", "review", "--cache", str(tagged["cache"]), "--no-browser"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]
+        assert str(gone) in lines[0] and "not on disk" in lines[0], lines
+        match = re.search(r"(http://127\.0\.0\.1:(\d+)/\?token=([\w-]+))", lines[1])
+        assert match, lines
+        with urllib.request.urlopen(match.group(1), timeout=60) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def test_photos_whose_names_are_not_utf8_are_reviewed_like_any_other(tagged):
+    """A name the file system allows but that is not UTF-8 (an old Latin-1 archive) is shown with
+    U+FFFD, as `tag --json` prints it, and that shown name opens, thumbnails and decides the photo;
+    it broke the tag grid, the folder page and search with a 500."""
+    import re
+
+    photos = tagged["photos"]
+    folder = os.fsencode(photos) + b"/caf\xe9"
+    os.mkdir(folder)
+    shutil.copy2(photos / "Nikon_D70.jpg", folder + b"/\xe9t\xe9.jpg")
+    shutil.copy2(photos / "Pentax_K10D.jpg", os.fsencode(photos) + b"/plage\xe0.jpg")
+    code, out = rtagx("tag", str(photos), *tagged["args"], "--threshold", "-1", "--top-k", "2", "--yes", "-q")
+    assert code == 0, out
+    srv = start(tagged)
+    try:
+        t = srv.token
+        shown = {str(photos / "caf\ufffd" / "\ufffdt\ufffd.jpg"), str(photos / "plage\ufffd.jpg")}
+        links: set[str] = set()
+        for target in (
+            f"/tag?{q(name='dog', token=t)}",
+            f"/folder?{q(path=photos, token=t)}",
+            f"/search?{q(q='dog', token=t)}",
+        ):
+            status, body = request(srv, "GET", target)
+            assert status == 200, (target, body[:300])
+            links |= {m.replace("&amp;", "&") for m in re.findall(r'(?:href|src)="([^"]*path=[^"]*)"', body.decode())}
+        for name in shown:
+            assert any(urllib.parse.quote_plus(name) in link for link in links), name
+        for link in links:
+            status, body = request(srv, "GET", link)
+            assert status == 200, (link, body[:200])
+        tag = keywords(Path(os.fsdecode(os.fsencode(photos) + b"/plage\xe0.jpg")))[0]
+        web = str(photos / "plage\ufffd.jpg")
+        status, out = request(
+            srv,
+            "POST",
+            "/api/decide",
+            body={"paths": [web], "tag": tag, "decision": -1},
+            headers={"X-Rtagx-Token": t, "Origin": srv.origin},
+        )
+        assert status == 200, out
+        assert json.loads(out)["files"][web]["removed"] == [tag]
+    finally:
+        srv.stop()

@@ -96,3 +96,18 @@ def test_scan_unreadable_folder_is_a_problem_not_a_crash(tmp_path: Path) -> None
         assert any(isinstance(p, ScanProblem) and p.reason == "permission-denied" for p in result.problems)
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+def test_a_fifo_or_device_named_on_the_command_line_is_not_an_image(tmp_path: Path) -> None:
+    """`rtagx tag pipe.jpg` (a FIFO) or a link to /dev/zero: one skip saying what it is, not
+    "permission-denied: cannot list folder" (it was taken for a folder)."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    result = scan([fifo, tmp_path / "zero.jpg"], frozenset({".jpg"}))
+    assert result.files == []
+    assert [(p.path.name, p.reason) for p in result.problems] == [
+        ("pipe.jpg", "not-an-image"),
+        ("zero.jpg", "not-an-image"),
+    ]
+    assert all("not a regular file" in p.detail for p in result.problems)

@@ -28,11 +28,13 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
     cache = settings.cache_path()
     written: WrittenRecord | None = None
     owner: tuple[Path, dict[str, Any]] | None = None
-    rec = None
+    content_id: int | None = None
     if cache.exists():
         with open_store(cache, readonly=True) as store:
             owner = owning_root(path, store.roots())
-            rec = store.file(path)
+            # the content the file holds now (a copy, rename or edit since the last run included),
+            # never the vector of the picture it held when it was recorded
+            content_id = store.content_of(path)
             written = store.written([path_key(path)]).get(path_key(path))
     where = written_place(settings, written, owner)
     if not os.path.lexists(path):
@@ -49,7 +51,7 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
             info["error"] = f"{e.reason}: {e.detail}"
     if not cache.exists():
         return info
-    if rec is None:
+    if content_id is None:
         info["cached"] = False
         return info
     info["cached"] = True
@@ -61,14 +63,14 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
         model_id = store.find_model(model_key) if model_key else None
         if model_id is None and written is not None:
             model_id = written.model_id
-        if model_id is None or rec.content_id not in store.contents_with_vectors(model_id, [rec.content_id]):
+        if model_id is None or content_id not in store.contents_with_vectors(model_id, [content_id]):
             return info
         eff = load_settings(base=remembered)
         vocabulary = load_vocabulary_for(eff)
         m = store.model_info(model_id)
         if m.get("kind", "clip") != "clip":  # a trained tagger: the cached vector is its probabilities
             vocabulary, index = tagger_vocabulary_for(m, vocabulary, eff)
-            probs = store.vectors(model_id, [rec.content_id], len(m.get("labels") or ()))
+            probs = store.vectors(model_id, [content_id], len(m.get("labels") or ()))
             tagger_scores = labels_mod.tagger_scores(probs, index)[0]
             order = np.argsort(-tagger_scores, kind="stable")[:top]
             info.update(model=m.get("name"), vocabulary=vocabulary.source, templates="")
@@ -79,7 +81,7 @@ def describe_file(path: Path, settings: Settings, top: int = 10) -> dict[str, An
         if len(texts) < len(set(prompts)):
             return info
         matrix = scoring.build_tag_matrix(vocabulary, texts)
-        vec = store.vectors(model_id, [rec.content_id], matrix.shape[1])
+        vec = store.vectors(model_id, [content_id], matrix.shape[1])
     scores = scoring.score_images(vec, matrix, logit_scale=m.get("logit_scale"), logit_bias=m.get("logit_bias"))[0]
     order = np.argsort(-scores)[:top]
     info["model"] = m.get("name")

@@ -268,6 +268,14 @@ class FileRecord(NamedTuple):  # a tuple: a no-op run over 100k files builds 100
     ctime_ns: int = 0  # 0: not known yet (a row from a version-3 cache)
     inode: int = 0
 
+    def same_identity(self, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bool:
+        """The file was not touched since it was recorded: size, mtime, ctime and inode as recorded
+        (``touch -r`` restores size and mtime, never ctime). A row from a version-3 cache knows no
+        ctime or inode (0) and is judged on size and mtime. The one rule for every reader."""
+        if self.size != size or self.mtime_ns != mtime_ns:
+            return False
+        return self.ctime_ns == 0 or (self.ctime_ns == ctime_ns and self.inode == inode)
+
 
 class Failure(NamedTuple):
     """A file that failed for good, as remembered: skipped again until it changes or the decoder does."""
@@ -470,14 +478,14 @@ class Store:
         return int(r[0]) if r else None
 
     def content_of(self, path: Path) -> int | None:
-        """The cached content of a file: by path while its size and mtime are as recorded, else by
-        the fingerprint of its image data (a copy or rename the cache has not recorded yet)."""
+        """The cached content of a file: by path while its identity is as recorded, else by the
+        fingerprint of its image data (a copy, a rename or an edit the cache has not recorded yet)."""
         try:
             st = os.stat(path)
         except OSError:
             return None
         rec = self.file(path)
-        if rec is not None and (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns):
+        if rec is not None and rec.same_identity(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return rec.content_id
         try:
             return self.content_for_fingerprint(fingerprint_file(path))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -314,9 +315,18 @@ def review(ctx: Context, paths: tuple[Path, ...], port: int, no_browser: bool, *
     from rtagx.settings import load_settings
 
     overrides = option_overrides(**options)
-    roots = list(paths) or sorted(known_roots(load_settings(overrides, config_path=ctx.config)))
+    roots = list(paths)
     if not roots:
-        raise UsageError("nothing to review: no tagged folders in the cache yet (run `rtagx tag PATH` first)")
+        known = sorted(known_roots(load_settings(overrides, config_path=ctx.config)))
+        if not known:
+            raise UsageError("nothing to review: no tagged folders in the cache yet (run `rtagx tag PATH` first)")
+        # a tagged folder deleted since, or on a drive not mounted now, must not stop the review
+        roots = [r for r in known if os.path.lexists(r)]
+        missing = [r for r in known if r not in roots]
+        if missing:
+            click.echo(f"rtagx review: not on disk, left out: {_listed([str(r) for r in missing])}", err=True)
+        if not roots:
+            raise UsageError("nothing to review: none of the tagged folders is on disk now")
     library = ReviewLibrary(roots, overrides, config_path=ctx.config)
     server = ReviewServer(library, port)
     # the photos and their vectors load in the background: the first page is served at once

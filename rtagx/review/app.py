@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rtagx.analysis.search import text_path
 from rtagx.errors import RtagxError, UsageError
 from rtagx.review.library import OutsideRoots, ReviewLibrary
 from rtagx.review.pages import Pages
@@ -99,6 +100,13 @@ def _page_number(request: Request) -> int:
         return 0
 
 
+def _decision(value: object) -> int:
+    """-1, 0 or 1 exactly: ``int()`` would make 0.5 "forget", ``true`` "accept" and Infinity a 500."""
+    if type(value) is not int or value not in (-1, 0, 1):
+        raise UsageError(f"decision must be 1, -1 or 0, not {value!r}")
+    return value
+
+
 def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) -> ASGIApp:
     pages = Pages(token)
     script = resources.files("rtagx.review").joinpath("static/review.js").read_bytes()
@@ -164,7 +172,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
                 raise UsageError("paths must be a non-empty list of strings")
             photos = [library.photo_for(p) for p in paths]
-            decision = int(body.get("decision", 0))
+            decision = _decision(body.get("decision", 0))
             tag_name = str(body["tag"])
         except OutsideRoots as e:
             return JSONResponse({"error": str(e)}, status_code=404)
@@ -179,12 +187,13 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
             return JSONResponse({"error": str(e)}, status_code=409)
         files = {}
         for o in outcomes:
-            files[str(o.path)] = {
+            files[text_path(o.path)] = {  # keyed by the name the page shows and sent
                 "action": o.action,
                 "added": o.added,
                 "removed": o.removed,
                 "reason": o.reason,
-                "written": any(t.casefold() == tag_name.casefold() for t, _ in o.tags),
+                # a skipped file holds what it held; its tags are only what would have been written
+                "written": o.action != "skipped" and any(t.casefold() == tag_name.casefold() for t, _ in o.tags),
             }
         written = sum(o.action == "written" for o in outcomes)
         return JSONResponse({"files": files, "summary": f"{len(outcomes)} files, {written} rewritten"})
@@ -204,7 +213,7 @@ def build_app(library: ReviewLibrary, token: str, port_of: Callable[[], int]) ->
         return JSONResponse(
             {
                 "summary": f"{written} files rewritten",
-                "files": [{"path": str(o.path), "action": o.action} for o in outcomes],
+                "files": [{"path": text_path(o.path), "action": o.action} for o in outcomes],
             }
         )
 

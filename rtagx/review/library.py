@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rtagx.analysis.evaluate import Explanation, explain_scores
+from rtagx.analysis.search import text_path
 from rtagx.cache.store import FileRecord, WriterLock, open_store, path_key
 from rtagx.cache.thumbs import prune_thumbnails, thumbnail_bytes
 from rtagx.cache.thumbs import thumbs_dir as default_thumbs
@@ -182,6 +184,7 @@ class ReviewLibrary:
                     Photo(os.fsdecode(k), records[k].content_id, records[k].fingerprint, n) for n, k in enumerate(keys)
                 ]
                 self._by_path = {p.name: p for p in self._photos}
+                self._web_folders = self._web_names(self._by_path)
                 self._sorted_paths = sorted((p.name, p.row) for p in self._photos)
                 self._path_strs = [s for s, _ in self._sorted_paths]
                 self._listed.set()
@@ -199,6 +202,25 @@ class ReviewLibrary:
         finally:
             self._loaded.set()
         self._count_tags()
+
+    def _web_names(self, by_path: dict[str, Photo]) -> dict[str, str]:
+        """Make every photo reachable by the name the pages show. A name that is not UTF-8 is shown
+        (and sent back) as :func:`text_path` makes it, with U+FFFD: add that name for the photo, and
+        return the same for the folders above it. A shown name that another file has for real, or
+        that two names share, names nothing (never the wrong file)."""
+        folders: dict[str, str | None] = {}
+        shown: dict[str, Photo | None] = {}
+        for name, photo in by_path.items():
+            if name.isascii() or (web := text_path(name)) == name:
+                continue
+            shown[web] = None if web in shown else photo
+            folder = os.path.dirname(name)
+            while (web_folder := text_path(folder)) != folder:
+                if folders.setdefault(web_folder, folder) != folder:
+                    folders[web_folder] = None
+                folder = os.path.dirname(folder)
+        by_path.update({web: p for web, p in shown.items() if p is not None and web not in by_path})
+        return {web: real for web, real in folders.items() if real is not None}
 
     def _wait(self, event: threading.Event) -> None:
         event.wait()
@@ -241,13 +263,21 @@ class ReviewLibrary:
         return photo
 
     def _inside_fast(self, key: bytes, real_dirs: dict[str, bool]) -> bool:
-        """:meth:`inside_roots` for many files: each folder resolved once, then one lstat per file."""
+        """:meth:`inside_roots` for many files: each folder resolved once, then one lstat per file.
+        A file gone from disk is out too: the cache keeps a renamed or deleted file's old path until
+        ``cache prune``, and a page must not offer a photo no decision can be written to."""
         name = os.fsdecode(key)
         folder = os.path.dirname(name)
         ok = real_dirs.get(folder)
         if ok is None:
             ok = real_dirs[folder] = self.inside_roots(Path(folder))
-        return ok and (not os.path.islink(name) or self.inside_roots(Path(name)))
+        if not ok:
+            return False
+        try:
+            link = stat.S_ISLNK(os.lstat(key).st_mode)
+        except OSError:
+            return False
+        return not link or self.inside_roots(Path(name))
 
     def inside_roots(self, path: Path) -> bool:
         real = Path(os.path.realpath(path))
@@ -257,6 +287,9 @@ class ReviewLibrary:
         if not raw or "\x00" in raw or ".." in Path(raw).parts or not os.path.isabs(raw):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         folder = Path(os.path.normpath(raw))
+        if not os.path.lexists(folder):  # a name shown with U+FFFD: the folder it stands for
+            self._wait(self._listed)
+            folder = Path(self._web_folders.get(str(folder), folder))
         if not any(folder == r or r in folder.parents for r in self.roots) or not self.inside_roots(folder):
             raise OutsideRoots(f"not a reviewed folder: {raw!r}")
         return folder
@@ -439,7 +472,16 @@ class ReviewLibrary:
                 lock.release()
             # every reviewed copy of the same content gets the decision too (it is kept by content)
             contents = {p.content_id for p in photos}
-            return self._retag([p.path for p in self.photos if p.content_id in contents], dry_run=False)
+            copies = [p.path for p in self.photos if p.content_id in contents]
+            # a copy deleted since the listing is a skip of its own: retag refuses a missing path
+            # (for every path of the call), and with no path at all it would cover every root
+            here = [c for c in copies if os.path.lexists(c)]
+            gone = [
+                FileOutcome(c, "skipped", [], reason="missing", detail="deleted since the page was listed")
+                for c in copies
+                if c not in here
+            ]
+            return (self._retag(here, dry_run=False) if here else []) + gone
 
     def add_by_hand(self, photos: Sequence[Photo], tag: str) -> list[FileOutcome]:
         """A person adds ``tag`` to ``photos``: it is the person's keyword, never rtagx's. It is

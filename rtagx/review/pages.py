@@ -4,11 +4,11 @@ link carries the session token, and the only script is ``static/review.js`` from
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlencode
 
+from rtagx.analysis.search import text_path
 from rtagx.review.library import FolderView, GridItem, Photo, PhotoView, TagGrid
 from rtagx.run.events import FileOutcome
 
@@ -52,7 +52,8 @@ KEYS = "keys: j/k move, x select, a accept, r reject, u undo decision, Enter ope
 
 
 def esc(value: object) -> str:
-    return html.escape(os.fsdecode(value) if isinstance(value, (bytes, Path)) else str(value), quote=True)
+    # names from the file system may hold bytes that are not UTF-8 (surrogates): shown as U+FFFD
+    return html.escape(text_path(value) if isinstance(value, (bytes, Path, str)) else str(value), quote=True)
 
 
 class Pages:
@@ -60,7 +61,7 @@ class Pages:
         self.token = token
 
     def url(self, route: str, **params: object) -> str:
-        query = {k: (os.fsdecode(v) if isinstance(v, Path) else str(v)) for k, v in params.items() if v is not None}
+        query = {k: (text_path(v) if isinstance(v, Path) else str(v)) for k, v in params.items() if v is not None}
         query["token"] = self.token
         return esc(f"{route}?{urlencode(query)}")
 
@@ -93,7 +94,7 @@ class Pages:
             for t, n, thr in tags
         )
         body = (
-            f"<h1>Tags</h1><p class='meta'>{'(still listing the)' if photos is None else photos} photos under {esc(', '.join(map(str, roots)))}</p>"
+            f"<h1>Tags</h1><p class='meta'>{'(still listing the)' if photos is None else photos} photos under {esc(', '.join(map(text_path, roots)))}</p>"
             f"<table><tr><th>tag</th><th>photos at or above threshold</th><th>threshold</th></tr>{rows}</table>"
         )
         return self.page("Tags", body)
@@ -206,7 +207,7 @@ class Pages:
             f"<h1>{esc(view.folder)}</h1><ul>{subs}</ul>"
             f"<p>{self.pager('/folder', view.page, view.pages, path=view.folder)}</p><div class='grid'>{cards}</div>"
         )
-        return self.page(str(view.folder), body)
+        return self.page(text_path(view.folder), body)
 
     def search(self, text: str, hits: Sequence[tuple[Photo, float]], error: str | None = None) -> str:
         cards = "".join(

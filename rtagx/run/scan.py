@@ -127,6 +127,9 @@ def iter_scan(
                 seen_files.add(str(root))
                 yield ScannedFile(root, st.st_size, st.st_mtime_ns, root.parent, st.st_ctime_ns, st.st_ino)
             continue
+        if not stat.S_ISDIR(st.st_mode):  # a FIFO, socket or device: reading it would block or never end
+            yield ScanProblem(root, "not-an-image", "not a regular file or folder (a FIFO, socket or device)")
+            continue
         stack = [root]
         while stack:
             folder = stack.pop()

@@ -63,11 +63,8 @@ def file_row(item: ScannedFile, fingerprint: str) -> FileRow:
 
 
 def same_identity(rec: FileRecord, item: ScannedFile) -> bool:
-    """Size, mtime, ctime and inode as recorded: the file was not touched since. A row from a
-    version-3 cache knows no ctime/inode (0) and is judged on size and mtime."""
-    if rec.size != item.size or rec.mtime_ns != item.mtime_ns:
-        return False
-    return rec.ctime_ns == 0 or (rec.ctime_ns == item.ctime_ns and rec.inode == item.inode)
+    """The scanned file was not touched since ``rec`` was recorded (:meth:`FileRecord.same_identity`)."""
+    return rec.same_identity(item.size, item.mtime_ns, item.ctime_ns, item.inode)
 
 
 def fingerprint_or_skip(item: ScannedFile) -> str | Skip:
