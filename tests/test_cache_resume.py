@@ -316,9 +316,11 @@ def test_killed_run_resumes_embedding_only_what_is_missing(tiny_clip, vocab_file
     assert third["embedded"] == 0
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(
-    tiny_clip, vocab_file: Path, tmp_path: Path
+    tiny_clip, vocab_file: Path, tmp_path: Path, signum: int, code: int
 ) -> None:
+    """Ctrl-C, or SIGTERM (``timeout`` around a cron job, a service manager), stops the same way."""
     lib = tmp_path / "lib"
     _make_jpegs(lib, 40)
     cache = tmp_path / "c.sqlite3"
@@ -328,11 +330,11 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_keeps_finished_batches(
     proc = _held_rtagx(tmp_path, _tag_args(lib, tiny_clip, cache, vocab_file, *opts), hold)
     try:
         assert _wait_for_vectors(cache, proc, at_least=4) == 4
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         hold.unlink()
-    assert proc.returncode == 130, (out, err)
+    assert proc.returncode == code, (out, err)
     assert "Traceback" not in err
     files, summary = _json_lines(out)
     assert summary["interrupted"] is True and summary["embedded"] == 4

@@ -5,7 +5,8 @@ before the first write into a folder's originals.
 Exit codes: 0 all good (a declined first-write question and a folder without images too); 1 fatal
 error; 2 usage error (an option, argument, variable or config key); 3 finished but some files were
 skipped or failed; 4 the cache is locked by another rtagx and --no-wait was given; 5 --engine ray cannot
-run (Ray not installed, cluster unreachable or failed); 130 interrupted.
+run (Ray not installed, cluster unreachable or failed); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM
+(the same clean stop as Ctrl-C: every finished batch kept, a summary printed).
 """
 
 from __future__ import annotations

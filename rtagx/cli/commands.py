@@ -7,7 +7,9 @@ registers them on the root group defined in rtagx.cli.app. Exit codes are listed
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import Any
 
 import click
 
@@ -17,8 +19,20 @@ from rtagx.cli.app import EXIT_INTERRUPTED, cli
 __all__ = ["admin", "analysis", "cli", "library", "main", "tagging"]
 
 
+#: Exit code of a run stopped by SIGTERM (``timeout`` in a cron job, a service manager): 128 + 15.
+EXIT_TERMINATED = 143
+_terminated: list[int] = []
+
+
+def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM stops a run as Ctrl-C does: finished batches kept, no file half-written, a summary."""
+    _terminated.append(signum)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     code: int | str | None = 0
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         cli(prog_name="rtagx")
     except KeyboardInterrupt:  # pragma: no cover - between commands
@@ -26,6 +40,8 @@ def main() -> None:
         code = EXIT_INTERRUPTED
     except SystemExit as e:
         code = e.code
+    if _terminated and code == EXIT_INTERRUPTED:
+        code = EXIT_TERMINATED
     # a decoder thread that never returns must not keep the process alive; only runs that decode
     # images load rtagx.run.local (importing it just to look costs every other command 0.3 s)
     local = sys.modules.get("rtagx.run.local")
