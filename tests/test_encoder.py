@@ -57,8 +57,10 @@ def test_broken_checkpoint_and_config_are_model_errors(tiny_clip, tmp_path: Path
     cfg, _ = tiny_clip
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="cannot load weights"):
+    with pytest.raises(ModelError, match="cannot load weights") as caught:
         load_encoder(resolve_model(str(cfg), str(junk)), device="cpu")
+    # one line, and never torch's advice to load with weights_only=False (it would run pickled code)
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
     bad_cfg = tmp_path / "bad.json"
     bad_cfg.write_text("{not json")
     with pytest.raises(ModelError, match="cannot be read"):

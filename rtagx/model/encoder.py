@@ -811,6 +811,17 @@ def keep_activation_memory() -> bool:
         return False
 
 
+def _load_problem(error: Exception) -> str:
+    """Why a checkpoint did not load, in a line. torch's own message for a file its safe loader
+    refuses advises ``weights_only=False``, which would run any code a pickle carries: rtagx never
+    does that, so the advice is replaced by what it means."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return "not a checkpoint torch can read without running code from it (damaged, truncated, or not a PyTorch weights file)"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first.split("  (Could this error message be improved?")[0].strip()[:300]
+
+
 def load_encoder(
     resolved: ResolvedModel,
     *,
@@ -851,7 +862,7 @@ def load_encoder(
             built = _load_text_tower(resolved)
         except Exception as e:  # a damaged checkpoint
             raise ModelError(
-                f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {e}"
+                f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {_load_problem(e)}"
             ) from None
         if built is not None:
             tower, scale, bias = built
@@ -869,7 +880,7 @@ def load_encoder(
         )
     except Exception as e:
         raise ModelError(
-            f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {str(e).splitlines()[0][:300]}"
+            f"cannot load weights of {resolved.identity.name} from {resolved.checkpoint_file}: {_load_problem(e)}"
         ) from None
     model.eval()
     scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
