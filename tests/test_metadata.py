@@ -1051,3 +1051,20 @@ def test_atomic_write_never_replaces_a_file_it_did_not_read(tmp_path):
     assert f.read_text() == "theirs, edited"
     atomic_write(f, b"ours", expect=FileState.at(f))
     assert f.read_text() == "ours"
+
+
+def test_a_bigtiff_gets_a_sidecar_under_auto_and_is_never_rewritten(tmp_path: Path) -> None:
+    """exiv2 cannot write into a BigTIFF (scans and GIS exports over 4 GB): ``auto`` writes a sidecar
+    instead of skipping the photo, and ``--write embed`` says why it cannot."""
+    path = tmp_path / "scan.tif"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path, big_tiff=True)
+    original = path.read_bytes()
+    assert original[:4] == b"II+\x00"
+    result = metadata.write_keywords(path, ["dog", "cat"])
+    assert result.target == "sidecar" and result.written_to == tmp_path / "scan.tif.xmp"
+    assert sorted(metadata.read_keywords(path).keywords) == ["cat", "dog"]
+    assert path.read_bytes() == original
+    with pytest.raises(MetadataError, match="BigTIFF"):
+        metadata.write_keywords(path, ["dog"], target="embed")
+    metadata.remove_own_keywords(path)
+    assert metadata.read_keywords(path).keywords == [] and path.read_bytes() == original

@@ -67,7 +67,9 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
 EMBED_EXTENSIONS: frozenset[str] = JPEG_EXTENSIONS | TIFF_EXTENSIONS | {".png", ".webp"}
 
 SNIFF_BYTES = 64
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: BigTIFF (64-bit offsets: scans and GIS exports over 4 GB): readable, but exiv2 cannot write into it.
+BIGTIFF_MAGIC = (b"II+\x00", b"MM\x00+")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", *BIGTIFF_MAGIC)
 _HEIF_BRANDS = {
     b"heic",
     b"heix",

@@ -39,7 +39,15 @@ from pathlib import Path
 
 from rtagx.errors import DecodeError, MetadataError, UsageError
 from rtagx.imaging import heif
-from rtagx.imaging.formats import AVIF_EXTENSIONS, EMBED_EXTENSIONS, HEIF_EXTENSIONS, RAW_EXTENSIONS, identify
+from rtagx.imaging.formats import (
+    AVIF_EXTENSIONS,
+    BIGTIFF_MAGIC,
+    EMBED_EXTENSIONS,
+    HEIF_EXTENSIONS,
+    RAW_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    identify,
+)
 from rtagx.keywords import iptc, sidecar, tiff_ifd, webp_riff, xmp
 from rtagx.keywords import jpeg_segments as jpeg
 from rtagx.keywords.atomic import ChangedDuringWrite, FileState, atomic_write, check_writable
@@ -93,22 +101,33 @@ class WriteResult:
 
 
 def resolve_target(path: Path, target: str = "auto") -> str:
-    """``auto`` -> ``embed`` for JPEG/TIFF/PNG/WebP, ``sidecar`` for everything else (RAW never embedded)."""
+    """``auto`` -> ``embed`` for JPEG/TIFF/PNG/WebP, ``sidecar`` for everything else (RAW never
+    embedded) and for a BigTIFF, which exiv2 cannot write into (its first bytes are read to tell)."""
     if target not in TARGETS:
         raise UsageError(f"unknown write target {target!r} (choose from {', '.join(TARGETS)})")
     ext = Path(path).suffix.lower()
+    embeddable = ext in EMBED_EXTENSIONS and not (ext in TIFF_EXTENSIONS and _is_bigtiff(Path(path)))
     if target == "auto":
-        return "embed" if ext in EMBED_EXTENSIONS else "sidecar"
-    if target == "embed" and ext not in EMBED_EXTENSIONS:
-        why = (
-            "rtagx never writes into raw files"
-            if ext in RAW_EXTENSIONS
-            else "keywords can only be embedded into JPEG, TIFF, PNG and WebP"
-        )
+        return "embed" if embeddable else "sidecar"
+    if target == "embed" and not embeddable:
+        if ext in RAW_EXTENSIONS:
+            why = "rtagx never writes into raw files"
+        elif ext in EMBED_EXTENSIONS:
+            why = "a BigTIFF, which exiv2 cannot write into"
+        else:
+            why = "keywords can only be embedded into JPEG, TIFF, PNG and WebP"
         raise MetadataError(
             "unsupported-format", f"cannot embed keywords into {ext or 'this'} file: {why}; use a sidecar"
         )
     return target
+
+
+def _is_bigtiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in BIGTIFF_MAGIC
+    except OSError:
+        return False  # the write that follows reports why the file cannot be read
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
