@@ -260,7 +260,7 @@ def test_readme_exit_code_table_is_the_codes_the_cli_uses() -> None:
 
     table = re.findall(r"^\| (\d+) \|", _readme_section("Exit codes"), flags=re.M)
     raised = {c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.RtagxError)}
-    decided = {app.EXIT_OK, app.EXIT_SKIPPED, app.EXIT_INTERRUPTED}
+    decided = {app.EXIT_OK, app.EXIT_SKIPPED, app.EXIT_INTERRUPTED, app.EXIT_TERMINATED}
     assert sorted(int(x) for x in table) == sorted(raised | decided)
 
 

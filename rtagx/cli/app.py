@@ -28,6 +28,8 @@ from rtagx.errors import RtagxError, UsageError
 
 #: The codes the CLI itself decides; errors carry theirs (RtagxError 1, UsageError 2, LockBusyError 4).
 EXIT_OK, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 3, 130
+#: A run stopped by SIGTERM (``timeout`` in a cron job, a service manager): 128 + 15.
+EXIT_TERMINATED = 143
 EXIT_FATAL, EXIT_USAGE = RtagxError.exit_code, UsageError.exit_code
 log = logging.getLogger("rtagx")
 

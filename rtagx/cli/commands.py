@@ -14,13 +14,11 @@ from typing import Any
 import click
 
 from rtagx.cli import admin, analysis, library, tagging
-from rtagx.cli.app import EXIT_INTERRUPTED, cli
+from rtagx.cli.app import EXIT_INTERRUPTED, EXIT_TERMINATED, cli
 
 __all__ = ["admin", "analysis", "cli", "library", "main", "tagging"]
 
 
-#: Exit code of a run stopped by SIGTERM (``timeout`` in a cron job, a service manager): 128 + 15.
-EXIT_TERMINATED = 143
 _terminated: list[int] = []
 
 
