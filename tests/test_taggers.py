@@ -343,3 +343,43 @@ def test_reference_input_for_alpha_palette_grey_cmyk_and_rotated_images(tmp_path
         ours = decode.decode_for_model(path, spec)
         tensor = np.ascontiguousarray(ours[None, :, :, ::-1], dtype=np.float32)
         assert np.array_equal(tensor, wd14_reference_input(path, SIZE)), path.name
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"batch": 1},  # older exports fix the batch at 1
+        {"batch": 2},  # a fixed batch larger than 1: the last slice is padded
+        {"nchw": True},
+        {"float16": True},
+        {"input_name": "input_1:0"},
+    ],
+    ids=["fixed-batch-1", "fixed-batch-2", "nchw", "float16", "input-name"],
+)
+def test_wd14_export_shapes_give_the_reference_probabilities(
+    variant: dict, wd14_dir: Path, tmp_path: Path, samples_dir: Path
+) -> None:
+    """Each export shape of the same weights gives the reference's probabilities for a batch of 3
+    real photos (float16: to its rounding); before, a fixed batch or float16 input failed in
+    onnxruntime and an NCHW input was refused as "non-square 3x64"."""
+    from rtagx.imaging import decode
+    from rtagx.model.encoder import load_encoder, resolve_model
+
+    model_dir = build_wd14(tmp_path / "variant", size=SIZE, **variant)
+    encoder = load_encoder(resolve_model(str(model_dir), None, offline=True), device="cpu")
+    spec = decode.PreprocessSpec.from_model(encoder.model)
+    assert spec.size == SIZE
+    photos = _photos(samples_dir)[:3]
+    got = encoder.encode_arrays([decode.decode_for_model(p, spec) for p in photos])
+    assert got.shape == (3, len(WD14_TAGS)) and got.dtype == np.float32
+    want = np.stack([_reference_probabilities(wd14_dir, p) for p in photos])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 if variant.get("float16") else 1e-6)
+
+
+def test_fixed_batch_tagger_through_the_cli(photo_dir: Path, tmp_path: Path) -> None:
+    model_dir = build_wd14(tmp_path / "batch1", size=SIZE, batch=1)
+    args = ["tag", str(photo_dir), "--model", str(model_dir), "--cache", str(tmp_path / "c.sqlite3")]
+    result = CliRunner().invoke(cli, [*args, "--write", "none", "--yes", "--json"], catch_exceptions=False)
+    assert result.exit_code == 3, result.output  # only the corrupt sample is skipped
+    summary = [json.loads(line) for line in result.output.splitlines() if '"summary"' in line][-1]
+    assert summary["embedded"] == 4, summary
