@@ -383,3 +383,17 @@ def test_fixed_batch_tagger_through_the_cli(photo_dir: Path, tmp_path: Path) -> 
     assert result.exit_code == 3, result.output  # only the corrupt sample is skipped
     summary = [json.loads(line) for line in result.output.splitlines() if '"summary"' in line][-1]
     assert summary["embedded"] == 4, summary
+
+
+def test_explicit_gpu_device_without_an_onnxruntime_provider_is_a_usage_error(
+    wd14_dir: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """--device cuda with an onnxruntime that cannot run CUDA stops with one line and exit code 2,
+    as for CLIP models, instead of quietly running the tagger on the CPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    args = ["tag", str(photo_dir), "--model", str(wd14_dir), "--device", "cuda", "--yes"]
+    result = CliRunner().invoke(cli, [*args, "--cache", str(tmp_path / "c.sqlite3"), "--write", "none"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "onnxruntime-gpu" in lines[0], result.output

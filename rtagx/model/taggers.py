@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.errors import ModelError
+from rtagx.errors import ModelError, UsageError
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, digest_file, is_offline
 
 TAGGER_KINDS = ("wd14", "joytag")
@@ -336,6 +336,16 @@ def load_tagger(resolved: ResolvedModel, *, device: str = "auto", threads: int |
             ) from None
         used = session.get_providers()[0]
         where = "cuda" if used.startswith("CUDA") else "mps" if used.startswith("CoreML") else "cpu"
+        if device in ("cuda", "mps") and where != device:
+            # an explicit device that is not there is a usage error, as for CLIP (resolve_device);
+            # onnxruntime itself would quietly run on the CPU, many times slower than asked for
+            wanted = "CUDAExecutionProvider" if device == "cuda" else "CoreMLExecutionProvider"
+            raise UsageError(
+                f"--device {device} was asked for, but onnxruntime runs tagger {resolved.identity.name} on the "
+                f"CPU ({wanted} {'failed to start' if wanted in providers else 'is not installed'}"
+                f"{': pip install onnxruntime-gpu' if device == 'cuda' and wanted not in providers else ''}; "
+                f"try --device auto)"
+            )
         return OnnxTagger(resolved, session, where)
     if kind == "joytag":
         from rtagx.model.joytag import load_joytag
