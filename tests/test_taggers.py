@@ -320,7 +320,8 @@ def _keywords_xmp(path: Path) -> list[str]:
 
 
 def test_reference_input_for_alpha_palette_grey_cmyk_and_rotated_images(tmp_path: Path) -> None:
-    """Alpha goes over white and EXIF orientation applies as in the reference; the one stated
+    """Alpha goes over white and EXIF orientation applies as in the reference, tiny images and
+    panoramas too; the one stated
     difference is 16-bit images, which rtagx scales to 8 bits where Pillow's convert clips them."""
     from PIL import Image
 
@@ -339,6 +340,11 @@ def test_reference_input_for_alpha_palette_grey_cmyk_and_rotated_images(tmp_path
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(rgb).resize((1600, 960)).save(tmp_path / "rotated.jpg", exif=exif, quality=90)
+    # smaller than the input (the reference resizes up) and extreme panoramas (mostly white padding)
+    Image.fromarray(rgb[:1, :1]).save(tmp_path / "tiny-1x1.png")
+    Image.fromarray(rgb[:3, :5]).save(tmp_path / "tiny-5x3.png")
+    Image.fromarray(np.tile(rgb, (1, 40, 1))[:5]).save(tmp_path / "panorama-6000x5.png")
+    Image.fromarray(np.tile(rgb, (40, 1, 1))[:, :3]).save(tmp_path / "panorama-3x3600.png")
     for path in sorted(tmp_path.iterdir()):
         ours = decode.decode_for_model(path, spec)
         tensor = np.ascontiguousarray(ours[None, :, :, ::-1], dtype=np.float32)
