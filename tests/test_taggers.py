@@ -403,3 +403,26 @@ def test_explicit_gpu_device_without_an_onnxruntime_provider_is_a_usage_error(
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--device cuda" in lines[0] and "onnxruntime-gpu" in lines[0], result.output
+
+
+def test_label_categories_beyond_general_character_rating_are_not_default_keywords(tmp_path: Path) -> None:
+    """A WD14-format label file with artist (1), copyright (3) and meta (5) tags, as some third-party
+    taggers ship: the reference app reads only categories 0, 4 and 9, so those tags are no default
+    keywords (before, they were written at the general threshold); a vocabulary can still name one."""
+    tags = [*WD14_TAGS, ("some_artist", 1), ("touhou", 3), ("highres", 5)]
+    model_dir = build_wd14(tmp_path / "categories", size=SIZE, tags=tags, seed=5)
+    photo = Path(__file__).parent / "data" / "camera-samples" / "jpg" / "Nikon_D70.jpg"
+    args = ["explain", str(photo), "--model", str(model_dir), "--cache", str(tmp_path / "c.sqlite3"), "--json"]
+    runner = CliRunner()
+    result = runner.invoke(cli, [*args, "--threshold", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    listed = {t["tag"] for t in shown["tags"]}
+    assert not {"some artist", "touhou", "highres"} & listed, shown["chosen"]
+    assert {"long hair", "sky", "^_^"} <= set(shown["chosen"])
+    vocabulary = tmp_path / "meta.txt"
+    vocabulary.write_text("highres @threshold=0\n", encoding="utf-8")
+    result = runner.invoke(cli, [*args, "--tags", str(vocabulary)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    assert shown["chosen"] == ["highres"]
