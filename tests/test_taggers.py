@@ -320,7 +320,8 @@ def _keywords_xmp(path: Path) -> list[str]:
 
 
 def test_reference_input_for_alpha_palette_grey_cmyk_and_rotated_images(tmp_path: Path) -> None:
-    """Alpha goes over white and EXIF orientation applies as in the reference; the one stated
+    """Alpha goes over white and EXIF orientation applies as in the reference, tiny images and
+    panoramas too; the one stated
     difference is 16-bit images, which rtagx scales to 8 bits where Pillow's convert clips them."""
     from PIL import Image
 
@@ -339,7 +340,89 @@ def test_reference_input_for_alpha_palette_grey_cmyk_and_rotated_images(tmp_path
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(rgb).resize((1600, 960)).save(tmp_path / "rotated.jpg", exif=exif, quality=90)
+    # smaller than the input (the reference resizes up) and extreme panoramas (mostly white padding)
+    Image.fromarray(rgb[:1, :1]).save(tmp_path / "tiny-1x1.png")
+    Image.fromarray(rgb[:3, :5]).save(tmp_path / "tiny-5x3.png")
+    Image.fromarray(np.tile(rgb, (1, 40, 1))[:5]).save(tmp_path / "panorama-6000x5.png")
+    Image.fromarray(np.tile(rgb, (40, 1, 1))[:, :3]).save(tmp_path / "panorama-3x3600.png")
     for path in sorted(tmp_path.iterdir()):
         ours = decode.decode_for_model(path, spec)
         tensor = np.ascontiguousarray(ours[None, :, :, ::-1], dtype=np.float32)
         assert np.array_equal(tensor, wd14_reference_input(path, SIZE)), path.name
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"batch": 1},  # older exports fix the batch at 1
+        {"batch": 2},  # a fixed batch larger than 1: the last slice is padded
+        {"nchw": True},
+        {"float16": True},
+        {"input_name": "input_1:0"},
+    ],
+    ids=["fixed-batch-1", "fixed-batch-2", "nchw", "float16", "input-name"],
+)
+def test_wd14_export_shapes_give_the_reference_probabilities(
+    variant: dict, wd14_dir: Path, tmp_path: Path, samples_dir: Path
+) -> None:
+    """Each export shape of the same weights gives the reference's probabilities for a batch of 3
+    real photos (float16: to its rounding); before, a fixed batch or float16 input failed in
+    onnxruntime and an NCHW input was refused as "non-square 3x64"."""
+    from rtagx.imaging import decode
+    from rtagx.model.encoder import load_encoder, resolve_model
+
+    model_dir = build_wd14(tmp_path / "variant", size=SIZE, **variant)
+    encoder = load_encoder(resolve_model(str(model_dir), None, offline=True), device="cpu")
+    spec = decode.PreprocessSpec.from_model(encoder.model)
+    assert spec.size == SIZE
+    photos = _photos(samples_dir)[:3]
+    got = encoder.encode_arrays([decode.decode_for_model(p, spec) for p in photos])
+    assert got.shape == (3, len(WD14_TAGS)) and got.dtype == np.float32
+    want = np.stack([_reference_probabilities(wd14_dir, p) for p in photos])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 if variant.get("float16") else 1e-6)
+
+
+def test_fixed_batch_tagger_through_the_cli(photo_dir: Path, tmp_path: Path) -> None:
+    model_dir = build_wd14(tmp_path / "batch1", size=SIZE, batch=1)
+    args = ["tag", str(photo_dir), "--model", str(model_dir), "--cache", str(tmp_path / "c.sqlite3")]
+    result = CliRunner().invoke(cli, [*args, "--write", "none", "--yes", "--json"], catch_exceptions=False)
+    assert result.exit_code == 3, result.output  # only the corrupt sample is skipped
+    summary = [json.loads(line) for line in result.output.splitlines() if '"summary"' in line][-1]
+    assert summary["embedded"] == 4, summary
+
+
+def test_explicit_gpu_device_without_an_onnxruntime_provider_is_a_usage_error(
+    wd14_dir: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """--device cuda with an onnxruntime that cannot run CUDA stops with one line and exit code 2,
+    as for CLIP models, instead of quietly running the tagger on the CPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    args = ["tag", str(photo_dir), "--model", str(wd14_dir), "--device", "cuda", "--yes"]
+    result = CliRunner().invoke(cli, [*args, "--cache", str(tmp_path / "c.sqlite3"), "--write", "none"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "onnxruntime-gpu" in lines[0], result.output
+
+
+def test_label_categories_beyond_general_character_rating_are_not_default_keywords(tmp_path: Path) -> None:
+    """A WD14-format label file with artist (1), copyright (3) and meta (5) tags, as some third-party
+    taggers ship: the reference app reads only categories 0, 4 and 9, so those tags are no default
+    keywords (before, they were written at the general threshold); a vocabulary can still name one."""
+    tags = [*WD14_TAGS, ("some_artist", 1), ("touhou", 3), ("highres", 5)]
+    model_dir = build_wd14(tmp_path / "categories", size=SIZE, tags=tags, seed=5)
+    photo = Path(__file__).parent / "data" / "camera-samples" / "jpg" / "Nikon_D70.jpg"
+    args = ["explain", str(photo), "--model", str(model_dir), "--cache", str(tmp_path / "c.sqlite3"), "--json"]
+    runner = CliRunner()
+    result = runner.invoke(cli, [*args, "--threshold", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    listed = {t["tag"] for t in shown["tags"]}
+    assert not {"some artist", "touhou", "highres"} & listed, shown["chosen"]
+    assert {"long hair", "sky", "^_^"} <= set(shown["chosen"])
+    vocabulary = tmp_path / "meta.txt"
+    vocabulary.write_text("highres @threshold=0\n", encoding="utf-8")
+    result = runner.invoke(cli, [*args, "--tags", str(vocabulary)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))
+    assert shown["chosen"] == ["highres"]

@@ -46,8 +46,22 @@ WD14_TAGS: list[tuple[str, int]] = [
 ]
 
 
-def build_wd14(directory: Path, *, size: int = 64, seed: int = 0, tags: list[tuple[str, int]] | None = None) -> Path:
-    """A folder with a WD14-v3-format ``model.onnx`` and ``selected_tags.csv``: flatten, dense, sigmoid."""
+def build_wd14(
+    directory: Path,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    tags: list[tuple[str, int]] | None = None,
+    batch: int | None = None,
+    nchw: bool = False,
+    float16: bool = False,
+    input_name: str = "input",
+) -> Path:
+    """A folder with a WD14-v3-format ``model.onnx`` and ``selected_tags.csv``: flatten, dense, sigmoid.
+
+    The other shapes of WD14 exports, same weights and so the same probabilities: ``batch`` fixes the
+    batch axis (older exports: 1), ``nchw`` takes ``[N, 3, S, S]``, ``float16`` takes and gives float16,
+    ``input_name`` renames the input (v2 exports: ``input_1:0``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -59,18 +73,28 @@ def build_wd14(directory: Path, *, size: int = 64, seed: int = 0, tags: list[tup
     w = (rng.standard_normal((features, len(tags))) / (127.5 * np.sqrt(features)) * 3).astype(np.float32)
     b = rng.uniform(-1.5, 0.5, len(tags)).astype(np.float32)
     centre = np.full((1,), 127.5, dtype=np.float32)
-    nodes = [
-        helper.make_node("Sub", ["input", "centre"], ["centred"]),
+    pixels = "pixels"
+    nodes = [helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT)]
+    if nchw:
+        nodes.append(helper.make_node("Transpose", ["as_float"], [pixels], perm=[0, 2, 3, 1]))
+    else:
+        nodes.append(helper.make_node("Identity", ["as_float"], [pixels]))
+    nodes += [
+        helper.make_node("Sub", [pixels, "centre"], ["centred"]),
         helper.make_node("Flatten", ["centred"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "w"], ["logits0"]),
         helper.make_node("Add", ["logits0", "b"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["output"]),
+        helper.make_node("Sigmoid", ["logits"], ["probs"]),
     ]
+    element = TensorProto.FLOAT16 if float16 else TensorProto.FLOAT
+    nodes.append(helper.make_node("Cast", ["probs"], ["output"], to=element))
+    n = batch if batch is not None else "batch"
+    shape = [n, 3, size, size] if nchw else [n, size, size, 3]
     graph = helper.make_graph(
         nodes,
         "tiny-wd14",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", len(tags)])],
+        [helper.make_tensor_value_info(input_name, element, shape)],
+        [helper.make_tensor_value_info("output", element, [n, len(tags)])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"), numpy_helper.from_array(centre, "centre")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

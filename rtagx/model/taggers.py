@@ -8,15 +8,18 @@ of tags), and scoring maps it through a vocabulary instead of a prompt matrix
 Which files make which kind (detected from the files, never from the name):
 
 * ``wd14``: ``model.onnx`` + ``selected_tags.csv`` (columns ``tag_id,name,category,count``; category
-  9 rating, 0 general, 4 character). Input ``[N, H, W, 3]`` float32, BGR, 0-255; output ``[N, T]``
-  probabilities (the v3 graphs end in a sigmoid).
+  9 rating, 0 general, 4 character). Input ``[N, H, W, 3]`` float32, BGR, 0-255 (also NCHW, float16
+  or a fixed batch, as the graph declares: :class:`OnnxTagger`); the first output ``[N, T]``
+  probabilities (the v3 graphs end in a sigmoid), as the reference app reads it.
 * ``joytag``: ``config.json`` + ``model.safetensors`` + ``top_tags.txt`` (one tag a line, all general).
 
 Preprocessing, as each model's reference code (SmilingWolf's wd-tagger space ``prepare_image``;
-fancyfeast/joytag's ``prepare_image``): alpha over white, pad to a centred white square, bicubic resize
-to the input size. rtagx does the same in one pass (resize the image, paste it centred on a white
-canvas, :class:`~rtagx.imaging.geometry.PreprocessSpec` ``resize_mode="longest"``, ``fill_color=255``)
-with JPEG draft decoding; tests/test_taggers.py states the distance to the reference on real photos.
+fancyfeast/joytag's ``prepare_image``): pad the upright image to a centred white square, one bicubic
+resize to the input size (:class:`~rtagx.imaging.geometry.PreprocessSpec` ``pad_first=True``,
+``fill_color=255``), from a full-resolution decode (no JPEG draft), ICC profiles ignored as the
+references ignore them. Alpha goes over white for both (WD14's reference does so; JoyTag's pastes
+without a mask, which shows whatever colour transparent pixels store: usually black).
+tests/test_taggers.py states the distance to the reference on real photos.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.errors import ModelError
+from rtagx.errors import ModelError, UsageError
 from rtagx.model.encoder import Encoder, ModelIdentity, ResolvedModel, digest_file, is_offline
 
 TAGGER_KINDS = ("wd14", "joytag")
@@ -237,22 +240,60 @@ class TaggerEncoder(Encoder):
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+#: onnxruntime input element types rtagx can feed, as numpy dtypes (fp16 exports take float16 pixels).
+ONNX_INPUT_TYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def onnx_input_layout(shape: Sequence[Any], name: str) -> tuple[str, int, int | None]:
+    """(``"nhwc"`` or ``"nchw"``, square input size, fixed batch size or None) of a WD14 graph's input.
+
+    SmilingWolf's exports are NHWC with a dynamic batch (v3: ``[?, 448, 448, 3]``); a converted graph
+    may be NCHW (``[N, 3, 448, 448]``) and older or hand-made exports fix the batch at 1. The pixels
+    are the same (BGR 0-255) in every layout: only the axes move. Unnamed sizes mean 448."""
+    if len(shape) != 4:
+        raise ModelError(f"tagger {name} takes {len(shape)}-D inputs {list(shape)}; WD14 graphs take [N, H, W, 3]")
+    layout = "nchw" if shape[1] == 3 and shape[3] != 3 else "nhwc"
+    h, w = (shape[2], shape[3]) if layout == "nchw" else (shape[1], shape[2])
+    size = h if isinstance(h, int) else w if isinstance(w, int) else NOMINAL_SIZE
+    if isinstance(h, int) and isinstance(w, int) and h != w:
+        raise ModelError(f"tagger {name} takes non-square {h}x{w} inputs ({layout.upper()} {list(shape)})")
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return layout, int(size), batch
+
+
 class OnnxTagger(TaggerEncoder):
-    """WD14 v3: onnxruntime, NHWC float32 BGR 0-255 in, probabilities out."""
+    """WD14 v3: onnxruntime, NHWC float32 BGR 0-255 in, probabilities out.
+
+    The graph's own input decides the layout (NHWC or NCHW), the element type (float32 or float16)
+    and the batch: a graph with a fixed batch (1 in older exports) is run in slices of that size,
+    the last one padded by repeating its final image, so any ``--batch-size`` works."""
 
     def __init__(self, resolved: ResolvedModel, session: Any, device: str) -> None:
-        shape = session.get_inputs()[0].shape
-        size = shape[1] if isinstance(shape[1], int) else NOMINAL_SIZE
-        if isinstance(shape[2], int) and shape[2] != size:
-            raise ModelError(f"tagger {resolved.identity.name} takes non-square {shape[1]}x{shape[2]} inputs")
-        super().__init__(resolved, device, int(size), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        graph_input = session.get_inputs()[0]
+        name = resolved.identity.name
+        self.layout, size, self.fixed_batch = onnx_input_layout(graph_input.shape, name)
+        dtype = ONNX_INPUT_TYPES.get(graph_input.type)
+        if dtype is None:
+            raise ModelError(f"tagger {name} takes {graph_input.type} inputs; rtagx feeds float or float16 pixels")
+        super().__init__(resolved, device, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.session = session
-        self.input_name = session.get_inputs()[0].name
+        self.input_name = graph_input.name
+        self.onnx_dtype = dtype
 
     def encode_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        x = np.ascontiguousarray(np.stack(arrays)[..., ::-1], dtype=np.float32)  # RGB -> BGR, 0-255
-        (out,) = self.session.run(None, {self.input_name: x})[:1]
-        return self._check(np.asarray(out))
+        x = np.stack(arrays)[..., ::-1]  # RGB -> BGR, 0-255
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x, dtype=self.onnx_dtype)
+        step = self.fixed_batch or len(x)
+        outs = []
+        for start in range(0, len(x), step):
+            part = x[start : start + step]
+            if len(part) < step:  # a fixed-batch graph: fill the last slice, keep only its own rows
+                part = np.concatenate([part, np.repeat(part[-1:], step - len(part), axis=0)])
+            (out,) = self.session.run(None, {self.input_name: part})[:1]
+            outs.append(np.asarray(out)[: len(x) - start])
+        return self._check(np.concatenate(outs))
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -295,6 +336,16 @@ def load_tagger(resolved: ResolvedModel, *, device: str = "auto", threads: int |
             ) from None
         used = session.get_providers()[0]
         where = "cuda" if used.startswith("CUDA") else "mps" if used.startswith("CoreML") else "cpu"
+        if device in ("cuda", "mps") and where != device:
+            # an explicit device that is not there is a usage error, as for CLIP (resolve_device);
+            # onnxruntime itself would quietly run on the CPU, many times slower than asked for
+            wanted = "CUDAExecutionProvider" if device == "cuda" else "CoreMLExecutionProvider"
+            raise UsageError(
+                f"--device {device} was asked for, but onnxruntime runs tagger {resolved.identity.name} on the "
+                f"CPU ({wanted} {'failed to start' if wanted in providers else 'is not installed'}"
+                f"{': pip install onnxruntime-gpu' if device == 'cuda' and wanted not in providers else ''}; "
+                f"try --device auto)"
+            )
         return OnnxTagger(resolved, session, where)
     if kind == "joytag":
         from rtagx.model.joytag import load_joytag

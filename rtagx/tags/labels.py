@@ -6,7 +6,9 @@ the entries the vocabulary names (:func:`tagger_scores`) and then chooses tags e
 
 * Without a vocabulary (no ``--tags``): every general and character tag, keyword = the tag name with
   underscores as spaces (kaomoji such as ``^_^`` stay as they are); rating tags only with ``ratings``
-  (then as one exclusive group: the most likely rating is always written).
+  (then as one exclusive group: the most likely rating is always written). Other categories of a label
+  file in the WD14 format (1 artist, 3 copyright, 5 meta in some third-party taggers) are left out,
+  as the reference app reads only categories 0, 4 and 9; a vocabulary's tag line can still name them.
 * With a vocabulary file (the format of :mod:`rtagx.tags.vocab`): each tag line names a model tag by
   its keyword or a synonym (underscores or spaces, any case), so ``hair|long hair`` writes the model's
   ``long_hair`` in a hierarchy; ``@threshold``, ``@group``, ``!exclusive`` work as for CLIP. A file
@@ -29,6 +31,9 @@ from rtagx.tags.vocab import Tag, Vocabulary
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 CATEGORY_NAMES = {RATING: "rating", GENERAL: "general", CHARACTER: "character"}
+
+#: The categories written by default (and by ``!tagger all``): the reference app's three.
+DEFAULT_CATEGORIES = frozenset([RATING, GENERAL, CHARACTER])
 
 #: Published default thresholds per model kind and category (see the module docstring).
 DEFAULT_THRESHOLDS: dict[str, dict[int, float]] = {
@@ -118,7 +123,7 @@ def tagger_vocabulary(
     if user is None or user.model_tags or not user.tags:
         named = set(index)
         for i, (name, cat) in enumerate(zip(labels, categories)):
-            if i in named or (cat == RATING and not ratings):
+            if i in named or cat not in DEFAULT_CATEGORIES or (cat == RATING and not ratings):
                 continue
             kw = keyword_for(name)
             group = "rating" if cat == RATING else None
