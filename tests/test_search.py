@@ -273,6 +273,75 @@ def test_file_names_that_are_not_utf8(tiny_clip, samples_dir, tmp_path):
     )
 
 
+def test_a_query_image_that_cannot_be_read_is_a_one_line_usage_error(library, tmp_path):
+    """A file named like an image that is not one (as a query word or --like): the reason in one
+    line and exit 2, not an internal error."""
+    cache = library["cache"]
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture\n")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    for query, reason in (
+        (["--like", str(notes)], "not-an-image"),
+        ([str(notes)], "not-an-image"),
+        ([str(empty)], "empty"),
+    ):
+        code, out = rtagx("search", *query, "--cache", str(cache))
+        assert code == 2, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert out.startswith(f"rtagx: error: query image {empty if reason == 'empty' else notes}: {reason}"), out
+
+
+def test_a_new_query_text_scores_as_it_will_from_the_cache(library):
+    """The first search with a text encodes it, later ones read its float16 copy from the cache:
+    both must give the same scores (and so the same order of near ties)."""
+    cache = library["cache"]
+    text = "a lighthouse at dusk, first asked here"
+    _, first = rtagx("search", text, "--top", "100", "--json", "--cache", str(cache))
+    _, again = rtagx("search", text, "--top", "100", "--json", "--cache", str(cache))
+    assert "encode-query" in json_lines(first)[1]["timings"] and "encode-query" not in json_lines(again)[1]["timings"]
+    assert json_lines(first)[0] == json_lines(again)[0]
+    assert_same_ranking(json_lines(first)[0], brute_force(cache, cached_text_vector(cache, text)))
+
+
+def test_verbose_summary_counts_files_and_cached_images_apart(library):
+    """Two files of one content are two results of one cached image: the summary must not say
+    '21 of 20 cached images'."""
+    cache = library["cache"]
+    code, out = rtagx("search", "a dog", "--top", "100", "-v", "--json", "--cache", str(cache))
+    hits, summary = json_lines(out)
+    assert code == 0 and len(hits) == summary["results"] > summary["compared"]  # the byte-identical copy
+    code, out = rtagx("search", "a dog", "--top", "100", "-v", "--cache", str(cache))
+    assert code == 0, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{len(hits)} files listed, {summary['compared']} cached images ranked, model "), last
+
+
+def test_csv_paths_are_exact_even_with_a_newline(tiny_clip, samples_dir, tmp_path):
+    """--csv is for scripts: a name with a newline is quoted by CSV, not rewritten to a backslash-n
+    that names no file (search and duplicates)."""
+    import csv
+    import io
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    odd = folder / "two\nlines.jpg"
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", odd)
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", folder / "plain.jpg")
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx("search", "--like", str(folder / "plain.jpg"), "--csv", "--cache", str(cache))
+    assert code == 0, out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["path"] for r in rows) == sorted([str(odd), str(folder / "plain.jpg")])
+    code, out = rtagx("duplicates", str(folder), "--csv", "--cache", str(cache))
+    assert code == 0, out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["path"] for r in rows) == sorted([str(odd), str(folder / "plain.jpg")])
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]

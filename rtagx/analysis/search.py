@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rtagx.cache.store import FileRecord, Store, key_path, open_store, path_key
-from rtagx.errors import CacheError, LockBusyError, UsageError
+from rtagx.errors import CacheError, FileSkip, LockBusyError, UsageError
 from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.model.memo import remembered_identity
 from rtagx.run.common import owning_root
@@ -191,7 +191,7 @@ def query_vector(
         if tower is not None:
             timings["load-numpy-text"] = time.perf_counter() - started
             started = time.perf_counter()
-            encoded = tower.encode_texts(missing_texts)
+            encoded = as_cached(tower.encode_texts(missing_texts))
             timings["encode-query"] = time.perf_counter() - started
             vectors.update({("text", k): v for k, v in zip(missing_texts, encoded)})
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
@@ -204,11 +204,11 @@ def query_vector(
         timings["load-model"] = time.perf_counter() - started
         started = time.perf_counter()
         if missing_texts:
-            encoded = encoder.encode_texts(missing_texts)
+            encoded = as_cached(encoder.encode_texts(missing_texts))
             vectors.update({("text", k): v for k, v in zip(missing_texts, encoded)})
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
         for image in dict.fromkeys(images_to_embed):
-            vectors[("image", image)] = embed_image(encoder, Path(image), settings)
+            vectors[("image", image)] = as_cached(embed_image(encoder, Path(image), settings))
         timings["encode-query"] = time.perf_counter() - started
     total = np.zeros(model.dim, dtype=np.float32)
     for t in terms:
@@ -218,6 +218,13 @@ def query_vector(
     if norm < 1e-6:
         raise UsageError("the query's terms cancel out: nothing is left to search for")
     return total / norm
+
+
+def as_cached(vectors: np.ndarray) -> np.ndarray:
+    """Vectors rounded as the cache keeps them (float16), as float32: a query text encoded now
+    scores exactly as it will when the next search reads it back from the cache, so near ties do
+    not swap between the first and the second run."""
+    return np.asarray(vectors, dtype=np.float16).astype(np.float32)
 
 
 def numpy_text_tower(store: Store, model_id: int) -> Any:
@@ -242,9 +249,14 @@ def embed_image(encoder: Any, path: Path, settings: Settings) -> np.ndarray:
     from rtagx.run.stages import FileWork, decode_file, encode_batch
 
     spec = PreprocessSpec.from_model(encoder.model)
-    st = os.stat(path)
-    work = FileWork(ScannedFile(path, st.st_size, st.st_mtime_ns, path.parent))
-    array = decode_file(work, spec, settings.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
+    try:
+        st = os.stat(path)
+        work = FileWork(ScannedFile(path, st.st_size, st.st_mtime_ns, path.parent))
+        array = decode_file(work, spec, settings.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
+    except FileSkip as e:  # the query itself is unusable: say why in one line (exit 2), as tag would
+        raise UsageError(f"query image {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"query image {path}: {e.strerror or e}") from None
     return encode_batch(encoder, [array], spec)[0]
 
 

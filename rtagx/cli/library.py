@@ -81,6 +81,7 @@ def search(
     an argument that is an image file is an image query. No image of the library is decoded.
     """
     from rtagx.analysis.search import search as run_search
+    from rtagx.analysis.search import text_path
     from rtagx.cli.render import display_path, json_line
 
     words = [q for q in query if not os.path.isdir(os.path.expanduser(q))]
@@ -108,14 +109,16 @@ def search(
         writer = csv.writer(sys.stdout)
         writer.writerow(["rank", "score", "path"])
         for hit in result.hits:
-            writer.writerow([hit.rank, f"{hit.score:.4f}", display_path(hit.path)])
+            writer.writerow([hit.rank, f"{hit.score:.4f}", text_path(hit.path)])  # CSV quotes a newline
     else:
         for hit in result.hits:
             click.echo(f"{hit.score:.4f}  {display_path(hit.path)}" if ctx.verbose else display_path(hit.path))
         if ctx.verbose:
             took = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
             click.echo(
-                f"{len(result.hits)} of {result.compared} cached images, model {result.model.name} ({took})", err=True
+                f"{len(result.hits)} files listed, {result.compared} cached images ranked, model {result.model.name} "
+                f"({took})",
+                err=True,
             )
     if html_file:
         from rtagx.analysis.html import search_page
@@ -159,6 +162,7 @@ def duplicates(
     oldest date. Nothing is ever deleted or moved.
     """
     from rtagx.analysis.duplicates import find_duplicates
+    from rtagx.analysis.search import text_path
     from rtagx.cli.render import display_path, json_line
 
     result = find_duplicates(analysis_settings(ctx, options), scope=list(paths), min_score=min_score)
@@ -185,7 +189,7 @@ def duplicates(
         for number, group in enumerate(result.groups, 1):
             for m in group.members:
                 writer.writerow(
-                    [number, int(m.keeper), f"{m.score:.4f}", m.width, m.height, m.taken, display_path(m.path)]
+                    [number, int(m.keeper), f"{m.score:.4f}", m.width, m.height, m.taken, text_path(m.path)]
                 )
     else:
         for number, group in enumerate(result.groups, 1):
