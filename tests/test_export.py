@@ -356,3 +356,37 @@ def test_a_killed_export_leaves_only_whole_shards(library, tmp_path) -> None:
     summary = export(library, to, "--overwrite", "--shard-size", "4")
     assert summary["rows"] == len(cached_vectors(library["cache"]))
     assert not list(to.rglob(".*"))
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(library, tmp_path) -> None:
+    """--to below a file (or on a read-only or full disk): one line naming the folder, exit 1."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(a_file / "out"))
+    assert code == 1, out
+    assert out.strip().splitlines() == [f"rtagx: error: cannot write the export into {a_file / 'out'}: Not a directory"]
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_temporary(library, tmp_path, monkeypatch) -> None:
+    """A full disk while the second shard is written: one line, exit 1, only whole shards left and
+    no manifest (the export did not finish)."""
+    import errno
+
+    from rtagx.analysis import export as export_module
+
+    real = export_module._fsync_rename
+    calls = [0]
+
+    def full_disk(tmp: Path, final: Path) -> None:
+        calls[0] += 1
+        if calls[0] > 2:  # the first shard's two files go through; the second shard's do not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        real(tmp, final)
+
+    monkeypatch.setattr(export_module, "_fsync_rename", full_disk)
+    to = tmp_path / "out"
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(to), "--shard-size", "4")
+    assert code == 1, out
+    assert out.strip().splitlines() == [f"rtagx: error: cannot write the export into {to}: No space left on device"]
+    left = sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file())
+    assert left == ["img_emb/img_emb_0000.npy", "metadata/metadata_0000.parquet"]
