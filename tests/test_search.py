@@ -342,6 +342,22 @@ def test_csv_paths_are_exact_even_with_a_newline(tiny_clip, samples_dir, tmp_pat
     assert sorted(r["path"] for r in rows) == sorted([str(odd), str(folder / "plain.jpg")])
 
 
+def test_a_path_that_is_not_there_is_not_searched_as_text(library, tmp_path):
+    """A mistyped or deleted folder or image path must not become a text query over the whole cache
+    (exit 0, results from everywhere): one line naming it, exit 2. Words with a slash inside that
+    do not start like a path (AC/DC) stay text."""
+    cache = library["cache"]
+    for word in (str(tmp_path / "no-such-folder"), str(tmp_path / "gone.jpg"), "./nowhere/IMG_1.jpg", "~/no/such/dir"):
+        code, out = rtagx("search", "a dog", word, "--cache", str(cache))
+        assert code == 2, (word, out)
+        assert out.strip().splitlines() == [f"rtagx: error: path not found: {word}"], out
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    code, out = rtagx("search", str(notes), "--cache", str(cache))
+    assert code == 2 and "not an image" in out and len(out.strip().splitlines()) == 1, out
+    assert parse_query(["AC/DC", "concert"]) == [QueryTerm("text", "AC/DC concert")]
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]
@@ -394,6 +410,46 @@ def test_planted_duplicates_are_grouped_at_the_default_threshold(library):
     assert {frozenset(Path(f["path"]).name for f in g["files"]) for g in groups} == {
         frozenset({f"half_{n}", f"crop_{n}"}) for n in ORIGINALS
     }
+
+
+def test_duplicate_groups_are_maximal_complete_linkage_by_brute_force(library):
+    """At several thresholds, against every cached vector read through the Store: every two files of
+    a group reach the threshold (or share one content), files of one content share a group, no two
+    groups (nor a group and an ungrouped photo) could be merged, and a second run prints the same."""
+    from rtagx.cache.store import key_path, open_store
+
+    cache = library["cache"]
+    with open_store(cache, readonly=True) as store:
+        (model,) = store.models()
+        dim = store.vector_dim(model["id"])
+        vectors = {
+            int(c): v.astype(np.float32)
+            for ids, rows in store.iter_vectors(model["id"], dim)
+            for c, v in zip(ids, rows)
+        }
+        content = {str(key_path(r.path)): r.content_id for r in store.iter_files()}
+    for threshold in ("0.999", "0.995", "0.99", "0.98", "0.95"):
+        code, out = rtagx("duplicates", "--min-score", threshold, "--json", "--cache", str(cache))
+        assert code == 0, out
+        _, again = rtagx("duplicates", "--min-score", threshold, "--json", "--cache", str(cache))
+        assert again == out  # the same groups, keepers and order every run
+        groups = [[f["path"] for f in g["files"]] for g in json_lines(out)[0]]
+
+        def close(a: str, b: str, t: float = float(threshold)) -> bool:
+            return content[a] == content[b] or float(vectors[content[a]] @ vectors[content[b]]) >= t
+
+        grouped = {p for g in groups for p in g}
+        for g in groups:
+            assert all(close(a, b) for a in g for b in g)
+        by_content: dict[int, set[str]] = {}
+        for p, c in content.items():
+            by_content.setdefault(c, set()).add(p)
+        for same in by_content.values():
+            assert len(same) == 1 or any(same <= set(g) for g in groups)
+        units = groups + [[p] for p in content if p not in grouped]
+        for k, g in enumerate(units):
+            for h in units[k + 1 :]:
+                assert not all(close(a, b) for a in g for b in h), (threshold, g, h)
 
 
 def test_duplicates_text_output_and_explicit_threshold(library):

@@ -85,6 +85,20 @@ def is_image_term(token: str) -> bool:
     return Path(token).suffix.lower() in SUPPORTED_EXTENSIONS and os.path.isfile(os.path.expanduser(token))
 
 
+#: How a word that means a path starts; a text rarely does (``AC/DC`` does not).
+_PATH_STARTS = ("/", "~/", "./", "../")
+
+
+def check_path_word(word: str) -> None:
+    """A word written as a path that names no image: a mistyped or deleted folder or photo must not
+    turn into a text query over the whole cache (exit 0, results from everywhere)."""
+    if not word.startswith(_PATH_STARTS):
+        return
+    if not os.path.lexists(os.path.expanduser(word)):
+        raise UsageError(f"path not found: {word}")
+    raise UsageError(f"{word} is not an image file rtagx reads: give a folder to search in or an image to search by")
+
+
 def parse_query(tokens: Sequence[str], like: Sequence[Path] = ()) -> list[QueryTerm]:
     """Turn command-line words into weighted terms.
 
@@ -118,7 +132,10 @@ def parse_query(tokens: Sequence[str], like: Sequence[Path] = ()) -> list[QueryT
         if is_image_term(word):
             flush()
             terms.append(QueryTerm("image", os.path.abspath(os.path.expanduser(word)), sign * weight))
-        elif text:
+            sign = 1.0
+            continue
+        check_path_word(word)
+        if text:
             text.append(word)
         else:
             text, text_weight = [word], sign * weight
