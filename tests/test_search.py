@@ -452,6 +452,33 @@ def test_duplicate_groups_are_maximal_complete_linkage_by_brute_force(library):
                 assert not all(close(a, b) for a in g for b in h), (threshold, g, h)
 
 
+def test_duplicate_sizes_are_as_the_photo_is_shown(tiny_clip, samples_dir, tmp_path):
+    """A photo turned by its EXIF orientation is reported at the size it is shown (68x100), like
+    a copy whose pixels were turned, not at its stored size (100x68); a TIFF, which Pillow's loader
+    turns itself, is not turned twice."""
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    with Image.open(samples_dir / "jpg" / "Canon_40D.jpg") as im:
+        im = im.convert("RGB")
+        im.transpose(Image.Transpose.ROTATE_270).save(folder / "pixels_turned.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown turned 90 degrees clockwise
+        im.save(folder / "tag_turned.jpg", quality=95, exif=exif)
+        im.save(folder / "tag_turned.tif", exif=exif)  # Pillow's TIFF loader turns it itself
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx("duplicates", str(folder), "--min-score", "0.9", "--json", "--cache", str(cache))
+    assert code == 0, out
+    (group,) = json_lines(out)[0]
+    assert {Path(f["path"]).name: (f["width"], f["height"]) for f in group["files"]} == {
+        "pixels_turned.png": (68, 100),
+        "tag_turned.jpg": (68, 100),
+        "tag_turned.tif": (68, 100),
+    }
+
+
 def test_duplicates_text_output_and_explicit_threshold(library):
     cache = library["cache"]
     code, out = rtagx("duplicates", "--min-score", "0.99995", "--cache", str(cache))
