@@ -390,3 +390,25 @@ def test_a_write_that_fails_midway_is_one_line_and_leaves_no_temporary(library, 
     assert out.strip().splitlines() == [f"rtagx: error: cannot write the export into {to}: No space left on device"]
     left = sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file())
     assert left == ["img_emb/img_emb_0000.npy", "metadata/metadata_0000.parquet"]
+
+
+def test_a_vocabulary_given_by_a_relative_path_is_found_from_any_folder(tiny_clip, photo_dir, tmp_path, monkeypatch):
+    """`tag --tags tags.txt` run in one folder, `export` (or a cron job's retag) in another: the
+    root must remember where the vocabulary is, not the words typed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tags.txt").write_text("dog\ncat\ncar\n", encoding="utf-8")
+    cache = tmp_path / "cache.sqlite3"
+    monkeypatch.chdir(work)
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx(
+        "tag", str(photo_dir), *model, "--tags", "tags.txt", "--threshold", "-1", "--write", "none", "--yes", "-q"
+    )
+    assert code == 3, out  # the corrupt sample is skipped
+    monkeypatch.chdir(tmp_path)
+    code, out = rtagx("export", "--cache", str(cache), "--to", str(tmp_path / "out"), "--json")
+    assert code == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["tags_from"] == {"scored": 4}
+    tags = pq.read_table(tmp_path / "out" / "metadata" / "metadata_0000.parquet").column("tags").to_pylist()
+    assert all(set(t) == {"dog", "cat", "car"} for t in tags)

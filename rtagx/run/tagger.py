@@ -112,8 +112,19 @@ def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
         "ratings",
     )
     out = {k: getattr(settings, k) for k in keep}
+    for k in ("model", "pretrained", "tags"):  # files named relative to where `tag` ran
+        out[k] = absolute_if_file(out[k])
     out["model_key"] = identity_key
     return out
+
+
+def absolute_if_file(value: Any) -> Any:
+    """A relative path naming an existing file or folder, made absolute: ``retag``, ``export`` and a
+    cron job run from other folders, where ``tags.txt`` names nothing. Names (``imagenet``,
+    ``ViT-B-16``) and absolute paths stay as they are."""
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
 
 
 class Tagger:
