@@ -358,6 +358,19 @@ def test_a_path_that_is_not_there_is_not_searched_as_text(library, tmp_path):
     assert parse_query(["AC/DC", "concert"]) == [QueryTerm("text", "AC/DC concert")]
 
 
+def test_a_page_that_cannot_be_written_stops_before_any_result_is_printed(library, tmp_path):
+    """--html below a file: one error line and exit 1, and no results on stdout that a script would
+    take for a finished run (search and duplicates)."""
+    cache = library["cache"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for command in (["search", "a dog"], ["duplicates"]):
+        result = CliRunner().invoke(cli, [*command, "--html", str(a_file / "p.html"), "--cache", str(cache)])
+        assert result.exit_code == 1, result.output
+        assert result.stdout == "", result.stdout
+        assert len(result.stderr.strip().splitlines()) == 1 and "cannot write" in result.stderr
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]

@@ -87,6 +87,10 @@ def search(
     words = [q for q in query if not os.path.isdir(os.path.expanduser(q))]
     scope = [Path(q) for q in query if os.path.isdir(os.path.expanduser(q))]
     result = run_search(words, analysis_settings(ctx, options), scope=scope, like=like, top=top, min_score=min_score)
+    if html_file:  # first: a page that cannot be written stops the run before a script reads results
+        from rtagx.analysis.html import search_page
+
+        _write_html(ctx, html_file, search_page(result))
     if as_json:
         for hit in result.hits:
             click.echo(json_line(hit.as_json()))
@@ -120,10 +124,6 @@ def search(
                 f"({took})",
                 err=True,
             )
-    if html_file:
-        from rtagx.analysis.html import search_page
-
-        _write_html(ctx, html_file, search_page(result))
 
 
 @cli.command()
@@ -167,6 +167,10 @@ def duplicates(
 
     result = find_duplicates(analysis_settings(ctx, options), scope=list(paths), min_score=min_score)
     spare = sum(len(g.members) - 1 for g in result.groups)
+    if html_file:  # first: a page that cannot be written stops the run before a script reads groups
+        from rtagx.analysis.html import duplicates_page
+
+        _write_html(ctx, html_file, duplicates_page(result))
     if as_json:
         for number, group in enumerate(result.groups, 1):
             click.echo(json_line(group.as_json(number)))
@@ -204,10 +208,6 @@ def duplicates(
             f"{len(result.groups)} groups, {spare} files that could go (nothing was deleted or moved); "
             f"{result.compared} cached images, min score {result.threshold:.4f} ({result.threshold_source})"
         )
-    if html_file:
-        from rtagx.analysis.html import duplicates_page
-
-        _write_html(ctx, html_file, duplicates_page(result))
 
 
 # -- export (issue 13): vectors and tags for data pipelines (rtagx/analysis/export.py) -------------
