@@ -412,3 +412,10 @@ def test_a_vocabulary_given_by_a_relative_path_is_found_from_any_folder(tiny_cli
     assert summary["tags_from"] == {"scored": 4}
     tags = pq.read_table(tmp_path / "out" / "metadata" / "metadata_0000.parquet").column("tags").to_pylist()
     assert all(set(t) == {"dog", "cat", "car"} for t in tags)
+
+
+def test_quiet_prints_the_summary_line_only(library, tmp_path) -> None:
+    """-q: 'only errors ... and the summary', as in every other command; the list of files goes."""
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(tmp_path / "out"), "-q")
+    assert code == 0, out
+    assert len(out.strip().splitlines()) == 1 and out.startswith("exported "), out

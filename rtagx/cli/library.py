@@ -286,8 +286,6 @@ def export_cmd(
     if as_json:
         click.echo(json_line(result.as_json()))
         return
-    if ctx.quiet:
-        return
     summary = result.as_json()
     sources = ", ".join(f"{k} {n}" for k, n in summary["tags_from"].items())
     click.echo(
@@ -295,6 +293,8 @@ def export_cmd(
         f"{result.dtype}) to {result.to}: {summary['shards']} shard{'s' * (summary['shards'] != 1)}, "
         f"{result.bytes / 1e6:.1f} MB, in {result.seconds:.1f} s ({summary['rows_per_second']:.0f} rows/s); tags: {sources}"
     )
+    if ctx.quiet:  # -q: errors and the summary line, as in every command
+        return
     for name in result.files[:6]:
         click.echo(f"  {name}")
     if len(result.files) > 6:
