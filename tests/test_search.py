@@ -371,6 +371,34 @@ def test_a_page_that_cannot_be_written_stops_before_any_result_is_printed(librar
         assert len(result.stderr.strip().splitlines()) == 1 and "cannot write" in result.stderr
 
 
+def test_a_search_never_migrates_a_cache_another_rtagx_holds(library, tmp_path):
+    """A new query text is cached only when the writer lock is free, and the lock is taken before
+    the cache is opened for writing, which may migrate it (as every writer does): an older cache
+    that another rtagx holds stays as it is."""
+    import fcntl
+
+    old = tmp_path / "old.sqlite3"
+    shutil.copy2(library["cache"], old)
+    with sqlite3.connect(old) as conn:  # schema 7 back to 6: the decoder columns go
+        conn.execute("ALTER TABLE vectors DROP COLUMN decoder")
+        conn.execute("ALTER TABLE failures DROP COLUMN decoder")
+        conn.execute("PRAGMA user_version = 6")
+    fd = os.open(f"{old}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another rtagx process holds it
+        code, out = rtagx("search", "an old cache, a new text", "--top", "2", "--cache", str(old))
+        assert code == 0, out
+        with sqlite3.connect(old) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+    finally:
+        os.close(fd)
+    code, out = rtagx("search", "an old cache, a new text", "--top", "2", "--cache", str(old))
+    assert code == 0, out
+    with sqlite3.connect(old) as conn:  # free now: the text is cached (the cache migrated first)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("SELECT COUNT(*) FROM text_vectors WHERE prompt = 'an old cache, a new text'").fetchone()[0]
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.cache.store import FileRecord, Store, key_path, open_store, path_key
-from rtagx.errors import CacheError, FileSkip, LockBusyError, UsageError
+from rtagx.cache.store import FileRecord, Store, WriterLock, key_path, open_store, path_key
+from rtagx.errors import CacheError, FileSkip, UsageError
 from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.model.memo import remembered_identity
 from rtagx.run.common import owning_root
@@ -280,12 +280,18 @@ def embed_image(encoder: Any, path: Path, settings: Settings) -> np.ndarray:
 def remember_text_vectors(cache: Path, model_id: int, texts: Sequence[str], vectors: np.ndarray) -> None:
     """Cache query vectors like prompts, if the cache is free right now (a search never waits for a
     running ``tag``: the next search encodes the text again instead)."""
+    lock = WriterLock(cache)  # taken before opening to write, which may migrate the cache
+    try:
+        lock.acquire(wait=False)
+    except CacheError:  # LockBusyError too
+        return
     try:
         with open_store(cache) as store:
-            store.lock.acquire(wait=False)
             store.put_text_vectors(model_id, texts, vectors)
-    except (LockBusyError, CacheError):
+    except CacheError:
         pass
+    finally:
+        lock.release()
 
 
 def in_scope(key: bytes, prefixes: Sequence[tuple[bytes, bytes]]) -> bool:
