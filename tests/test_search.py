@@ -399,6 +399,24 @@ def test_a_search_never_migrates_a_cache_another_rtagx_holds(library, tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM text_vectors WHERE prompt = 'an old cache, a new text'").fetchone()[0]
 
 
+def test_files_deleted_since_caching_are_left_out(library, tmp_path):
+    """A photo gone since `tag` is never listed by search nor grouped by duplicates; its copy is."""
+    cache, photos = library["cache"], library["photos"]
+    gone = photos / "Ricoh_Caplio_RR330.jpg"
+    held = tmp_path / gone.name
+    shutil.move(gone, held)
+    try:
+        code, out = rtagx("search", "--like", str(held), "--top", "100", "--json", "--cache", str(cache))
+        assert code == 0, out
+        paths = [h["path"] for h in json_lines(out)[0]]
+        assert str(gone) not in paths and paths[0] == str(photos / "planted" / "copy_of_Ricoh.jpg")
+        code, out = rtagx("duplicates", "--json", "--cache", str(cache))
+        assert code == 0, out
+        assert not any("Ricoh" in f["path"] for g in json_lines(out)[0] for f in g["files"])
+    finally:
+        shutil.move(held, gone)
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]
