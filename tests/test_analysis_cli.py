@@ -223,3 +223,26 @@ def test_raw_with_jpeg_sibling_is_embedded_once_and_tagged_like_it(tiny_clip, vo
         tmp_path / "c.db",
     )
     assert json.loads(again.output.splitlines()[-1])["embedded"] == 0
+
+
+def test_show_and_explain_json_carry_odd_names_as_valid_json(tiny_clip, samples_dir, vocab_file, tmp_path):
+    """--json is for scripts: a name with a newline is the name (JSON escapes it), and bytes that are
+    not UTF-8 become U+FFFD as in `tag --json`, never raw bytes a JSON reader rejects."""
+    import os
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", latin1)
+    shutil.copy2(samples_dir / "jpg" / "Nikon_D70.jpg", folder / "two\nlines.jpg")
+    cache = tmp_path / "cache.sqlite3"
+    result = invoke("tag", [str(folder), "--tags", str(vocab_file), "--write", "none", "--yes", "-q"], tiny_clip, cache)
+    assert result.exit_code == 0, result.output
+    expected = {str(folder / "caf\ufffd.jpg"), str(folder / "two\nlines.jpg")}
+    files = [os.fsdecode(latin1), str(folder / "two\nlines.jpg")]
+    shown = CliRunner().invoke(cli, ["show", *files, "--json", "--cache", str(cache)])
+    assert shown.exit_code == 0, shown.output
+    assert {json.loads(line)["path"] for line in shown.stdout_bytes.decode("utf-8").splitlines()} == expected
+    explained = invoke("explain", [*files, "--tags", str(vocab_file), "--json"], tiny_clip, cache)
+    assert explained.exit_code == 0, explained.output
+    assert {json.loads(line)["path"] for line in explained.stdout_bytes.decode("utf-8").splitlines()} == expected

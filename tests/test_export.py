@@ -356,3 +356,66 @@ def test_a_killed_export_leaves_only_whole_shards(library, tmp_path) -> None:
     summary = export(library, to, "--overwrite", "--shard-size", "4")
     assert summary["rows"] == len(cached_vectors(library["cache"]))
     assert not list(to.rglob(".*"))
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(library, tmp_path) -> None:
+    """--to below a file (or on a read-only or full disk): one line naming the folder, exit 1."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(a_file / "out"))
+    assert code == 1, out
+    assert out.strip().splitlines() == [f"rtagx: error: cannot write the export into {a_file / 'out'}: Not a directory"]
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_no_temporary(library, tmp_path, monkeypatch) -> None:
+    """A full disk while the second shard is written: one line, exit 1, only whole shards left and
+    no manifest (the export did not finish)."""
+    import errno
+
+    from rtagx.analysis import export as export_module
+
+    real = export_module._fsync_rename
+    calls = [0]
+
+    def full_disk(tmp: Path, final: Path) -> None:
+        calls[0] += 1
+        if calls[0] > 2:  # the first shard's two files go through; the second shard's do not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        real(tmp, final)
+
+    monkeypatch.setattr(export_module, "_fsync_rename", full_disk)
+    to = tmp_path / "out"
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(to), "--shard-size", "4")
+    assert code == 1, out
+    assert out.strip().splitlines() == [f"rtagx: error: cannot write the export into {to}: No space left on device"]
+    left = sorted(str(p.relative_to(to)) for p in to.rglob("*") if p.is_file())
+    assert left == ["img_emb/img_emb_0000.npy", "metadata/metadata_0000.parquet"]
+
+
+def test_a_vocabulary_given_by_a_relative_path_is_found_from_any_folder(tiny_clip, photo_dir, tmp_path, monkeypatch):
+    """`tag --tags tags.txt` run in one folder, `export` (or a cron job's retag) in another: the
+    root must remember where the vocabulary is, not the words typed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tags.txt").write_text("dog\ncat\ncar\n", encoding="utf-8")
+    cache = tmp_path / "cache.sqlite3"
+    monkeypatch.chdir(work)
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx(
+        "tag", str(photo_dir), *model, "--tags", "tags.txt", "--threshold", "-1", "--write", "none", "--yes", "-q"
+    )
+    assert code == 3, out  # the corrupt sample is skipped
+    monkeypatch.chdir(tmp_path)
+    code, out = rtagx("export", "--cache", str(cache), "--to", str(tmp_path / "out"), "--json")
+    assert code == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["tags_from"] == {"scored": 4}
+    tags = pq.read_table(tmp_path / "out" / "metadata" / "metadata_0000.parquet").column("tags").to_pylist()
+    assert all(set(t) == {"dog", "cat", "car"} for t in tags)
+
+
+def test_quiet_prints_the_summary_line_only(library, tmp_path) -> None:
+    """-q: 'only errors ... and the summary', as in every other command; the list of files goes."""
+    code, out = rtagx("export", "--cache", str(library["cache"]), "--to", str(tmp_path / "out"), "-q")
+    assert code == 0, out
+    assert len(out.strip().splitlines()) == 1 and out.startswith("exported "), out

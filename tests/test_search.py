@@ -273,6 +273,150 @@ def test_file_names_that_are_not_utf8(tiny_clip, samples_dir, tmp_path):
     )
 
 
+def test_a_query_image_that_cannot_be_read_is_a_one_line_usage_error(library, tmp_path):
+    """A file named like an image that is not one (as a query word or --like): the reason in one
+    line and exit 2, not an internal error."""
+    cache = library["cache"]
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture\n")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    for query, reason in (
+        (["--like", str(notes)], "not-an-image"),
+        ([str(notes)], "not-an-image"),
+        ([str(empty)], "empty"),
+    ):
+        code, out = rtagx("search", *query, "--cache", str(cache))
+        assert code == 2, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert out.startswith(f"rtagx: error: query image {empty if reason == 'empty' else notes}: {reason}"), out
+
+
+def test_a_new_query_text_scores_as_it_will_from_the_cache(library):
+    """The first search with a text encodes it, later ones read its float16 copy from the cache:
+    both must give the same scores (and so the same order of near ties)."""
+    cache = library["cache"]
+    text = "a lighthouse at dusk, first asked here"
+    _, first = rtagx("search", text, "--top", "100", "--json", "--cache", str(cache))
+    _, again = rtagx("search", text, "--top", "100", "--json", "--cache", str(cache))
+    assert "encode-query" in json_lines(first)[1]["timings"] and "encode-query" not in json_lines(again)[1]["timings"]
+    assert json_lines(first)[0] == json_lines(again)[0]
+    assert_same_ranking(json_lines(first)[0], brute_force(cache, cached_text_vector(cache, text)))
+
+
+def test_verbose_summary_counts_files_and_cached_images_apart(library):
+    """Two files of one content are two results of one cached image: the summary must not say
+    '21 of 20 cached images'."""
+    cache = library["cache"]
+    code, out = rtagx("search", "a dog", "--top", "100", "-v", "--json", "--cache", str(cache))
+    hits, summary = json_lines(out)
+    assert code == 0 and len(hits) == summary["results"] > summary["compared"]  # the byte-identical copy
+    code, out = rtagx("search", "a dog", "--top", "100", "-v", "--cache", str(cache))
+    assert code == 0, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"{len(hits)} files listed, {summary['compared']} cached images ranked, model "), last
+
+
+def test_csv_paths_are_exact_even_with_a_newline(tiny_clip, samples_dir, tmp_path):
+    """--csv is for scripts: a name with a newline is quoted by CSV, not rewritten to a backslash-n
+    that names no file (search and duplicates)."""
+    import csv
+    import io
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    odd = folder / "two\nlines.jpg"
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", odd)
+    shutil.copy2(samples_dir / "jpg" / "Canon_40D.jpg", folder / "plain.jpg")
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx("search", "--like", str(folder / "plain.jpg"), "--csv", "--cache", str(cache))
+    assert code == 0, out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["path"] for r in rows) == sorted([str(odd), str(folder / "plain.jpg")])
+    code, out = rtagx("duplicates", str(folder), "--csv", "--cache", str(cache))
+    assert code == 0, out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["path"] for r in rows) == sorted([str(odd), str(folder / "plain.jpg")])
+
+
+def test_a_path_that_is_not_there_is_not_searched_as_text(library, tmp_path):
+    """A mistyped or deleted folder or image path must not become a text query over the whole cache
+    (exit 0, results from everywhere): one line naming it, exit 2. Words with a slash inside that
+    do not start like a path (AC/DC) stay text."""
+    cache = library["cache"]
+    for word in (str(tmp_path / "no-such-folder"), str(tmp_path / "gone.jpg"), "./nowhere/IMG_1.jpg", "~/no/such/dir"):
+        code, out = rtagx("search", "a dog", word, "--cache", str(cache))
+        assert code == 2, (word, out)
+        assert out.strip().splitlines() == [f"rtagx: error: path not found: {word}"], out
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    code, out = rtagx("search", str(notes), "--cache", str(cache))
+    assert code == 2 and "not an image" in out and len(out.strip().splitlines()) == 1, out
+    assert parse_query(["AC/DC", "concert"]) == [QueryTerm("text", "AC/DC concert")]
+
+
+def test_a_page_that_cannot_be_written_stops_before_any_result_is_printed(library, tmp_path):
+    """--html below a file: one error line and exit 1, and no results on stdout that a script would
+    take for a finished run (search and duplicates)."""
+    cache = library["cache"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for command in (["search", "a dog"], ["duplicates"]):
+        result = CliRunner().invoke(cli, [*command, "--html", str(a_file / "p.html"), "--cache", str(cache)])
+        assert result.exit_code == 1, result.output
+        assert result.stdout == "", result.stdout
+        assert len(result.stderr.strip().splitlines()) == 1 and "cannot write" in result.stderr
+
+
+def test_a_search_never_migrates_a_cache_another_rtagx_holds(library, tmp_path):
+    """A new query text is cached only when the writer lock is free, and the lock is taken before
+    the cache is opened for writing, which may migrate it (as every writer does): an older cache
+    that another rtagx holds stays as it is."""
+    import fcntl
+
+    old = tmp_path / "old.sqlite3"
+    shutil.copy2(library["cache"], old)
+    with sqlite3.connect(old) as conn:  # schema 7 back to 6: the decoder columns go
+        conn.execute("ALTER TABLE vectors DROP COLUMN decoder")
+        conn.execute("ALTER TABLE failures DROP COLUMN decoder")
+        conn.execute("PRAGMA user_version = 6")
+    fd = os.open(f"{old}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another rtagx process holds it
+        code, out = rtagx("search", "an old cache, a new text", "--top", "2", "--cache", str(old))
+        assert code == 0, out
+        with sqlite3.connect(old) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+    finally:
+        os.close(fd)
+    code, out = rtagx("search", "an old cache, a new text", "--top", "2", "--cache", str(old))
+    assert code == 0, out
+    with sqlite3.connect(old) as conn:  # free now: the text is cached (the cache migrated first)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("SELECT COUNT(*) FROM text_vectors WHERE prompt = 'an old cache, a new text'").fetchone()[0]
+
+
+def test_files_deleted_since_caching_are_left_out(library, tmp_path):
+    """A photo gone since `tag` is never listed by search nor grouped by duplicates; its copy is."""
+    cache, photos = library["cache"], library["photos"]
+    gone = photos / "Ricoh_Caplio_RR330.jpg"
+    held = tmp_path / gone.name
+    shutil.move(gone, held)
+    try:
+        code, out = rtagx("search", "--like", str(held), "--top", "100", "--json", "--cache", str(cache))
+        assert code == 0, out
+        paths = [h["path"] for h in json_lines(out)[0]]
+        assert str(gone) not in paths and paths[0] == str(photos / "planted" / "copy_of_Ricoh.jpg")
+        code, out = rtagx("duplicates", "--json", "--cache", str(cache))
+        assert code == 0, out
+        assert not any("Ricoh" in f["path"] for g in json_lines(out)[0] for f in g["files"])
+    finally:
+        shutil.move(held, gone)
+
+
 def test_parse_query():
     assert parse_query(["dog", "on", "a", "beach"]) == [QueryTerm("text", "dog on a beach")]
     expected = [QueryTerm("text", "beach"), QueryTerm("text", "sunset"), QueryTerm("text", "people", -1.0)]
@@ -324,6 +468,73 @@ def test_planted_duplicates_are_grouped_at_the_default_threshold(library):
     groups, _ = json_lines(out)  # the copies of one original pair with each other, nothing outside scope
     assert {frozenset(Path(f["path"]).name for f in g["files"]) for g in groups} == {
         frozenset({f"half_{n}", f"crop_{n}"}) for n in ORIGINALS
+    }
+
+
+def test_duplicate_groups_are_maximal_complete_linkage_by_brute_force(library):
+    """At several thresholds, against every cached vector read through the Store: every two files of
+    a group reach the threshold (or share one content), files of one content share a group, no two
+    groups (nor a group and an ungrouped photo) could be merged, and a second run prints the same."""
+    from rtagx.cache.store import key_path, open_store
+
+    cache = library["cache"]
+    with open_store(cache, readonly=True) as store:
+        (model,) = store.models()
+        dim = store.vector_dim(model["id"])
+        vectors = {
+            int(c): v.astype(np.float32)
+            for ids, rows in store.iter_vectors(model["id"], dim)
+            for c, v in zip(ids, rows)
+        }
+        content = {str(key_path(r.path)): r.content_id for r in store.iter_files()}
+    for threshold in ("0.999", "0.995", "0.99", "0.98", "0.95"):
+        code, out = rtagx("duplicates", "--min-score", threshold, "--json", "--cache", str(cache))
+        assert code == 0, out
+        _, again = rtagx("duplicates", "--min-score", threshold, "--json", "--cache", str(cache))
+        assert again == out  # the same groups, keepers and order every run
+        groups = [[f["path"] for f in g["files"]] for g in json_lines(out)[0]]
+
+        def close(a: str, b: str, t: float = float(threshold)) -> bool:
+            return content[a] == content[b] or float(vectors[content[a]] @ vectors[content[b]]) >= t
+
+        grouped = {p for g in groups for p in g}
+        for g in groups:
+            assert all(close(a, b) for a in g for b in g)
+        by_content: dict[int, set[str]] = {}
+        for p, c in content.items():
+            by_content.setdefault(c, set()).add(p)
+        for same in by_content.values():
+            assert len(same) == 1 or any(same <= set(g) for g in groups)
+        units = groups + [[p] for p in content if p not in grouped]
+        for k, g in enumerate(units):
+            for h in units[k + 1 :]:
+                assert not all(close(a, b) for a in g for b in h), (threshold, g, h)
+
+
+def test_duplicate_sizes_are_as_the_photo_is_shown(tiny_clip, samples_dir, tmp_path):
+    """A photo turned by its EXIF orientation is reported at the size it is shown (68x100), like
+    a copy whose pixels were turned, not at its stored size (100x68); a TIFF, which Pillow's loader
+    turns itself, is not turned twice."""
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    with Image.open(samples_dir / "jpg" / "Canon_40D.jpg") as im:
+        im = im.convert("RGB")
+        im.transpose(Image.Transpose.ROTATE_270).save(folder / "pixels_turned.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown turned 90 degrees clockwise
+        im.save(folder / "tag_turned.jpg", quality=95, exif=exif)
+        im.save(folder / "tag_turned.tif", exif=exif)  # Pillow's TIFF loader turns it itself
+    cache = tmp_path / "cache.sqlite3"
+    model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache", str(cache)]
+    code, out = rtagx("tag", str(folder), *model, "--tags", "coco", "--write", "none", "--yes", "-q")
+    assert code == 0, out
+    code, out = rtagx("duplicates", str(folder), "--min-score", "0.9", "--json", "--cache", str(cache))
+    assert code == 0, out
+    (group,) = json_lines(out)[0]
+    assert {Path(f["path"]).name: (f["width"], f["height"]) for f in group["files"]} == {
+        "pixels_turned.png": (68, 100),
+        "tag_turned.jpg": (68, 100),
+        "tag_turned.tif": (68, 100),
     }
 
 

@@ -196,6 +196,8 @@ def image_facts(path: Path) -> tuple[int, int, str, float]:
     the modification time stands in for a missing EXIF date. Zero size when no header is readable."""
     from PIL import Image
 
+    from rtagx.imaging.decode import shown_size
+
     width = height = 0
     taken, stamp = "", 0.0
     try:
@@ -206,7 +208,7 @@ def image_facts(path: Path) -> tuple[int, int, str, float]:
         return 0, 0, "", 0.0
     try:
         with Image.open(path) as im:
-            width, height = im.size
+            width, height = shown_size(im)  # a photo turned by its EXIF orientation: as shown
             exif = im.getexif()
             text = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)  # DateTimeOriginal, else DateTime
             if text:

@@ -33,7 +33,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ import numpy as np
 from rtagx import __version__
 from rtagx.analysis.search import CachedModel, choose_model, text_path
 from rtagx.cache.store import Store, is_untagged, key_path, open_store, path_key
-from rtagx.errors import UsageError
+from rtagx.errors import RtagxError, UsageError
 from rtagx.model.encoder import Encoder
 from rtagx.run.common import load_vocabulary_for, open_locked, owning_root
 from rtagx.run.events import RunEvents, RunSummary
@@ -267,6 +268,16 @@ def prepare_target(target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
 
 
+@contextmanager
+def writing_into(target: Path) -> Iterator[None]:
+    """Turn a failed write into the export folder (a path below a file, a read-only or full disk)
+    into one line naming the folder, instead of an internal error with a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise RtagxError(f"cannot write the export into {target}: {e.strerror or e}") from None
+
+
 def _fsync_rename(tmp: Path, final: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -330,12 +341,15 @@ class ShardWriter:
         self.pending = []
 
     def abandon(self) -> None:
-        """An export that stops: the open shard's temporaries go, finished shards stay."""
+        """An export that stops: the open shard's temporaries go, finished shards stay. A close that
+        fails too (the disk is still full) must not hide why the export stopped."""
         if self.npy is not None:
-            self.npy.close()
+            with suppress(OSError):
+                self.npy.close()
             self.npy = None
         if self.parquet is not None:
-            self.parquet.close()
+            with suppress(OSError):
+                self.parquet.close()
             self.parquet = None
         for tmp, _ in self.pending:
             tmp.unlink(missing_ok=True)
@@ -424,19 +438,21 @@ def export_vectors(
                 raise UsageError(
                     f"nothing to export: the cache {store.path} has no vectors of {model.name or model.key}{where}"
                 )
-            prepare_target(target)
+            with writing_into(target):
+                prepare_target(target)
             writer = ShardWriter(pa, pq, target, fmt, model, total, shard_rows)
             result = ExportResult(target, fmt, model, total, writer.files, "float16" if fmt == "npy" else "float32")
             events.stage("export", total)
             try:
-                for keys, ids, fingerprints, vectors in store.iter_files_with_vectors(
-                    model.id, model.dim, scope, BLOCK_ROWS
-                ):
-                    tags, scores, source = scorers.tags(keys, ids, vectors)
-                    result.tags_from.update(source)
-                    writer.add(keys, ids, fingerprints, vectors, tags, scores, source)
-                    events.progress("export", len(keys))
-                writer.finish()
+                with writing_into(target):
+                    for keys, ids, fingerprints, vectors in store.iter_files_with_vectors(
+                        model.id, model.dim, scope, BLOCK_ROWS
+                    ):
+                        tags, scores, source = scorers.tags(keys, ids, vectors)
+                        result.tags_from.update(source)
+                        writer.add(keys, ids, fingerprints, vectors, tags, scores, source)
+                        events.progress("export", len(keys))
+                    writer.finish()
             except BaseException:
                 writer.abandon()
                 raise
@@ -453,6 +469,10 @@ def export_vectors(
         "rtagx": __version__,
     }
     tmp = target / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_rename(tmp, target / MANIFEST)
+    try:
+        with writing_into(target):
+            tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            _fsync_rename(tmp, target / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result

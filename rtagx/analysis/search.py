@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from rtagx.cache.store import FileRecord, Store, key_path, open_store, path_key
-from rtagx.errors import CacheError, LockBusyError, UsageError
+from rtagx.cache.store import FileRecord, Store, WriterLock, key_path, open_store, path_key
+from rtagx.errors import CacheError, FileSkip, UsageError
 from rtagx.imaging.formats import SUPPORTED_EXTENSIONS
 from rtagx.model.memo import remembered_identity
 from rtagx.run.common import owning_root
@@ -85,6 +85,20 @@ def is_image_term(token: str) -> bool:
     return Path(token).suffix.lower() in SUPPORTED_EXTENSIONS and os.path.isfile(os.path.expanduser(token))
 
 
+#: How a word that means a path starts; a text rarely does (``AC/DC`` does not).
+_PATH_STARTS = ("/", "~/", "./", "../")
+
+
+def check_path_word(word: str) -> None:
+    """A word written as a path that names no image: a mistyped or deleted folder or photo must not
+    turn into a text query over the whole cache (exit 0, results from everywhere)."""
+    if not word.startswith(_PATH_STARTS):
+        return
+    if not os.path.lexists(os.path.expanduser(word)):
+        raise UsageError(f"path not found: {word}")
+    raise UsageError(f"{word} is not an image file rtagx reads: give a folder to search in or an image to search by")
+
+
 def parse_query(tokens: Sequence[str], like: Sequence[Path] = ()) -> list[QueryTerm]:
     """Turn command-line words into weighted terms.
 
@@ -118,7 +132,10 @@ def parse_query(tokens: Sequence[str], like: Sequence[Path] = ()) -> list[QueryT
         if is_image_term(word):
             flush()
             terms.append(QueryTerm("image", os.path.abspath(os.path.expanduser(word)), sign * weight))
-        elif text:
+            sign = 1.0
+            continue
+        check_path_word(word)
+        if text:
             text.append(word)
         else:
             text, text_weight = [word], sign * weight
@@ -191,7 +208,7 @@ def query_vector(
         if tower is not None:
             timings["load-numpy-text"] = time.perf_counter() - started
             started = time.perf_counter()
-            encoded = tower.encode_texts(missing_texts)
+            encoded = as_cached(tower.encode_texts(missing_texts))
             timings["encode-query"] = time.perf_counter() - started
             vectors.update({("text", k): v for k, v in zip(missing_texts, encoded)})
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
@@ -204,11 +221,11 @@ def query_vector(
         timings["load-model"] = time.perf_counter() - started
         started = time.perf_counter()
         if missing_texts:
-            encoded = encoder.encode_texts(missing_texts)
+            encoded = as_cached(encoder.encode_texts(missing_texts))
             vectors.update({("text", k): v for k, v in zip(missing_texts, encoded)})
             remember_text_vectors(store.path, model.id, missing_texts, encoded)
         for image in dict.fromkeys(images_to_embed):
-            vectors[("image", image)] = embed_image(encoder, Path(image), settings)
+            vectors[("image", image)] = as_cached(embed_image(encoder, Path(image), settings))
         timings["encode-query"] = time.perf_counter() - started
     total = np.zeros(model.dim, dtype=np.float32)
     for t in terms:
@@ -218,6 +235,13 @@ def query_vector(
     if norm < 1e-6:
         raise UsageError("the query's terms cancel out: nothing is left to search for")
     return total / norm
+
+
+def as_cached(vectors: np.ndarray) -> np.ndarray:
+    """Vectors rounded as the cache keeps them (float16), as float32: a query text encoded now
+    scores exactly as it will when the next search reads it back from the cache, so near ties do
+    not swap between the first and the second run."""
+    return np.asarray(vectors, dtype=np.float16).astype(np.float32)
 
 
 def numpy_text_tower(store: Store, model_id: int) -> Any:
@@ -242,21 +266,32 @@ def embed_image(encoder: Any, path: Path, settings: Settings) -> np.ndarray:
     from rtagx.run.stages import FileWork, decode_file, encode_batch
 
     spec = PreprocessSpec.from_model(encoder.model)
-    st = os.stat(path)
-    work = FileWork(ScannedFile(path, st.st_size, st.st_mtime_ns, path.parent))
-    array = decode_file(work, spec, settings.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
+    try:
+        st = os.stat(path)
+        work = FileWork(ScannedFile(path, st.st_size, st.st_mtime_ns, path.parent))
+        array = decode_file(work, spec, settings.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
+    except FileSkip as e:  # the query itself is unusable: say why in one line (exit 2), as tag would
+        raise UsageError(f"query image {path}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"query image {path}: {e.strerror or e}") from None
     return encode_batch(encoder, [array], spec)[0]
 
 
 def remember_text_vectors(cache: Path, model_id: int, texts: Sequence[str], vectors: np.ndarray) -> None:
     """Cache query vectors like prompts, if the cache is free right now (a search never waits for a
     running ``tag``: the next search encodes the text again instead)."""
+    lock = WriterLock(cache)  # taken before opening to write, which may migrate the cache
+    try:
+        lock.acquire(wait=False)
+    except CacheError:  # LockBusyError too
+        return
     try:
         with open_store(cache) as store:
-            store.lock.acquire(wait=False)
             store.put_text_vectors(model_id, texts, vectors)
-    except (LockBusyError, CacheError):
+    except CacheError:
         pass
+    finally:
+        lock.release()
 
 
 def in_scope(key: bytes, prefixes: Sequence[tuple[bytes, bytes]]) -> bool:

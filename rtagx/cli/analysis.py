@@ -44,6 +44,7 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
     """
     from rtagx.analysis.analyze import score_images_at
     from rtagx.analysis.evaluate import explain_scores
+    from rtagx.analysis.search import text_path
     from rtagx.cli.render import display_path
 
     settings = analysis_settings(ctx, options)
@@ -71,7 +72,7 @@ def explain(ctx: Context, images: tuple[Path, ...], top: int, as_json: bool, **o
             click.echo(
                 json.dumps(
                     {
-                        "path": display_path(path),
+                        "path": text_path(path),  # whole (a newline too), valid UTF-8
                         "chosen": ex.chosen,
                         "threshold": ex.global_threshold,
                         "threshold_source": ex.threshold_source,

@@ -81,11 +81,16 @@ def search(
     an argument that is an image file is an image query. No image of the library is decoded.
     """
     from rtagx.analysis.search import search as run_search
+    from rtagx.analysis.search import text_path
     from rtagx.cli.render import display_path, json_line
 
     words = [q for q in query if not os.path.isdir(os.path.expanduser(q))]
     scope = [Path(q) for q in query if os.path.isdir(os.path.expanduser(q))]
     result = run_search(words, analysis_settings(ctx, options), scope=scope, like=like, top=top, min_score=min_score)
+    if html_file:  # first: a page that cannot be written stops the run before a script reads results
+        from rtagx.analysis.html import search_page
+
+        _write_html(ctx, html_file, search_page(result))
     if as_json:
         for hit in result.hits:
             click.echo(json_line(hit.as_json()))
@@ -108,19 +113,17 @@ def search(
         writer = csv.writer(sys.stdout)
         writer.writerow(["rank", "score", "path"])
         for hit in result.hits:
-            writer.writerow([hit.rank, f"{hit.score:.4f}", display_path(hit.path)])
+            writer.writerow([hit.rank, f"{hit.score:.4f}", text_path(hit.path)])  # CSV quotes a newline
     else:
         for hit in result.hits:
             click.echo(f"{hit.score:.4f}  {display_path(hit.path)}" if ctx.verbose else display_path(hit.path))
         if ctx.verbose:
             took = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
             click.echo(
-                f"{len(result.hits)} of {result.compared} cached images, model {result.model.name} ({took})", err=True
+                f"{len(result.hits)} files listed, {result.compared} cached images ranked, model {result.model.name} "
+                f"({took})",
+                err=True,
             )
-    if html_file:
-        from rtagx.analysis.html import search_page
-
-        _write_html(ctx, html_file, search_page(result))
 
 
 @cli.command()
@@ -159,10 +162,15 @@ def duplicates(
     oldest date. Nothing is ever deleted or moved.
     """
     from rtagx.analysis.duplicates import find_duplicates
+    from rtagx.analysis.search import text_path
     from rtagx.cli.render import display_path, json_line
 
     result = find_duplicates(analysis_settings(ctx, options), scope=list(paths), min_score=min_score)
     spare = sum(len(g.members) - 1 for g in result.groups)
+    if html_file:  # first: a page that cannot be written stops the run before a script reads groups
+        from rtagx.analysis.html import duplicates_page
+
+        _write_html(ctx, html_file, duplicates_page(result))
     if as_json:
         for number, group in enumerate(result.groups, 1):
             click.echo(json_line(group.as_json(number)))
@@ -185,7 +193,7 @@ def duplicates(
         for number, group in enumerate(result.groups, 1):
             for m in group.members:
                 writer.writerow(
-                    [number, int(m.keeper), f"{m.score:.4f}", m.width, m.height, m.taken, display_path(m.path)]
+                    [number, int(m.keeper), f"{m.score:.4f}", m.width, m.height, m.taken, text_path(m.path)]
                 )
     else:
         for number, group in enumerate(result.groups, 1):
@@ -200,10 +208,6 @@ def duplicates(
             f"{len(result.groups)} groups, {spare} files that could go (nothing was deleted or moved); "
             f"{result.compared} cached images, min score {result.threshold:.4f} ({result.threshold_source})"
         )
-    if html_file:
-        from rtagx.analysis.html import duplicates_page
-
-        _write_html(ctx, html_file, duplicates_page(result))
 
 
 # -- export (issue 13): vectors and tags for data pipelines (rtagx/analysis/export.py) -------------
@@ -282,8 +286,6 @@ def export_cmd(
     if as_json:
         click.echo(json_line(result.as_json()))
         return
-    if ctx.quiet:
-        return
     summary = result.as_json()
     sources = ", ".join(f"{k} {n}" for k, n in summary["tags_from"].items())
     click.echo(
@@ -291,6 +293,8 @@ def export_cmd(
         f"{result.dtype}) to {result.to}: {summary['shards']} shard{'s' * (summary['shards'] != 1)}, "
         f"{result.bytes / 1e6:.1f} MB, in {result.seconds:.1f} s ({summary['rows_per_second']:.0f} rows/s); tags: {sources}"
     )
+    if ctx.quiet:  # -q: errors and the summary line, as in every command
+        return
     for name in result.files[:6]:
         click.echo(f"  {name}")
     if len(result.files) > 6:

@@ -197,6 +197,7 @@ def untag(ctx: Context, paths: tuple[Path, ...], dry_run: bool, as_json: bool, a
 @handle_errors
 def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_json: bool) -> None:
     """Show the keywords a file carries now, which ones rtagx owns, and its cached scores."""
+    from rtagx.analysis.search import text_path
     from rtagx.analysis.show import describe_file
     from rtagx.cli.render import display_path
     from rtagx.settings import load_settings
@@ -214,8 +215,8 @@ def show(ctx: Context, paths: tuple[Path, ...], cache: str | None, top: int, as_
             continue
         info = describe_file(path, settings, top=top)
         failed += "error" in info
-        if as_json:
-            click.echo(json.dumps(info, ensure_ascii=False, default=str))
+        if as_json:  # the name whole, bytes that are not UTF-8 as U+FFFD: valid JSON, as `tag --json`
+            click.echo(json.dumps({**info, "path": text_path(info["path"])}, ensure_ascii=False, default=str))
             continue
         owned = set(info.get("owned", []))
         click.echo(display_path(info["path"]))

@@ -834,6 +834,15 @@ def _loader_applied_orientation(im: Image.Image, orientation: int, fmt: str) -> 
     return _tiff_loader_orients()
 
 
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as it is shown, its EXIF orientation applied, whether or
+    not the loader applied it already (Pillow's TIFF loader does; JPEG, PNG and WebP do not)."""
+    orientation = exif_orientation(im)
+    if swaps_axes(orientation) and not _loader_applied_orientation(im, orientation, im.format or ""):
+        return im.height, im.width
+    return im.width, im.height
+
+
 _tiff_orients: bool | None = None
 
 

@@ -125,7 +125,8 @@ def is_offline() -> bool:
     return False
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
+    """Is a --model / --pretrained value a file path (as resolution takes it), not a name or tag?"""
     return os.sep in text or "/" in text or text.endswith(".json") or text.endswith(CHECKPOINT_SUFFIXES)
 
 
@@ -232,7 +233,7 @@ def resolve_model(
     import open_clip
 
     config_path: Path | None = None
-    if model.endswith(".json") or (_looks_like_path(model) and not model.startswith(("hf-hub:", "local-dir:"))):
+    if model.endswith(".json") or (looks_like_path(model) and not model.startswith(("hf-hub:", "local-dir:"))):
         config_path = Path(model).expanduser().resolve()
         if not config_path.is_file():
             raise ModelError(f"model config file not found: {model}")
@@ -264,7 +265,7 @@ def resolve_model(
     else:
         candidate = Path(pretrained).expanduser()
         if not candidate.is_file():
-            if _looks_like_path(pretrained):
+            if looks_like_path(pretrained):
                 raise ModelError(f"checkpoint file not found: {pretrained}")
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
             raise ModelError(

@@ -17,7 +17,7 @@ from rtagx.run.common import check_paths, load_vocabulary_for, open_locked, owni
 from rtagx.run.events import RunEvents, RunSummary, Timer, report_skip
 from rtagx.run.scan import ScannedFile
 from rtagx.run.stages import FileWork, Skip, file_row, fingerprint_or_skip, same_identity
-from rtagx.run.tagger import Tagger, handle_cached, root_settings
+from rtagx.run.tagger import Tagger, absolute_if_file, handle_cached, root_settings
 from rtagx.settings import Settings, load_settings, validate_settings, where
 
 
@@ -61,7 +61,11 @@ def run_retag(
         for owner, (remembered, records) in groups.items():
             settings = load_settings(overrides, config_path=config_path, base=remembered)
             validate_settings(settings)
-            differs = [k for k in ("model", "pretrained") if remembered and getattr(settings, k) != remembered.get(k)]
+            differs = [
+                k
+                for k in ("model", "pretrained")
+                if remembered and absolute_if_file(getattr(settings, k)) != absolute_if_file(remembered.get(k))
+            ]
             if differs and owner is not None:  # retag never embeds: it can only use the vectors the folder has
                 events.message(
                     f"{owner}: retag re-scores the vectors of {remembered.get('model')} "

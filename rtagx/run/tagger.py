@@ -18,7 +18,7 @@ import numpy as np
 from rtagx.cache.store import FileRow, Store, WrittenRecord, path_key
 from rtagx.errors import FileSkip, VocabularyError
 from rtagx.keywords import metadata
-from rtagx.model.encoder import Encoder
+from rtagx.model.encoder import Encoder, looks_like_path
 from rtagx.run.events import FileOutcome, RunEvents, RunSummary, Timer
 from rtagx.run.stages import FileWork
 from rtagx.settings import Settings
@@ -112,8 +112,22 @@ def root_settings(settings: Settings, identity_key: str) -> dict[str, Any]:
         "ratings",
     )
     out = {k: getattr(settings, k) for k in keep}
+    for k in ("model", "pretrained", "tags"):  # files named relative to where `tag` ran
+        out[k] = absolute_if_file(out[k], vocabulary=k == "tags")
     out["model_key"] = identity_key
     return out
+
+
+def absolute_if_file(value: Any, *, vocabulary: bool = False) -> Any:
+    """A relative path that names a file as ``tag`` took it, made absolute: ``retag``, ``export`` and
+    a cron job run from other folders, where ``tags.txt`` names nothing. A vocabulary is a file when
+    one exists (else a shipped name); a model or checkpoint when it is written as a path (a name
+    like ``ViT-B-16`` or a tag like ``openai`` stays a name even beside a file of that name)."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    if os.path.isfile(value) if vocabulary else looks_like_path(value) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
 
 
 class Tagger:
