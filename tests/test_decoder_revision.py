@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import ImageCms
 from test_colour_descriptions import gama, write_png
@@ -117,3 +118,33 @@ def test_a_failure_remembered_by_an_older_decoder_is_tried_again(tmp_path, tiny_
         store.put_failures([(path, st.st_size, st.st_mtime_ns, "corrupt", "x")], decoder=DECODER_REVISION)
     summary, files = _tag(folder, tiny_clip, cache, expect=3)  # 3: some files skipped
     assert summary["skipped"] == 1 and "remembered" in json.dumps(files["stray.jpg"])
+
+
+def test_a_raw_file_following_its_sibling_follows_it_when_the_sibling_is_embedded_again(tmp_path, tiny_clip):
+    """IMG_1.dng takes IMG_1.png's vector; when the PNG decodes differently now (gAMA 1.0), the shared
+    content is stale whichever file the check meets first, and the RAW file takes the new vector."""
+    pytest.importorskip("rawpy")
+    from test_decode_formats import make_dng
+
+    folder, cache = tmp_path / "photos", tmp_path / "cache.sqlite3"
+    folder.mkdir()
+    (tmp_path / "tags.txt").write_text("dog\ncat\nbeach\n", encoding="utf-8")
+    write_png(folder / "IMG_1.png", camera_like(160, 120, seed=8), gama(1.0))
+    make_dng(folder / "IMG_1.dng", camera_like(160, 120, seed=9))
+    _tag(folder, tiny_clip, cache)
+    with open_store(cache) as store:
+        (model,) = store.models()
+        recs = {Path(k.decode()).name: r.content_id for k, r in store.files_under(folder).items()}
+        assert recs["IMG_1.dng"] == recs["IMG_1.png"]  # the RAW follows its sibling
+        cid, dim = recs["IMG_1.png"], store.vector_dim(model["id"]) or 0
+        right = store.vectors(model["id"], [cid], dim)[0]
+        stale = np.ones((1, dim), dtype=np.float32) / np.sqrt(dim)
+        store.put_vectors(model["id"], [cid], stale, decoder=1)
+
+    _, files = _tag(folder, tiny_clip, cache)
+    assert files["IMG_1.png"].get("embedded")
+    with open_store(cache) as store:
+        recs = {Path(k.decode()).name: r.content_id for k, r in store.files_under(folder).items()}
+        assert recs["IMG_1.dng"] == recs["IMG_1.png"]
+        assert np.array_equal(store.vectors(model["id"], [recs["IMG_1.dng"]], dim)[0], right)
+    assert files["IMG_1.dng"]["tags"] == files["IMG_1.png"]["tags"]

@@ -175,13 +175,15 @@ def current_vectors(store: Store, model_id: int, works: Sequence[FileWork], *, d
     (checked from its header once; the vector is then marked current unless ``dry_run``)."""
     revisions = store.vector_decoders(model_id, [w.content_id for w in works if w.content_id is not None])
     current = {cid for cid, rev in revisions.items() if rev >= decode.DECODER_REVISION}
-    checked: dict[int, bool] = {}
+    # A content is stale when any of its files decodes differently now: a RAW file that follows its
+    # HEIC sibling shares the HEIC's content, and only the HEIC's pixels tell.
+    differs: dict[int, bool] = {}
     for w in works:
         cid = w.content_id
-        if cid is None or cid not in revisions or cid in current or cid in checked:
+        if cid is None or cid not in revisions or cid in current or differs.get(cid):
             continue
-        checked[cid] = not decode.decoded_differently(w.file.path, revisions[cid])
-    kept = [cid for cid, same in checked.items() if same]
+        differs[cid] = decode.decoded_differently(w.file.path, revisions[cid])
+    kept = [cid for cid, stale in differs.items() if not stale]
     if kept and not dry_run:
         store.mark_decoder(model_id, kept, decode.DECODER_REVISION)
     return current | set(kept)
