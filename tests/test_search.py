@@ -654,3 +654,29 @@ def test_duplicates_page_marks_the_keepers_in_chromium(library, browser, tmp_pat
         boxes = [cards.nth(n).bounding_box() for n in range(cards.count())]
         assert len({round(b["y"]) for b in boxes}) == 1
     page.screenshot(path=str(tmp_path / "duplicates.png"), full_page=True)
+
+
+def test_the_newest_model_taken_without_a_scope_says_which_models_it_left_out(tmp_path, tiny_clip, tiny_clip_other):
+    """Two folders tagged with two models: with no folder and no model named, search, duplicates and
+    export take the newest model's vectors and say (stderr, not with -q) that the other's are left out."""
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("dog\ncat\n", encoding="utf-8")
+    cache = tmp_path / "cache.sqlite3"
+    for name, (cfg, ckpt) in (("old", tiny_clip_other), ("new", tiny_clip)):
+        folder = tmp_path / name
+        folder.mkdir()
+        Image.fromarray(np.random.default_rng(len(name)).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            folder / "a.jpg"
+        )
+        args = ["tag", str(folder), "--model", str(cfg), "--pretrained", str(ckpt), "--cache", str(cache)]
+        result = CliRunner().invoke(cli, [*args, "--tags", str(vocab), "--write", "none", "-q"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    export = ["export", "--to", str(tmp_path / "out"), "--overwrite"]
+    for command in (["search", "dog"], ["duplicates"], export):
+        result = CliRunner().invoke(cli, [*command, "--cache", str(cache)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "the newest model; the cache also holds vectors of" in result.stderr, command
+        quiet = CliRunner().invoke(cli, [*command, "--cache", str(cache), "-q"], catch_exceptions=False)
+        assert quiet.exit_code == 0 and "newest model" not in quiet.stderr, command
+    scoped = CliRunner().invoke(cli, ["search", "dog", str(tmp_path / "old"), "--cache", str(cache)])
+    assert scoped.exit_code == 0 and "newest model" not in scoped.stderr

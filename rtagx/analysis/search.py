@@ -52,6 +52,9 @@ class CachedModel:
     key: str
     name: str
     dim: int
+    #: other models with vectors in the cache that this choice left out (nothing named a model or a
+    #: tagged folder, so the newest was taken): their folders' images are not searched
+    passed_over: tuple[str, ...] = ()
 
 
 @dataclass
@@ -151,8 +154,10 @@ def parse_query(tokens: Sequence[str], like: Sequence[Path] = ()) -> list[QueryT
 
 def choose_model(store: Store, settings: Settings, scope: Sequence[Path]) -> CachedModel:
     """The model whose vectors to use: the one --model/--pretrained name when given, else the one the
-    folders in scope were tagged with, else the most recently used model that has vectors."""
+    folders in scope were tagged with, else the most recently added model that has vectors (the
+    others are named in ``passed_over``, for the caller to say so)."""
     model_id: int | None = None
+    passed_over: tuple[str, ...] = ()
     if any(settings.sources.get(name, "default") != "default" for name in ("model", "pretrained")):
         identity = remembered_identity(store, settings.model, settings.pretrained)
         if identity is None:
@@ -172,14 +177,13 @@ def choose_model(store: Store, settings: Settings, scope: Sequence[Path]) -> Cac
                 break
             model_id = None
         if model_id is None:
-            for m in sorted(store.models(), key=lambda m: -m["id"]):  # the newest model first
-                if store.vector_dim(m["id"]):
-                    model_id = m["id"]
-                    break
-        if model_id is None:
-            raise CacheError(f"the cache {store.path} holds no image vectors yet: run `rtagx tag PATH` first")
+            with_vectors = [m for m in sorted(store.models(), key=lambda m: -m["id"]) if store.vector_dim(m["id"])]
+            if not with_vectors:
+                raise CacheError(f"the cache {store.path} holds no image vectors yet: run `rtagx tag PATH` first")
+            model_id = with_vectors[0]["id"]  # the newest model
+            passed_over = tuple(m.get("name") or m["key"] for m in with_vectors[1:])
     info = store.model_info(model_id)
-    return CachedModel(model_id, info["key"], info.get("name") or "", store.vector_dim(model_id) or 0)
+    return CachedModel(model_id, info["key"], info.get("name") or "", store.vector_dim(model_id) or 0, passed_over)
 
 
 def query_vector(

@@ -23,6 +23,18 @@ def _write_html(ctx: Context, target: Path, page: str) -> None:
         click.echo(f"rtagx: wrote {target}", err=True)
 
 
+def _note_passed_over(ctx: Context, model: Any) -> None:
+    """Say so when nothing named a model or a tagged folder and the newest model's vectors were taken
+    while the cache holds other models' too: their folders' photos were left out (stderr; not with -q)."""
+    if getattr(model, "passed_over", ()) and not ctx.quiet:
+        click.echo(
+            f"rtagx: used the vectors of {model.name or model.key}, the newest model; the cache also holds "
+            f"vectors of {', '.join(model.passed_over)} (name one with --model/--pretrained, or give a "
+            "folder tagged with it)",
+            err=True,
+        )
+
+
 @cli.command()
 @click.argument("query", nargs=-1)
 @click.option(
@@ -87,6 +99,7 @@ def search(
     words = [q for q in query if not os.path.isdir(os.path.expanduser(q))]
     scope = [Path(q) for q in query if os.path.isdir(os.path.expanduser(q))]
     result = run_search(words, analysis_settings(ctx, options), scope=scope, like=like, top=top, min_score=min_score)
+    _note_passed_over(ctx, result.model)
     if html_file:  # first: a page that cannot be written stops the run before a script reads results
         from rtagx.analysis.html import search_page
 
@@ -166,6 +179,7 @@ def duplicates(
     from rtagx.cli.render import display_path, json_line
 
     result = find_duplicates(analysis_settings(ctx, options), scope=list(paths), min_score=min_score)
+    _note_passed_over(ctx, result.model)
     spare = sum(len(g.members) - 1 for g in result.groups)
     if html_file:  # first: a page that cannot be written stops the run before a script reads groups
         from rtagx.analysis.html import duplicates_page
@@ -283,6 +297,7 @@ def export_cmd(
         )
     finally:
         renderer.close()
+    _note_passed_over(ctx, result.model)
     if as_json:
         click.echo(json_line(result.as_json()))
         return
