@@ -166,6 +166,20 @@ def test_calibrate_warns_when_a_threshold_keeps_every_image(tiny_clip, photo_dir
     assert "the best threshold keeps every labelled image for food" in result.output
 
 
+def test_eval_and_calibrate_name_the_labelled_images_they_could_not_read(tiny_clip, photo_dir, vocab_file, tmp_path):
+    # exit code 3 said "skipped", but calibrate said nothing about which photos and eval only counted them
+    root = _labelled_folder(photo_dir, tmp_path)
+    csv_path = root / "labels.csv"
+    csv_path.write_text("dog/Canon_40D.jpg,dog\ndog/gone.jpg,dog\ncar/Nikon_D70.jpg,car\n", encoding="utf-8")
+    cache = tmp_path / "c.db"
+    for command, extra in (("eval", []), ("calibrate", ["-o", str(tmp_path / "out.txt")])):
+        result = invoke(
+            command, [str(root), "--labels", str(csv_path), "--tags", str(vocab_file), *extra], tiny_clip, cache
+        )
+        assert result.exit_code == 3, result.output
+        assert "1 labelled image could not be read" in result.output and "gone.jpg" in result.output, command
+
+
 def test_explain_on_a_non_image_points_to_a_command_that_writes_nothing(tiny_clip, vocab_file, tmp_path):
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo", encoding="utf-8")

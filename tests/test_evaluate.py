@@ -84,6 +84,26 @@ def test_labels_csv(tmp_path: Path) -> None:
         load_labels_csv(tmp_path / "missing.csv")
 
 
+def test_labels_csv_header_after_comment_lines_is_a_header(tmp_path: Path) -> None:
+    # comment lines are allowed anywhere; the optional header is the first row that is not one
+    f = tmp_path / "labels.csv"
+    f.write_text("# labelled by hand\n\nfilename,labels\na.jpg,dog\n")
+    assert load_labels_csv(f) == {tmp_path / "a.jpg": ["dog"]}
+
+
+def test_labels_csv_merges_one_photo_named_two_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a photo written relative to a CSV given by a relative path, absolute, or through '..' is one
+    # photo: its labels merge (eval keyed them by absolute path and kept only the last row's)
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "labels.csv"
+    f.write_text(f"a.jpg,dog\n{tmp_path / 'a.jpg'},cat\nsub/../b.jpg,car\nb.jpg,food\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_labels_csv(Path("labels.csv")) == {
+        tmp_path / "a.jpg": ["dog", "cat"],
+        tmp_path / "b.jpg": ["car", "food"],
+    }
+
+
 def test_labels_folders(tmp_path: Path) -> None:
     for rel in (
         "golden_retriever/1.jpg",

@@ -112,6 +112,23 @@ def test_keywords_for_drops_case_insensitive_duplicates() -> None:
     assert flat == ["cat"] and hier == ["cat"]
 
 
+def test_keywords_for_a_tag_equal_to_its_parent_is_that_node_not_a_child_of_itself() -> None:
+    # the shipped photos vocabulary has `document|document` and `city|city`: Lightroom would show a
+    # keyword 'document' nested under 'document'; renames and the never-list can make such a pair too
+    v = parse_vocabulary(
+        "!rename puppy => dog\n!never pets\ndocument|document\nanimal|dog|puppy\nCity|city\nbird|pets|Bird2\n"
+    )
+    chosen = [ChosenTag(t, 0.5) for t in v.tags]
+    flat, hier = keywords_for(chosen, v, with_ancestors=True)
+    assert hier == ["document", "animal|dog", "city", "bird|Bird2"]  # the keyword's own spelling
+    assert flat == ["document", "dog", "animal", "city", "Bird2", "bird"]
+    from rtagx.tags.vocab import load_vocabulary
+
+    photos = load_vocabulary("photos")
+    hier = keywords_for([ChosenTag(t, 0.5) for t in photos.tags], photos)[1]
+    assert not [h for h in hier if any(a.casefold() == b.casefold() for a, b in zip(h.split("|"), h.split("|")[1:]))]
+
+
 def test_build_tag_matrix_is_renormalized_mean_of_normalized_prompt_vectors() -> None:
     v = parse_vocabulary("!template a {}\n!template the {}\nx = y\nz\n  > zed.\n")
     rng = np.random.default_rng(0)

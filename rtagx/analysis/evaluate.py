@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -172,18 +173,22 @@ def _reason(v: TagVerdict, passed: bool, options: ScoringOptions) -> str:
 
 
 def load_labels_csv(path: str | Path) -> dict[Path, list[str]]:
-    """``path,label[;label...]`` rows (more label columns are allowed too; a ``path,...`` header row
-    is skipped). Relative image paths are taken relative to the CSV's folder."""
+    """``path,label[;label...]`` rows (more label columns are allowed too; a ``path,...`` header as
+    the first row that is not a comment is skipped). Relative image paths are taken relative to the
+    CSV's folder; every path is made absolute (``..`` resolved as text, as eval looks photos up), so
+    one photo named two ways is one entry with the labels of both rows."""
     csv_path = Path(path)
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{csv_path}: cannot read labels: {exc}") from None
     out: dict[Path, list[str]] = {}
+    first = True
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
-        if lineno == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+        header, first = first and row[0].strip().lower() in ("path", "file", "filename", "image"), False
+        if header:
             continue
         labels = [lab.strip() for cell in row[1:] for lab in cell.split(";") if lab.strip()]
         if not row[0].strip() or not labels:
@@ -191,6 +196,7 @@ def load_labels_csv(path: str | Path) -> dict[Path, list[str]]:
         image = Path(row[0].strip()).expanduser()
         if not image.is_absolute():
             image = csv_path.parent / image
+        image = Path(os.path.abspath(image))
         out.setdefault(image, [])
         out[image].extend(lab for lab in labels if lab not in out[image])
     if not out:

@@ -115,6 +115,18 @@ def _listed_counts(counts: dict[str, int], most: int = 10) -> str:
     return _listed([f"{k} ({v} image{'s' if v != 1 else ''})" for k, v in sorted(counts.items())], most)
 
 
+def _report_unread(missing: list[Path]) -> None:
+    """Name the labelled images that were left out (the reason of exit code 3), not just count them."""
+    from rtagx.cli.render import display_path
+
+    if missing:
+        click.echo(
+            f"rtagx: {len(missing)} labelled image{' could' if len(missing) == 1 else 's could'} not be read "
+            f"(missing, or not an image rtagx can read; left out): {_listed([display_path(p) for p in missing])}",
+            err=True,
+        )
+
+
 def _score_labelled(ctx: Context, directory: Path, labels: Path | None, options: dict[str, Any]) -> Any:
     """What eval and calibrate share: settings, progress bars, and the labelled images' scores."""
     from rtagx.analysis.analyze import score_labelled
@@ -186,8 +198,7 @@ def eval_cmd(ctx: Context, directory: Path, labels: Path | None, per_tag: bool, 
                 )
         if unknown:
             click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
-        if scored.missing:
-            click.echo(f"rtagx: {len(scored.missing)} labelled images could not be read", err=True)
+        _report_unread(scored.missing)  # --json lists them under "missing"
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 
@@ -288,6 +299,7 @@ def calibrate(
         )
     if unknown:
         click.echo(f"rtagx: labels that match no tag of the vocabulary: {_listed_counts(unknown)}", err=True)
+    _report_unread(scored.missing)
     sys.exit(EXIT_SKIPPED if scored.missing else EXIT_OK)
 
 

@@ -492,7 +492,7 @@ class ReviewLibrary:
         i = self.tag_for(tag)
         t = self.vocab.tags[i]
         keyword = self.vocab.rename(t.keyword)
-        hier = "|".join(self.vocab.rename(level) for level in t.path if not self.vocab.is_never(level))
+        hier = "|".join(scoring.hierarchy_levels(t, self.vocab))
         contents = {p.content_id for p in photos}
         outcomes: list[FileOutcome] = []
         with self._write_lock:

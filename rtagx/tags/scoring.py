@@ -272,7 +272,8 @@ def keywords_for(
     """(flat keywords for dc:subject/IPTC, "a|b|c" strings for lr:hierarchicalSubject).
 
     ``!rename`` applies to every level; a never-listed ancestor is neither written as a keyword
-    nor kept as a level of the hierarchical string. Duplicates (case-insensitive) are dropped.
+    nor kept as a level of the hierarchical string (see :func:`hierarchy_levels`). Duplicates
+    (case-insensitive) are dropped.
     """
     flat: dict[str, str] = {}
     hier: dict[str, str] = {}
@@ -280,7 +281,7 @@ def keywords_for(
         tag = item.tag
         if vocab.is_never(tag.keyword):
             continue
-        levels = [vocab.rename(level) for level in tag.path if not vocab.is_never(level)]
+        levels = hierarchy_levels(tag, vocab)
         keyword = vocab.rename(tag.keyword)
         flat.setdefault(keyword.casefold(), keyword)
         if with_ancestors:
@@ -289,6 +290,15 @@ def keywords_for(
         joined = "|".join(levels)
         hier.setdefault(joined.casefold(), joined)
     return list(flat.values()), list(hier.values())
+
+
+def hierarchy_levels(tag: Tag, vocab: Vocabulary) -> list[str]:
+    """The levels of ``tag`` as written to ``lr:hierarchicalSubject``: renamed, never-listed levels
+    left out, and a level its child repeats (case-insensitively) dropped in favour of the child:
+    ``document|document`` (a tag equal to its parent, or a pair a rename or the never-list makes)
+    is the node ``document`` itself, not a keyword nested under another of the same name."""
+    levels = [vocab.rename(level) for level in tag.path if not vocab.is_never(level)]
+    return [lv for lv, child in zip(levels, [*levels[1:], None]) if child is None or child.casefold() != lv.casefold()]
 
 
 def _groups(vocab: Vocabulary) -> dict[str, np.ndarray]:
