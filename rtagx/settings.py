@@ -233,6 +233,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             raise ValueError(value)
         if isinstance(value, bool) or (isinstance(value, (dict, list)) and not isinstance(default, tuple)):
             raise TypeError(value)
+        if origin.startswith("config ") and isinstance(default, (str, tuple)):
+            # TOML has types: ``tags = 5`` or ``exclude = [1]`` is a slip, not the text "5" (an
+            # environment variable is always text and is read as such)
+            entries = value if isinstance(value, list) and isinstance(default, tuple) else [value]
+            if not all(isinstance(v, str) for v in entries):
+                raise TypeError(value)
         if isinstance(default, tuple):
             if isinstance(value, (list, tuple)):
                 return tuple(str(v) for v in value)
