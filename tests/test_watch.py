@@ -425,7 +425,7 @@ def test_watch_from_python_until_an_event_is_set(tiny_clip, samples_dir: Path, t
 def test_an_out_of_range_config_edit_keeps_the_last_good_settings(tiny_clip, samples_dir: Path, tmp_path: Path) -> None:
     """A config edit that parses but is out of range (`margin = 5`) is refused like a broken one:
     photos landing after it are still tagged (it used to be adopted, and every later round failed).
-    The final summary counts the decodes of every round."""
+    The final summary counts the decodes of every round; SIGHUP stops it cleanly, as SIGTERM does."""
     folder = tmp_path / "photos"
     folder.mkdir()
     vocab = tmp_path / "tags.txt"
@@ -447,7 +447,7 @@ def test_an_out_of_range_config_edit_keeps_the_last_good_settings(tiny_clip, sam
         w.wait_for("a photo tagged after the bad edit", lambda: w.written(second))
         assert not any(r["kind"] == "reload" for r in w.rounds())
 
-        w.proc.send_signal(signal.SIGTERM)
+        w.proc.send_signal(signal.SIGHUP)  # a closed terminal stops it like SIGTERM
         assert w.proc.wait(timeout=WAIT) == 0, w.stderr()
         summary = w.lines()[-1]
         assert summary["summary"] is True
