@@ -233,6 +233,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             raise ValueError(value)
         if isinstance(value, bool) or (isinstance(value, (dict, list)) and not isinstance(default, tuple)):
             raise TypeError(value)
+        if origin.startswith("config ") and isinstance(default, (str, tuple)):
+            # TOML has types: ``tags = 5`` or ``exclude = [1]`` is a slip, not the text "5" (an
+            # environment variable is always text and is read as such)
+            entries = value if isinstance(value, list) and isinstance(default, tuple) else [value]
+            if not all(isinstance(v, str) for v in entries):
+                raise TypeError(value)
         if isinstance(default, tuple):
             if isinstance(value, (list, tuple)):
                 return tuple(str(v) for v in value)
@@ -253,12 +259,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    """The config file's settings by field name. A UTF-8 byte-order mark (Windows Notepad writes one)
+    is dropped: TOML forbids it, and tomllib's "Invalid statement (at line 1, column 1)" names no cause."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            data = tomllib.loads(f.read().decode("utf-8").removeprefix("\ufeff"))
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"config file {path} cannot be read: {e}") from None
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -301,7 +309,7 @@ def load_settings(
         apply(base, "last run")
     explicit_config = config_path is not None or bool(environ.get("RTAGX_CONFIG"))
     cfg = Path(config_path or environ.get("RTAGX_CONFIG") or default_config_path()).expanduser()
-    if explicit_config or cfg.is_file():
+    if explicit_config or cfg.exists():  # a folder where the config file belongs is an error, not "none"
         apply(read_config_file(cfg), f"config {cfg}")
     env_values = {}
     for name in OPTION_NAMES:

@@ -462,3 +462,43 @@ def test_retag_says_which_model_it_uses_and_cache_stats_tells_models_apart(
     stats = CliRunner().invoke(cli, ["cache", "stats"], env=env)
     models = [x for x in stats.output.splitlines() if x.startswith("model ")]
     assert len(models) == 2 and models[0].split(":")[0] != models[1].split(":")[0], stats.output
+
+
+@pytest.mark.parametrize("kind", ["folder", "not-sqlite", "newer"])
+def test_doctor_fails_on_a_cache_every_run_would_refuse(tmp_path, kind: str) -> None:
+    """A folder, a file that is no SQLite database or a cache from a newer rtagx at the cache path:
+    `tag` stops with "cannot open cache", so doctor says FAIL (exit 1), not OK."""
+    import sqlite3
+
+    cache = tmp_path / "c.sqlite3"
+    if kind == "folder":
+        cache.mkdir()
+    elif kind == "not-sqlite":
+        cache.write_text("not a database\n")
+    else:
+        with sqlite3.connect(cache) as conn:
+            conn.execute("PRAGMA user_version = 999")
+        conn.close()
+    result = CliRunner().invoke(cli, ["doctor"], env={"RTAGX_CACHE": str(cache)})
+    line = next(x for x in result.output.splitlines() if x.split()[1:2] == ["cache"])
+    assert line.startswith("FAIL"), result.output
+    assert result.exit_code == 1
+    if kind == "newer":
+        return  # read-only commands may still read a newer cache
+    # and a read-only command on that cache says the same in one line (it was an "internal error")
+    stats = CliRunner().invoke(cli, ["cache", "stats"], env={"RTAGX_CACHE": str(cache)})
+    assert stats.exit_code == 1 and stats.output.startswith("rtagx: error: "), stats.output
+    assert "internal error" not in stats.output and len(stats.output.strip().splitlines()) == 1
+
+
+def test_doctor_fails_on_a_bad_setting_and_passes_a_good_cache(tmp_path) -> None:
+    """RTAGX_WRITE=bogus stops every run with exit 2: doctor names it; an existing cache stays OK."""
+    cache = tmp_path / "c.sqlite3"
+    from rtagx.cache.store import open_store
+
+    open_store(cache).close()
+    result = CliRunner().invoke(cli, ["doctor"], env={"RTAGX_CACHE": str(cache), "RTAGX_WRITE": "bogus"})
+    lines = result.output.splitlines()
+    assert next(x for x in lines if x.split()[1:2] == ["settings"]).startswith("FAIL  settings     RTAGX_WRITE: bad")
+    assert next(x for x in lines if x.split()[1:2] == ["cache"]).startswith("OK"), result.output
+    assert result.exit_code == 1

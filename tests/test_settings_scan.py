@@ -111,3 +111,70 @@ def test_a_fifo_or_device_named_on_the_command_line_is_not_an_image(tmp_path: Pa
         ("zero.jpg", "not-an-image"),
     ]
     assert all("not a regular file" in p.detail for p in result.problems)
+
+
+def test_config_file_with_a_byte_order_mark_and_crlf_is_read(tmp_path: Path) -> None:
+    """Windows Notepad saves UTF-8 with a BOM and CRLF line ends: `rtagx config show` reads it (TOML
+    forbids the BOM; it used to stop every command with "Invalid statement (at line 1, column 1)")."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rtagx.cli.commands import cli
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_bytes('\ufeffthreshold = 0.3\r\ntop-k = 4\r\nkeyword-root = "été"\r\n'.encode())
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "config", "show", "--json"], env={"RTAGX_THRESHOLD": None})
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["threshold"]["value"] == 0.3 and shown["top_k"]["value"] == 4
+    assert shown["keyword_root"]["value"] == "été"
+
+
+def test_a_folder_where_the_default_config_file_belongs_is_an_error(tmp_path: Path) -> None:
+    """`mkdir ~/.config/rtagx/config.toml` by mistake: every command says so (exit 2, one line)
+    instead of silently running on defaults."""
+    from click.testing import CliRunner
+
+    from rtagx.cli.commands import cli
+
+    (tmp_path / "rtagx" / "config.toml").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["config", "show"], env={"XDG_CONFIG_HOME": str(tmp_path), "RTAGX_CONFIG": None})
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"rtagx: error: config file {tmp_path / 'rtagx' / 'config.toml'} cannot be read: "
+        f"[Errno 21] Is a directory: '{tmp_path / 'rtagx' / 'config.toml'}'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("tags = 5", "expected text"),
+        ("exclude = [1, 2]", "expected a list of text"),
+        ("exclude = 5", "expected a list of text"),
+    ],
+)
+def test_a_config_value_of_the_wrong_toml_type_names_key_and_file(tmp_path: Path, line: str, expected: str) -> None:
+    """`tags = 5` used to run with the vocabulary "5"; `exclude = 5` with the glob "5"."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(line + "\n")
+    key = line.split()[0]
+    with pytest.raises(UsageError, match=rf"^'{key}' in config file {cfg}: bad value .*\({expected}"):
+        load_settings(config_path=cfg, environ={})
+
+
+def test_config_show_refuses_an_out_of_range_value_after_showing_it(tmp_path: Path) -> None:
+    """`rtagx config show` printed `threshold = 5 # env RTAGX_THRESHOLD` and exit 0, though every run
+    refuses it with exit 2: now the table, then the run's one-line error and exit 2."""
+    from click.testing import CliRunner
+
+    from rtagx.cli.commands import cli
+
+    env = {"RTAGX_THRESHOLD": "5", "RTAGX_CONFIG": None, "XDG_CONFIG_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli, ["config", "show"], env=env)
+    assert result.exit_code == 2
+    assert "threshold        = 5 " in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "rtagx: error: RTAGX_THRESHOLD: bad value 5.0 (expected a cosine or probability within [-1, 1])"
+    )

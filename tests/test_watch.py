@@ -420,3 +420,37 @@ def test_watch_from_python_until_an_event_is_set(tiny_clip, samples_dir: Path, t
     assert kinds == ["catch-up", "new", "overflow"] and result.rounds == 3
     assert [(o.path.name, o.action) for o in outcomes] == [("new.jpg", "written"), ("new.jpg", "unchanged")]
     assert keywords(folder / "new.jpg")
+
+
+def test_an_out_of_range_config_edit_keeps_the_last_good_settings(tiny_clip, samples_dir: Path, tmp_path: Path) -> None:
+    """A config edit that parses but is out of range (`margin = 5`) is refused like a broken one:
+    photos landing after it are still tagged (it used to be adopted, and every later round failed).
+    The final summary counts the decodes of every round; SIGHUP stops it cleanly, as SIGTERM does."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("dog\ncat\nbeach\n")
+    w = Watch(tmp_path, folder, tiny_clip, tmp_path / "cache.sqlite3", vocab, "--settle", "0.5")
+    try:
+        w.wait_for("the catch-up round", lambda: w.rounds())
+        first = folder / "a.jpg"
+        shutil.copy(samples_dir / "jpg" / "Pentax_K10D.jpg", first)
+        w.wait_for("the photo tagged", lambda: w.written(first))
+
+        config = tmp_path / "xdg" / "rtagx" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text("margin = 5\n")
+        w.wait_for("the bad value reported", lambda: "settings not reloaded" in w.stderr())
+        assert "'margin' in config file" in w.stderr() and "round failed" not in w.stderr()
+        second = folder / "b.jpg"
+        shutil.copy(samples_dir / "jpg" / "Nikon_D70.jpg", second)
+        w.wait_for("a photo tagged after the bad edit", lambda: w.written(second))
+        assert not any(r["kind"] == "reload" for r in w.rounds())
+
+        w.proc.send_signal(signal.SIGHUP)  # a closed terminal stops it like SIGTERM
+        assert w.proc.wait(timeout=WAIT) == 0, w.stderr()
+        summary = w.lines()[-1]
+        assert summary["summary"] is True
+        assert summary["decoded"] == sum(r["decoded"] for r in w.rounds()) == 2
+    finally:
+        w.close()

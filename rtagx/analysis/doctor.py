@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtagx.settings import Settings
+from rtagx.settings import Settings, validate_settings
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,17 @@ def check_extras() -> list[Check]:
 
 
 def check_cache(settings: Settings) -> Check:
+    """The cache a run would use: a readable rtagx cache (not a folder, another file, or one from a
+    newer rtagx: every run stops on those) that this user may write, or a folder it can be made in."""
+    from rtagx.cache.store import check_cache_file
+    from rtagx.errors import RtagxError
+
     path = settings.cache_path()
-    if path.exists():
+    if os.path.lexists(path):
+        try:
+            check_cache_file(path)
+        except RtagxError as e:
+            return Check("FAIL", "cache", str(e), "move it away, or pass --cache PATH or set RTAGX_CACHE")
         size = sum(p.stat().st_size for p in (path, Path(str(path) + "-wal")) if p.exists())
         writable = os.access(path, os.W_OK)
         return Check(
@@ -160,9 +169,22 @@ def check_cache(settings: Settings) -> Check:
     )
 
 
+def check_settings(settings: Settings) -> Check:
+    """The option values from the config file and RTAGX_* variables: one out of range (``RTAGX_WRITE=
+    bogus``) stops every run with exit 2, so doctor says so instead of passing."""
+    from rtagx.errors import RtagxError
+
+    try:
+        validate_settings(settings)
+    except RtagxError as e:
+        return Check("FAIL", "settings", str(e), "fix the value (`rtagx config show` says where each comes from)")
+    return Check("OK", "settings", "every value in range (`rtagx config show` lists them)")
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [
         check_python(),
+        check_settings(settings),
         *check_torch(settings),
         check_model(settings),
         *check_metadata(),

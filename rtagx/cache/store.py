@@ -1058,8 +1058,29 @@ def open_store(path: Path, *, readonly: bool = False, schema_version: int = SCHE
             _migrate(conn, path, schema_version)
         # Python's sqlite3 context manager commits/rolls back; with isolation_level None we manage BEGIN.
         conn.isolation_level = "DEFERRED"
+        # Store reads the schema version: a file that is no database fails here when opened read-only
+        store = Store(path, conn)
     except sqlite3.DatabaseError as e:
         raise CacheError(f"cannot open cache {path}: {e} (move it away or pass another --cache)") from None
     except OSError as e:
         raise CacheError(f"cannot create cache {path}: {e.strerror}") from None
-    return Store(path, conn)
+    return store
+
+
+def check_cache_file(path: Path) -> int:
+    """Open an existing cache read-only (no lock, no migration) and return its schema version, so
+    ``doctor`` can tell a usable cache from a folder or another file at its path, as a run would.
+    Raises :class:`CacheError` naming what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CacheError(f"cache {path} is not a file (move it away or pass another --cache)")
+    store = open_store(path, readonly=True)
+    try:
+        version = store.schema_version()
+    finally:
+        store.close()
+    if version > SCHEMA_VERSION:
+        raise CacheError(
+            f"cache {path} was written by a newer rtagx (schema {version} > {SCHEMA_VERSION}); upgrade rtagx or use another --cache"
+        )
+    return version

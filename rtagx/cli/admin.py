@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rtagx.cli.app import EXIT_FATAL, EXIT_OK, Context, cli, handle_errors, option_overrides
 from rtagx.cli.options import verbosity_options
+
+if TYPE_CHECKING:
+    from rtagx.settings import Settings
 
 
 @cli.group()
@@ -100,7 +104,7 @@ def config_group() -> None:
 @handle_errors
 def config_show(ctx: Context, as_json: bool) -> None:
     """Print every setting, its value and where it came from (default, config file, env, option)."""
-    from rtagx.settings import config_key, default_config_path, load_settings
+    from rtagx.settings import load_settings, validate_settings
 
     settings = load_settings(config_path=ctx.config)
     values = settings.as_dict()
@@ -112,7 +116,16 @@ def config_show(ctx: Context, as_json: bool) -> None:
         click.echo(
             json.dumps({k: {"value": v, "from": settings.sources.get(k)} for k, v in values.items()}, default=str)
         )
-        return
+    else:
+        _print_settings(ctx, settings, values)
+    # Shown first, then refused as a run would refuse it (exit 2): "threshold = 5 # env" is no setting.
+    validate_settings(settings)
+
+
+def _print_settings(ctx: Context, settings: Settings, values: dict[str, Any]) -> None:
+    """The table of ``config show``: key, value, where it came from."""
+    from rtagx.settings import config_key, default_config_path
+
     click.echo(f"# config file: {ctx.config or os.environ.get('RTAGX_CONFIG') or default_config_path()}")
     for key, value in values.items():
         shown = (

@@ -359,7 +359,10 @@ def watch_cmd(
         if again or catching_up:
             raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP (the terminal or ssh session closed) stops like SIGTERM: it used to kill the watcher
+    # mid-round, without its summary.
+    stop_signals = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals}
     if not ctx.quiet and not as_json and not as_csv:
         how = f"polling every {poll:g} s" if poll else "file-system events"
         click.echo(

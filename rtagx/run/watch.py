@@ -41,7 +41,7 @@ from rtagx.run.common import check_paths, load_vocabulary_for, open_locked
 from rtagx.run.events import RunEvents, RunSummary
 from rtagx.run.scan import ScannedFile, scan_with_settings, scan_would_yield, selected_extensions
 from rtagx.run.tag import run_tag
-from rtagx.settings import Settings
+from rtagx.settings import Settings, validate_settings
 
 #: How long a round that failed (busy cache, broken vocabulary) waits before it is tried again.
 RETRY_SECONDS = 30.0
@@ -106,8 +106,9 @@ class _Candidate:
 
 def add_summary(total: RunSummary, part: RunSummary) -> None:
     """Fold one round's counts and stage times into the watcher's total."""
-    for name in ("seen", "embedded", "reused", "tagged", "written", "unchanged", "skipped", "left_untagged"):
+    for name in ("seen", "embedded", "reused", "tagged", "written", "unchanged", "skipped", "left_untagged", "decoded"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.encoder_backend = part.encoder_backend or total.encoder_backend  # the latest round's word
     total.skip_reasons.update(part.skip_reasons)
     for stage, seconds in part.timings.items():
         total.timings[stage] = total.timings.get(stage, 0.0) + seconds
@@ -607,6 +608,9 @@ class Watcher:
         self._reload_at = None
         try:
             new = self._settings_source() if self._settings_source else self.settings
+            # A value out of range (``margin = 5``) would stop every later round, new photos included:
+            # checked here like a broken vocabulary, so the last good settings keep tagging.
+            validate_settings(new)
             load_vocabulary_for(new)  # a broken vocabulary keeps the last good settings
         except RtagxError as e:
             self.events.message(f"settings not reloaded, keeping the last good ones: {e}")
