@@ -511,35 +511,28 @@ class Store:
         lo, hi = min(ids), max(ids)
         return (lo, hi) if hi - lo < 4 * len(ids) else None
 
-    def contents_with_vectors(self, model_id: int, content_ids: Iterable[int]) -> set[int]:
+    def _vector_rows(self, model_id: int, content_ids: Iterable[int], columns: str) -> list[tuple[Any, ...]]:
+        """``columns`` (content_id first) of this model's vectors for these contents: one range scan
+        when the ids are dense, else chunks of ``IN (...)``."""
         ids = list(set(content_ids))
-        found: set[int] = set()
         span = self._dense(ids)
         if span is not None:
-            q = "SELECT content_id FROM vectors WHERE model_id = ? AND content_id BETWEEN ? AND ?"
-            found.update(r[0] for r in self.conn.execute(q, (model_id, *span)))
-            return found.intersection(ids)
+            q = f"SELECT {columns} FROM vectors WHERE model_id = ? AND content_id BETWEEN ? AND ?"
+            wanted = set(ids)
+            return [r for r in self.conn.execute(q, (model_id, *span)) if r[0] in wanted]
+        rows: list[tuple[Any, ...]] = []
         for start in range(0, len(ids), 900):
             chunk = ids[start : start + 900]
-            q = f"SELECT content_id FROM vectors WHERE model_id = ? AND content_id IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self.conn.execute(q, (model_id, *chunk)))
-        return found
+            q = f"SELECT {columns} FROM vectors WHERE model_id = ? AND content_id IN ({','.join('?' * len(chunk))})"
+            rows.extend(self.conn.execute(q, (model_id, *chunk)))
+        return rows
+
+    def contents_with_vectors(self, model_id: int, content_ids: Iterable[int]) -> set[int]:
+        return {r[0] for r in self._vector_rows(model_id, content_ids, "content_id")}
 
     def vector_decoders(self, model_id: int, content_ids: Iterable[int]) -> dict[int, int]:
-        """The decoder revision of each of these contents' vectors that this model has."""
-        ids = list(set(content_ids))
-        found: dict[int, int] = {}
-        span = self._dense(ids)
-        if span is not None:
-            q = "SELECT content_id, decoder FROM vectors WHERE model_id = ? AND content_id BETWEEN ? AND ?"
-            wanted = set(ids)
-            found.update((cid, rev) for cid, rev in self.conn.execute(q, (model_id, *span)) if cid in wanted)
-            return found
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
-            q = f"SELECT content_id, decoder FROM vectors WHERE model_id = ? AND content_id IN ({','.join('?' * len(chunk))})"
-            found.update(self.conn.execute(q, (model_id, *chunk)))
-        return found
+        """The decoder revision of each of these contents' vectors that this model has (schema 7 on)."""
+        return {cid: rev for cid, rev in self._vector_rows(model_id, content_ids, "content_id, decoder")}
 
     def mark_decoder(self, model_id: int, content_ids: Sequence[int], decoder: int) -> None:
         """Record that these vectors stand for the current decoder too (their files decode as before)."""

@@ -7,12 +7,15 @@ import csv
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rtagx.cli.app import Context, analysis_renderer, analysis_settings, cli, handle_errors, option_overrides
 from rtagx.cli.options import cached_model_options, scoring_options, verbosity_options
+
+if TYPE_CHECKING:  # the command imports analysis only when it runs (start-up time)
+    from rtagx.analysis.search import CachedModel
 
 
 def _write_html(ctx: Context, target: Path, page: str) -> None:
@@ -23,10 +26,10 @@ def _write_html(ctx: Context, target: Path, page: str) -> None:
         click.echo(f"rtagx: wrote {target}", err=True)
 
 
-def _note_passed_over(ctx: Context, model: Any) -> None:
+def _note_passed_over(ctx: Context, model: CachedModel) -> None:
     """Say so when nothing named a model or a tagged folder and the newest model's vectors were taken
     while the cache holds other models' too: their folders' photos were left out (stderr; not with -q)."""
-    if getattr(model, "passed_over", ()) and not ctx.quiet:
+    if model.passed_over and not ctx.quiet:
         click.echo(
             f"rtagx: used the vectors of {model.name or model.key}, the newest model; the cache also holds "
             f"vectors of {', '.join(model.passed_over)} (name one with --model/--pretrained, or give a "

@@ -527,8 +527,9 @@ def _named_srgb(icc: bytes) -> bool:
 
 def decoded_differently(path: Path, since: int) -> bool:
     """Whether the current decoder gives ``path`` other pixels than revision ``since`` did. Reads
-    the header only (0.2-0.4 ms a file on the camera samples; RAW and JPEG XL files, untouched since revision 1, are not
-    opened). A file that cannot be opened now counts as changed: embedding it again reports why."""
+    the header only (0.2-0.4 ms a file on the camera samples; RAW and JPEG XL files, untouched since
+    revision 1, are not opened). A file that cannot be opened or parsed now counts as changed:
+    embedding it again reports why."""
     if since >= DECODER_REVISION:
         return False
     try:
@@ -543,9 +544,7 @@ def decoded_differently(path: Path, since: int) -> bool:
             if icc:  # revision 2 converts a profile named sRGB that does not render as sRGB
                 return _named_srgb(icc) and _icc_transform(icc, "RGB") is not None
             return _colour_description(im, fmt, f) is not None or (fmt == "TIFF" and _min_is_white_16(im))
-    except DecodeError:
-        return True
-    except Exception:  # a header Pillow cannot parse: the decode will say what is wrong
+    except Exception:  # DecodeError, or a header Pillow cannot parse: the decode will say what is wrong
         return True
 
 
